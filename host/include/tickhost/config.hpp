@@ -1,0 +1,114 @@
+// host.toml -> validated HostConfig.
+//
+// Every error names file:line:column and the key, e.g.
+//   host.toml:7:12: [host] default_timeout: "10 parsecs" is not a duration (use e.g. "250ms", "10s", "5m", "1h")
+// load_config() throws ConfigError; nothing is half-applied.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+namespace tickhost {
+
+using Duration = std::chrono::nanoseconds;
+
+// A configuration error with its place in the source. what() is the full "file:line:column: message".
+class ConfigError : public std::runtime_error {
+public:
+    ConfigError(std::string file, uint32_t line, uint32_t column, std::string key, std::string message);
+    const std::string& file() const { return file_; }
+    uint32_t line() const { return line_; }      // 1-based; 0 when unknown
+    uint32_t column() const { return column_; }  // 1-based; 0 when unknown
+    const std::string& key() const { return key_; }  // dotted, e.g. "plugins.heartbeat.interval"
+    const std::string& message() const { return message_; }
+
+private:
+    std::string file_;
+    uint32_t line_;
+    uint32_t column_;
+    std::string key_;
+    std::string message_;
+};
+
+// "250ms", "10s", "1.5s", "5m", "1h", "2h30m", "100us", "10ns". Returns nullopt for anything else.
+std::optional<Duration> parse_duration(std::string_view text);
+// The shortest readable form of d: "250ms", "10s", "1m30s".
+std::string format_duration(Duration d);
+
+// A plugin's own [plugins.<name>.config] table, flattened to dotted keys ("db.port"; array items as
+// "hosts.0", "hosts.1"). Values keep their TOML type.
+class PluginValues {
+public:
+    using Value = std::variant<bool, int64_t, double, std::string>;
+    enum class Lookup { ok, not_found, wrong_type };
+
+    void set(std::string key, Value v) { values_[std::move(key)] = std::move(v); }
+    const Value* find(std::string_view key) const;
+    Lookup get_string(std::string_view key, const std::string** out) const;
+    Lookup get_int(std::string_view key, int64_t* out) const;
+    Lookup get_bool(std::string_view key, bool* out) const;
+    // A string with units (see parse_duration); a string that is not a duration is wrong_type.
+    Lookup get_duration(std::string_view key, Duration* out) const;
+    const std::map<std::string, Value, std::less<>>& all() const { return values_; }
+    bool operator==(const PluginValues& o) const { return values_ == o.values_; }
+    bool operator!=(const PluginValues& o) const { return !(*this == o); }
+
+private:
+    std::map<std::string, Value, std::less<>> values_;
+};
+
+// [plugins.<name>.tasks.<task>]
+struct TaskSettings {
+    std::optional<Duration> interval;
+    std::optional<Duration> timeout;
+    bool operator==(const TaskSettings& o) const { return interval == o.interval && timeout == o.timeout; }
+};
+
+// [plugins.<name>]
+struct PluginSettings {
+    bool enabled = true;
+    std::optional<Duration> interval;  // applies to each of the plugin's tasks unless the task overrides it
+    std::optional<Duration> timeout;
+    std::map<std::string, TaskSettings> tasks;
+    PluginValues config;
+    bool operator==(const PluginSettings& o) const {
+        return enabled == o.enabled && interval == o.interval && timeout == o.timeout && tasks == o.tasks &&
+               config == o.config;
+    }
+};
+
+enum class LogSink { console, file, rotating };
+
+struct HostConfig {
+    std::filesystem::path source;      // the host.toml this came from (empty when built in code)
+    std::filesystem::path plugin_dir;  // absolute after loading (relative paths resolve against source's folder)
+    size_t workers = 0;                // 0 = number of cores
+    Duration default_timeout = std::chrono::seconds(10);
+    Duration shutdown_timeout = std::chrono::seconds(30);  // bound on the whole graceful stop
+    std::string log_level = "info";    // trace, debug, info, warn, error, critical, off
+    LogSink log_sink = LogSink::console;
+    std::filesystem::path log_file;    // for file / rotating sinks (relative: against source's folder)
+    uint64_t log_max_size = 10 * 1024 * 1024;  // rotating sink: bytes per file
+    uint32_t log_max_files = 5;                // rotating sink: files kept
+    std::filesystem::path shadow_dir;  // private cache for shadow copies; empty = $XDG_RUNTIME_DIR or /tmp
+    std::map<std::string, PluginSettings> plugins;
+
+    // Settings for a plugin (defaults when host.toml has no [plugins.<name>]).
+    const PluginSettings& plugin(const std::string& name) const;
+};
+
+// Reads and validates a host.toml. Throws ConfigError (syntax, wrong type, unknown key with a "did you
+// mean" suggestion, zero or negative duration, ...). Relative paths resolve against the file's folder.
+HostConfig load_config(const std::filesystem::path& file);
+// Same, from text; `source` is used for messages and to resolve relative paths.
+HostConfig parse_config(std::string_view toml_text, const std::filesystem::path& source);
+
+}  // namespace tickhost

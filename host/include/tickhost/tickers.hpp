@@ -1,0 +1,196 @@
+// Tickers: a registry of periodic tasks run by one timer thread and a bounded worker pool.
+//
+//   tickhost::Tickers tickers;                       // options: worker count, default timeout, clock, logger
+//   auto id = tickers.add(std::chrono::seconds(1), {"health", {}, [](tickhost::RunContext& ctx, bool is_stop) {
+//       set_online(!is_stop);                        // every tick: online; the one stop call: offline
+//       return tickhost::TaskResult::ok();
+//   }});
+//   tickers.start();
+//   ...
+//   tickers.remove(id);                              // never blocks; stop call follows the last run
+//   tickers.stop();                                  // stop calls for every task, then joins the threads
+//
+// Contract:
+//  - Fixed rate on an absolute anchor: run k of a task is due at first_due + k * interval (no drift).
+//  - A task never overlaps itself: a tick that comes due while the previous run is still going is skipped
+//    and counted (TaskStats::skipped).
+//  - Each run gets a deadline (start + timeout; timeout 0 = Options::default_timeout). At the deadline the
+//    run's cancellation flag is set and the overrun logged. A run that is still going `abandon_after` past
+//    its deadline is abandoned: its worker is replaced, the task never runs again and gets no stop call.
+//  - No lock is held while task code runs. add/remove/stats are safe from any thread, including from
+//    inside a running task (a task may remove itself).
+//  - remove(id) never blocks. After it returns no new run starts; the stop call fn(ctx, true) runs exactly
+//    once, after the in-flight run (if any) returned, bounded by the task's timeout. wait_stopped() waits.
+//  - IDs: slot index + generation. Slots are reused like the original design's free list; an ID value
+//    never comes back, and a stale ID is refused.
+//  - start() and stop() are idempotent. stop() ends every task (stop calls included) and joins the threads;
+//    tasks added afterwards run when start() is called again.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace spdlog {
+class logger;
+}
+
+namespace tickhost {
+
+using Duration = std::chrono::nanoseconds;
+using TimePoint = std::chrono::time_point<std::chrono::steady_clock, std::chrono::nanoseconds>;
+
+// Time source of a Tickers. The default is std::chrono::steady_clock; tests inject a ManualClock.
+class Clock {
+public:
+    virtual ~Clock() = default;
+    virtual TimePoint now() const = 0;
+    // Blocks the caller (holding `lock`) until `cv` is notified or the clock reaches `until`. May return early.
+    virtual void wait_until(std::unique_lock<std::mutex>& lock, std::condition_variable& cv, TimePoint until) = 0;
+};
+
+class SteadyClock final : public Clock {
+public:
+    TimePoint now() const override { return std::chrono::steady_clock::now(); }
+    void wait_until(std::unique_lock<std::mutex>& lock, std::condition_variable& cv, TimePoint until) override {
+        cv.wait_until(lock, until);
+    }
+};
+
+// A clock that only moves when told to. Waiters wake on every advance().
+class ManualClock final : public Clock {
+public:
+    explicit ManualClock(TimePoint start = TimePoint(std::chrono::hours(1)));
+    TimePoint now() const override;
+    void wait_until(std::unique_lock<std::mutex>& lock, std::condition_variable& cv, TimePoint until) override;
+    void advance(Duration d);
+    void set(TimePoint t);
+
+private:
+    struct Waiter {
+        std::mutex* mu;
+        std::condition_variable* cv;
+    };
+    void wake_all();
+    mutable std::mutex mu_;
+    TimePoint now_;
+    std::vector<Waiter> waiters_;
+};
+
+// A task ID: slot index (low 32 bits) + generation (high 32 bits). 0 is never a valid ID.
+using TaskId = uint64_t;
+
+// What a run sees: its cancellation flag and deadline. Valid only during the call.
+class RunContext {
+public:
+    RunContext(TaskId id, const std::string& name, TimePoint deadline, const Clock& clock,
+               const std::atomic<bool>& cancelled)
+        : id_(id), name_(name), deadline_(deadline), clock_(clock), cancelled_(cancelled) {}
+    TaskId id() const { return id_; }
+    const std::string& name() const { return name_; }
+    bool cancelled() const { return cancelled_.load(std::memory_order_relaxed); }
+    TimePoint deadline() const { return deadline_; }
+    Duration remaining() const { return deadline_ - clock_.now(); }
+    const std::atomic<bool>& cancel_flag() const { return cancelled_; }
+    const Clock& clock() const { return clock_; }
+
+private:
+    TaskId id_;
+    const std::string& name_;
+    TimePoint deadline_;
+    const Clock& clock_;
+    const std::atomic<bool>& cancelled_;
+};
+
+// What a run returns: ok, or an error message that is logged with the task's name and counted.
+struct TaskResult {
+    bool ok = true;
+    std::string error;
+    static TaskResult success() { return {}; }
+    static TaskResult failure(std::string message) { return {false, std::move(message)}; }
+};
+
+using TaskFn = std::function<TaskResult(RunContext& ctx, bool is_stop)>;
+
+struct TickTask {
+    std::string name;
+    Duration timeout{0};  // per run and for the stop call; 0 = Tickers default (10 s unless configured)
+    TaskFn fn;
+};
+
+struct TaskStats {
+    uint64_t runs = 0;      // runs that returned (stop call not included)
+    uint64_t failures = 0;  // runs that returned an error or threw
+    uint64_t skipped = 0;   // ticks skipped because the previous run was still going (or the timer was late)
+    uint64_t timeouts = 0;  // runs whose deadline passed
+};
+
+// How wait_stopped() ended.
+enum class StopState {
+    stopped,    // the stop call returned (or the task was never started and needed none)
+    abandoned,  // a run ignored its cancellation; no stop call was made; its code may still be executing
+    timed_out,  // the bound passed first
+    unknown,    // not an ID of this registry
+};
+
+class Tickers {
+public:
+    struct Options {
+        size_t workers = 0;                              // 0 = std::thread::hardware_concurrency()
+        Duration default_timeout = std::chrono::seconds(10);
+        Duration abandon_after = std::chrono::seconds(5);  // past the deadline, before a run is abandoned
+        std::shared_ptr<Clock> clock;                    // null = SteadyClock
+        std::shared_ptr<spdlog::logger> logger;          // null = the "scheduler" logger
+    };
+
+    Tickers();
+    explicit Tickers(Options options);
+    // Batch construction: every (interval, task) of the list is added (two tasks may share an interval).
+    Tickers(Options options, std::vector<std::pair<Duration, TickTask>> tasks);
+    ~Tickers();  // stop()
+    Tickers(const Tickers&) = delete;
+    Tickers& operator=(const Tickers&) = delete;
+
+    // Registers a task; its first run is due one interval from now (or at `first_due`). Throws
+    // std::invalid_argument if interval <= 0, timeout < 0 or fn is empty. Safe from any thread.
+    TaskId add(Duration interval, TickTask task);
+    TaskId add(Duration interval, TickTask task, TimePoint first_due);
+    // Adds every (interval, task) in order; returns their IDs in the same order.
+    std::vector<TaskId> add_all(std::vector<std::pair<Duration, TickTask>> tasks);
+
+    // Stops a task: no new run starts after this returns; its stop call follows the in-flight run.
+    // Never blocks and never runs task code on the caller's thread. False for a stale or unknown ID.
+    bool remove(TaskId id);
+    // Waits up to `bound` for the stop call of a removed task to return.
+    StopState wait_stopped(TaskId id, Duration bound);
+
+    void start();
+    // Removes every task, waits up to `bound` for their stop calls, joins the threads. Idempotent.
+    // Returns false if some stop call did not return in time (its task is abandoned).
+    bool stop(Duration bound = std::chrono::seconds(30));
+    bool running() const;
+
+    std::optional<TaskStats> stats(TaskId id) const;
+    size_t size() const;  // tasks registered and not removed
+    const Clock& clock() const;
+    size_t worker_count() const;
+
+    // For tests on a ManualClock: waits until the timer has handled the clock's current time and no run
+    // or stop call is queued or executing. False if that did not happen within `bound` (real time).
+    bool wait_idle(std::chrono::milliseconds bound = std::chrono::milliseconds(5000));
+
+    struct Impl;
+
+private:
+    std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace tickhost

@@ -1,0 +1,719 @@
+// host.toml -> validated HostConfig (see config.hpp for the contract).
+#include "tickhost/config.hpp"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <sstream>
+#include <system_error>
+#include <utility>
+
+#include <toml++/toml.h>
+
+namespace tickhost {
+
+namespace fs = std::filesystem;
+
+ConfigError::ConfigError(std::string file, uint32_t line, uint32_t column, std::string key, std::string message)
+    : std::runtime_error(file + ":" + std::to_string(line) + ":" + std::to_string(column) + ": " + message),
+      file_(std::move(file)),
+      line_(line),
+      column_(column),
+      key_(std::move(key)),
+      message_(std::move(message)) {}
+
+namespace {
+
+constexpr uint64_t kMaxNs = static_cast<uint64_t>(std::numeric_limits<int64_t>::max());
+
+// ---------------------------------------------------------------- durations
+
+// A unit's length in ns, written as mult * 10^exp so that fractions can be scaled without overflow.
+struct DurationUnit {
+    std::string_view name;
+    uint64_t mult;
+    int exp;
+    int rank;  // larger = longer; compound forms must go from longer to shorter units
+};
+
+// Longest names first so "ms" is not read as "m" + garbage.
+constexpr DurationUnit kDurationUnits[] = {
+    {"ns", 1, 0, 0},
+    {"us", 1, 3, 1},
+    {"\xC2\xB5s", 1, 3, 1},  // U+00B5 MICRO SIGN
+    {"\xCE\xBCs", 1, 3, 1},  // U+03BC GREEK SMALL LETTER MU (what many keyboards produce)
+    {"ms", 1, 6, 2},
+    {"s", 1, 9, 3},
+    {"m", 6, 10, 4},
+    {"h", 36, 11, 5},
+};
+
+uint64_t pow10(int n) {
+    uint64_t r = 1;
+    while (n-- > 0) r *= 10;
+    return r;
+}
+
+bool is_digit(char c) { return c >= '0' && c <= '9'; }
+
+std::string_view trim(std::string_view s) {
+    auto is_space = [](char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; };
+    while (!s.empty() && is_space(s.front())) s.remove_prefix(1);
+    while (!s.empty() && is_space(s.back())) s.remove_suffix(1);
+    return s;
+}
+
+// ---------------------------------------------------------------- sizes
+
+struct SizeUnit {
+    std::string_view name;
+    uint64_t bytes;
+};
+
+constexpr SizeUnit kSizeUnits[] = {
+    {"B", 1},
+    {"KiB", 1024ull},
+    {"MiB", 1024ull * 1024},
+    {"GiB", 1024ull * 1024 * 1024},
+    {"KB", 1000ull},
+    {"MB", 1000ull * 1000},
+    {"GB", 1000ull * 1000 * 1000},
+};
+
+// "10MiB", "512KB", "100B" -> bytes; nullopt for anything else (no spaces, no fractions, no overflow).
+std::optional<uint64_t> parse_size(std::string_view text) {
+    text = trim(text);
+    size_t i = 0;
+    uint64_t n = 0;
+    while (i < text.size() && is_digit(text[i])) {
+        uint64_t d = static_cast<uint64_t>(text[i] - '0');
+        if (n > (std::numeric_limits<uint64_t>::max() - d) / 10) return std::nullopt;
+        n = n * 10 + d;
+        ++i;
+    }
+    if (i == 0) return std::nullopt;
+    std::string_view unit = text.substr(i);
+    for (const SizeUnit& u : kSizeUnits) {
+        if (unit == u.name) {
+            if (n != 0 && u.bytes > std::numeric_limits<uint64_t>::max() / n) return std::nullopt;
+            return n * u.bytes;
+        }
+    }
+    return std::nullopt;
+}
+
+// ---------------------------------------------------------------- messages
+
+// Optimal string alignment distance: a swapped pair of letters ("defualt") counts as one edit.
+size_t edit_distance(std::string_view a, std::string_view b) {
+    std::vector<std::vector<size_t>> d(a.size() + 1, std::vector<size_t>(b.size() + 1));
+    for (size_t i = 0; i <= a.size(); ++i) d[i][0] = i;
+    for (size_t j = 0; j <= b.size(); ++j) d[0][j] = j;
+    for (size_t i = 1; i <= a.size(); ++i) {
+        for (size_t j = 1; j <= b.size(); ++j) {
+            size_t cost = a[i - 1] == b[j - 1] ? 0 : 1;
+            d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost});
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1])
+                d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
+        }
+    }
+    return d[a.size()][b.size()];
+}
+
+const std::string_view* closest(std::string_view name, const std::vector<std::string_view>& candidates) {
+    const std::string_view* best = nullptr;
+    size_t best_distance = 3;  // only suggest within distance 2
+    for (const std::string_view& c : candidates) {
+        size_t dist = edit_distance(name, c);
+        if (dist < best_distance) {
+            best_distance = dist;
+            best = &c;
+        }
+    }
+    return best;
+}
+
+std::string join(const std::vector<std::string_view>& items) {
+    std::string out;
+    for (const std::string_view& s : items) {
+        if (!out.empty()) out += ", ";
+        out += s;
+    }
+    return out;
+}
+
+// "did you mean 'x'?" when something is close, else the full list so the user need not open the docs.
+std::string suggestion(std::string_view name, const std::vector<std::string_view>& candidates,
+                       std::string_view what) {
+    if (const std::string_view* best = closest(name, candidates)) return "did you mean '" + std::string(*best) + "'?";
+    return "valid " + std::string(what) + ": " + join(candidates);
+}
+
+// A value as the user wrote it, quoted, with control characters escaped so messages stay on one line.
+std::string quote(std::string_view s) {
+    std::string out = "\"";
+    for (char c : s) {
+        unsigned char u = static_cast<unsigned char>(c);
+        if (c == '"' || c == '\\') {
+            out += '\\';
+            out += c;
+        } else if (c == '\n') {
+            out += "\\n";
+        } else if (c == '\t') {
+            out += "\\t";
+        } else if (u < 0x20 || u == 0x7F) {
+            char buf[8];
+            std::snprintf(buf, sizeof buf, "\\u%04X", u);
+            out += buf;
+        } else {
+            out += c;
+        }
+    }
+    out += '"';
+    return out;
+}
+
+bool is_bare_key(std::string_view s) {
+    if (s.empty()) return false;
+    return std::all_of(s.begin(), s.end(), [](char c) {
+        return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || is_digit(c) || c == '_' || c == '-';
+    });
+}
+
+// Appends one key segment the way TOML would need it written, so "plugins.x.tasks.\"a.b\"" is unambiguous.
+std::string child_key(const std::string& parent, std::string_view segment) {
+    std::string part = is_bare_key(segment) ? std::string(segment) : quote(segment);
+    return parent.empty() ? part : parent + "." + part;
+}
+
+const char* type_name(toml::node_type t) {
+    switch (t) {
+        case toml::node_type::table: return "table";
+        case toml::node_type::array: return "array";
+        case toml::node_type::string: return "string";
+        case toml::node_type::integer: return "integer";
+        case toml::node_type::floating_point: return "float";
+        case toml::node_type::boolean: return "boolean";
+        case toml::node_type::date: return "date";
+        case toml::node_type::time: return "time";
+        case toml::node_type::date_time: return "date-time";
+        default: return "nothing";
+    }
+}
+
+// The value as TOML text, for "got ..." in messages and for dates in PluginValues.
+std::string node_text(const toml::node& n) {
+    std::ostringstream os;
+    switch (n.type()) {
+        case toml::node_type::string: return quote(n.as_string()->get());
+        case toml::node_type::integer: os << n.as_integer()->get(); break;
+        case toml::node_type::floating_point: os << n.as_floating_point()->get(); break;
+        case toml::node_type::boolean: os << (n.as_boolean()->get() ? "true" : "false"); break;
+        case toml::node_type::date: os << n.as_date()->get(); break;
+        case toml::node_type::time: os << n.as_time()->get(); break;
+        case toml::node_type::date_time: os << n.as_date_time()->get(); break;
+        default: os << type_name(n.type()); break;
+    }
+    return os.str();
+}
+
+// "string \"two\"", "integer 3", "table": what the user wrote instead of what was expected.
+std::string got(const toml::node& n) {
+    if (n.is_table()) return "a table";
+    if (n.is_array()) return "an array";
+    return std::string(type_name(n.type())) + " " + node_text(n);
+}
+
+// ---------------------------------------------------------------- the reader
+
+// A table's entries in file order, so the first error reported is the first one in the file.
+std::vector<std::pair<const toml::key*, const toml::node*>> in_file_order(const toml::table& t) {
+    std::vector<std::pair<const toml::key*, const toml::node*>> out;
+    for (auto&& [k, v] : t) out.emplace_back(&k, &v);
+    std::stable_sort(out.begin(), out.end(), [](const auto& a, const auto& b) {
+        const toml::source_position& pa = a.first->source().begin;
+        const toml::source_position& pb = b.first->source().begin;
+        return pa.line != pb.line ? pa.line < pb.line : pa.column < pb.column;
+    });
+    return out;
+}
+
+const std::vector<std::string_view> kTopKeys = {"host", "plugins"};
+const std::vector<std::string_view> kHostKeys = {
+    "plugin_dir", "workers",  "default_timeout", "shutdown_timeout", "log_level",
+    "log_file",   "log_sink", "log_max_size",    "log_max_files",    "shadow_dir",
+};
+const std::vector<std::string_view> kPluginKeys = {"enabled", "interval", "timeout", "tasks", "config"};
+const std::vector<std::string_view> kTaskKeys = {"interval", "timeout"};
+const std::vector<std::string_view> kLogLevels = {"trace", "debug", "info", "warn", "error", "critical", "off"};
+const std::vector<std::string_view> kLogSinks = {"console", "file", "rotating"};
+
+bool contains(const std::vector<std::string_view>& v, std::string_view s) {
+    return std::find(v.begin(), v.end(), s) != v.end();
+}
+
+class Reader {
+public:
+    explicit Reader(const fs::path& source) : file_(source.string()) {}
+
+    [[noreturn]] void fail(const toml::source_region& where, const std::string& key, const std::string& what) const {
+        throw ConfigError(file_, where.begin.line, where.begin.column, key, key.empty() ? what : key + ": " + what);
+    }
+    [[noreturn]] void fail(const toml::node& n, const std::string& key, const std::string& what) const {
+        fail(n.source(), key, what);
+    }
+
+    const toml::table& table(const toml::node& n, const std::string& key) const {
+        if (const toml::table* t = n.as_table()) return *t;
+        fail(n, key, "must be a table, got " + got(n));
+    }
+
+    void unknown(const toml::key& k, const std::string& key, const std::vector<std::string_view>& valid) const {
+        fail(k.source(), key, "unknown key (" + suggestion(k.str(), valid, "keys") + ")");
+    }
+
+    bool boolean(const toml::node& n, const std::string& key) const {
+        if (const auto* v = n.as_boolean()) return v->get();
+        fail(n, key, "must be a boolean (true or false), got " + got(n));
+    }
+
+    int64_t integer(const toml::node& n, const std::string& key) const {
+        if (const auto* v = n.as_integer()) return v->get();
+        fail(n, key, "must be an integer, got " + got(n));
+    }
+
+    int64_t integer_in(const toml::node& n, const std::string& key, int64_t lo, int64_t hi) const {
+        int64_t v = integer(n, key);
+        if (v < lo || v > hi)
+            fail(n, key, "must be " + std::to_string(lo) + ".." + std::to_string(hi) + ", got " + std::to_string(v));
+        return v;
+    }
+
+    const std::string& string(const toml::node& n, const std::string& key) const {
+        if (const auto* v = n.as_string()) return v->get();
+        fail(n, key, "must be a string, got " + got(n));
+    }
+
+    const std::string& non_empty_string(const toml::node& n, const std::string& key) const {
+        const std::string& s = string(n, key);
+        if (trim(s).empty()) fail(n, key, "must not be empty");
+        return s;
+    }
+
+    std::string one_of(const toml::node& n, const std::string& key, const std::vector<std::string_view>& valid) const {
+        const std::string& s = string(n, key);
+        if (!contains(valid, s))
+            fail(n, key, quote(s) + " is not valid (" + suggestion(s, valid, "values") + ")");
+        return s;
+    }
+
+    // A positive duration written as a string with units.
+    Duration duration(const toml::node& n, const std::string& key) const {
+        if (const auto* i = n.as_integer()) {
+            fail(n, key, "a duration needs a unit (write it as a string, e.g. \"" + std::to_string(i->get()) + "s\")");
+        }
+        if (n.is_floating_point()) fail(n, key, "a duration needs a unit (write it as a string, e.g. \"10s\")");
+        if (!n.is_string()) fail(n, key, "must be a duration string like \"10s\", got " + got(n));
+        const std::string& s = n.as_string()->get();
+        std::optional<Duration> d = parse_duration(s);
+        std::string_view t = trim(s);
+        // parse_duration has no sign; a "-" in front of a valid duration deserves the clearer message.
+        if (!d && !t.empty() && t.front() == '-' && parse_duration(t.substr(1)))
+            fail(n, key, "must be > 0, got " + quote(s));
+        if (!d) {
+            fail(n, key, quote(s) + " is not a duration (write it with a unit: \"250ms\", \"10s\", \"5m\", \"1h\")");
+        }
+        if (d->count() <= 0) fail(n, key, "must be > 0, got " + quote(s));
+        return *d;
+    }
+
+    uint64_t size(const toml::node& n, const std::string& key) const {
+        if (const auto* i = n.as_integer()) {
+            if (i->get() <= 0) fail(n, key, "must be > 0, got " + std::to_string(i->get()));
+            return static_cast<uint64_t>(i->get());
+        }
+        if (!n.is_string()) fail(n, key, "must be a size (bytes, or a string like \"10MiB\"), got " + got(n));
+        const std::string& s = n.as_string()->get();
+        std::optional<uint64_t> v = parse_size(s);
+        if (!v) {
+            fail(n, key, quote(s) + " is not a size (write an integer with a unit: B, KiB, MiB, GiB, KB, MB, GB, "
+                                    "e.g. \"10MiB\")");
+        }
+        if (*v == 0) fail(n, key, "must be > 0, got " + quote(s));
+        return *v;
+    }
+
+    void flatten(const toml::node& n, const std::string& flat, const std::string& key, PluginValues& out) const {
+        if (const toml::table* t = n.as_table()) {
+            for (auto [k, v] : in_file_order(*t)) {
+                std::string sub_flat = flat + "." + std::string(k->str());
+                flatten(*v, sub_flat, child_key(key, k->str()), out);
+            }
+            return;
+        }
+        if (const toml::array* a = n.as_array()) {
+            for (size_t i = 0; i < a->size(); ++i) {
+                std::string idx = std::to_string(i);
+                flatten(*a->get(i), flat + "." + idx, key + "." + idx, out);
+            }
+            return;
+        }
+        // Strip the leading "." that the recursion puts in front of every key.
+        std::string name = flat.substr(1);
+        // "a.b" = 1 next to a.b = 2 would silently lose one of them.
+        if (out.find(name)) fail(n, key, "clashes with another config key that also flattens to '" + name + "'");
+        switch (n.type()) {
+            case toml::node_type::boolean: out.set(name, n.as_boolean()->get()); break;
+            case toml::node_type::integer: out.set(name, n.as_integer()->get()); break;
+            case toml::node_type::floating_point: out.set(name, n.as_floating_point()->get()); break;
+            case toml::node_type::string: out.set(name, n.as_string()->get()); break;
+            default: out.set(name, node_text(n)); break;  // dates and times: their TOML text
+        }
+    }
+
+    TaskSettings task(const toml::table& t, const std::string& key) const {
+        TaskSettings ts;
+        for (auto [k, v] : in_file_order(t)) {
+            std::string sub = child_key(key, k->str());
+            if (k->str() == "interval") {
+                ts.interval = duration(*v, sub);
+            } else if (k->str() == "timeout") {
+                ts.timeout = duration(*v, sub);
+            } else {
+                unknown(*k, sub, kTaskKeys);
+            }
+        }
+        return ts;
+    }
+
+    PluginSettings plugin(const toml::table& t, const std::string& key) const {
+        PluginSettings ps;
+        for (auto [k, v] : in_file_order(t)) {
+            std::string_view name = k->str();
+            std::string sub = child_key(key, name);
+            if (name == "enabled") {
+                ps.enabled = boolean(*v, sub);
+            } else if (name == "interval") {
+                ps.interval = duration(*v, sub);
+            } else if (name == "timeout") {
+                ps.timeout = duration(*v, sub);
+            } else if (name == "tasks") {
+                for (auto [tk, tv] : in_file_order(table(*v, sub))) {
+                    std::string task_key = child_key(sub, tk->str());
+                    if (tk->str().empty()) fail(tk->source(), task_key, "task name must not be empty");
+                    ps.tasks[std::string(tk->str())] = task(table(*tv, task_key), task_key);
+                }
+            } else if (name == "config") {
+                flatten(table(*v, sub), "", sub, ps.config);
+            } else {
+                unknown(*k, sub, kPluginKeys);
+            }
+        }
+        return ps;
+    }
+
+    static bool valid_plugin_name(std::string_view s) { return s.size() <= 64 && is_bare_key(s); }
+
+    void host(const toml::table& t, HostConfig& cfg, bool& sink_set) const {
+        for (auto [k, v] : in_file_order(t)) {
+            std::string_view name = k->str();
+            std::string key = child_key("host", name);
+            if (name == "plugin_dir") {
+                cfg.plugin_dir = non_empty_string(*v, key);
+            } else if (name == "workers") {
+                cfg.workers = static_cast<size_t>(integer_in(*v, key, 0, 1024));
+            } else if (name == "default_timeout") {
+                cfg.default_timeout = duration(*v, key);
+            } else if (name == "shutdown_timeout") {
+                cfg.shutdown_timeout = duration(*v, key);
+            } else if (name == "log_level") {
+                cfg.log_level = one_of(*v, key, kLogLevels);
+            } else if (name == "log_file") {
+                cfg.log_file = non_empty_string(*v, key);
+            } else if (name == "log_sink") {
+                std::string s = one_of(*v, key, kLogSinks);
+                cfg.log_sink = s == "file" ? LogSink::file : s == "rotating" ? LogSink::rotating : LogSink::console;
+                sink_set = true;
+            } else if (name == "log_max_size") {
+                cfg.log_max_size = size(*v, key);
+            } else if (name == "log_max_files") {
+                cfg.log_max_files = static_cast<uint32_t>(integer_in(*v, key, 1, 1000));
+            } else if (name == "shadow_dir") {
+                cfg.shadow_dir = non_empty_string(*v, key);
+            } else {
+                unknown(*k, key, kHostKeys);
+            }
+        }
+    }
+
+    HostConfig read(const toml::table& root, const fs::path& source) const {
+        HostConfig cfg;
+        cfg.source = source;
+        cfg.plugin_dir = "plugins";
+        bool sink_set = false;
+        const toml::node* sink_node = nullptr;
+        for (auto [k, v] : in_file_order(root)) {
+            std::string_view name = k->str();
+            std::string key = child_key("", name);
+            if (name == "host") {
+                const toml::table& t = table(*v, key);
+                host(t, cfg, sink_set);
+                sink_node = t.get("log_sink");
+            } else if (name == "plugins") {
+                for (auto [pk, pv] : in_file_order(table(*v, key))) {
+                    std::string plugin_key = child_key(key, pk->str());
+                    if (!valid_plugin_name(pk->str())) {
+                        fail(pk->source(), plugin_key,
+                             "bad plugin name " + quote(pk->str()) + " (use 1-64 of A-Z a-z 0-9 _ -)");
+                    }
+                    cfg.plugins[std::string(pk->str())] = plugin(table(*pv, plugin_key), plugin_key);
+                }
+            } else if (!v->is_table() && contains(kHostKeys, name)) {
+                fail(k->source(), key, "unknown top-level key (did you mean to put it under [host]?)");
+            } else if (v->is_table()) {
+                fail(k->source(), key, "unknown table (" + suggestion(name, kTopKeys, "tables") + ")");
+            } else {
+                unknown(*k, key, kTopKeys);
+            }
+        }
+
+        if (!sink_set && !cfg.log_file.empty()) cfg.log_sink = LogSink::file;
+        if (cfg.log_sink != LogSink::console && cfg.log_file.empty()) {
+            const char* sink = cfg.log_sink == LogSink::file ? "file" : "rotating";
+            std::string what = std::string("log_sink \"") + sink + "\" needs host.log_file";
+            if (sink_node) fail(*sink_node, "host.log_sink", what);
+            throw ConfigError(file_, 0, 0, "host.log_sink", "host.log_sink: " + what);
+        }
+        return cfg;
+    }
+
+    const std::string& file() const { return file_; }
+
+private:
+    std::string file_;
+};
+
+// The folder relative paths in host.toml are relative to.
+fs::path base_folder(const fs::path& source) {
+    fs::path parent = source.parent_path();
+    return parent.empty() ? fs::current_path() : fs::absolute(parent);
+}
+
+fs::path resolve(const fs::path& folder, const fs::path& p) {
+    if (p.empty() || p.is_absolute()) return p;
+    return (folder / p).lexically_normal();
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- durations
+
+std::optional<Duration> parse_duration(std::string_view text) {
+    text = trim(text);
+    if (text.empty()) return std::nullopt;
+    uint64_t total = 0;
+    int last_rank = 99;
+    size_t i = 0;
+    while (i < text.size()) {
+        // Integer part.
+        size_t start = i;
+        uint64_t whole = 0;
+        while (i < text.size() && is_digit(text[i])) {
+            uint64_t d = static_cast<uint64_t>(text[i] - '0');
+            if (whole > (kMaxNs - d) / 10) return std::nullopt;
+            whole = whole * 10 + d;
+            ++i;
+        }
+        if (i == start) return std::nullopt;
+        // Fraction: at most 17 digits count (more cannot change the ns value); the rest must still be digits.
+        uint64_t frac = 0;
+        int frac_digits = 0;
+        if (i < text.size() && text[i] == '.') {
+            ++i;
+            size_t frac_start = i;
+            while (i < text.size() && is_digit(text[i])) {
+                if (frac_digits < 17) {
+                    frac = frac * 10 + static_cast<uint64_t>(text[i] - '0');
+                    ++frac_digits;
+                }
+                ++i;
+            }
+            if (i == frac_start) return std::nullopt;
+        }
+        // Unit.
+        const DurationUnit* unit = nullptr;
+        for (const DurationUnit& u : kDurationUnits) {
+            if (text.substr(i, u.name.size()) == u.name) {
+                unit = &u;
+                break;
+            }
+        }
+        if (!unit || unit->rank >= last_rank) return std::nullopt;
+        last_rank = unit->rank;
+        i += unit->name.size();
+
+        uint64_t unit_ns = unit->mult * pow10(unit->exp);
+        if (whole > kMaxNs / unit_ns) return std::nullopt;
+        uint64_t ns = whole * unit_ns;
+        // frac / 10^digits * mult * 10^exp, truncated toward zero; never more than one unit, so no overflow.
+        uint64_t frac_ns = 0;
+        if (frac_digits <= unit->exp) {
+            frac_ns = frac * unit->mult * pow10(unit->exp - frac_digits);
+        } else {
+            frac_ns = frac * unit->mult / pow10(frac_digits - unit->exp);
+        }
+        if (ns > kMaxNs - frac_ns) return std::nullopt;
+        ns += frac_ns;
+        if (total > kMaxNs - ns) return std::nullopt;
+        total += ns;
+    }
+    return Duration(static_cast<int64_t>(total));
+}
+
+// Hours and minutes as whole components, then the rest as one decimal number of the largest unit that fits:
+// 90s -> "1m30s", 1500ms -> "1.5s", 3600.5s -> "1h0.5s", 1500us -> "1.5ms", 0 -> "0s". Exact (no rounding),
+// and parse_duration(format_duration(d)) == d for every d >= 0. Negative values get a leading "-".
+std::string format_duration(Duration d) {
+    if (d.count() == 0) return "0s";
+    std::string out;
+    uint64_t ns;
+    if (d.count() < 0) {
+        out = "-";
+        ns = static_cast<uint64_t>(-(d.count() + 1)) + 1;  // also right for the minimum value
+    } else {
+        ns = static_cast<uint64_t>(d.count());
+    }
+    constexpr uint64_t kUs = 1000, kMs = 1000 * kUs, kS = 1000 * kMs, kM = 60 * kS, kH = 60 * kM;
+    bool has_big = ns >= kM;
+    if (ns >= kH) {
+        out += std::to_string(ns / kH) + "h";
+        ns %= kH;
+    }
+    if (ns >= kM) {
+        out += std::to_string(ns / kM) + "m";
+        ns %= kM;
+    }
+    if (ns == 0) return out;
+
+    auto decimal = [&out](uint64_t value, uint64_t unit, int digits, const char* name) {
+        out += std::to_string(value / unit);
+        uint64_t rest = value % unit;
+        if (rest != 0) {
+            std::string f = std::to_string(rest);
+            f.insert(0, static_cast<size_t>(digits) - f.size(), '0');
+            while (f.back() == '0') f.pop_back();
+            out += "." + f;
+        }
+        out += name;
+    };
+    // Once hours or minutes are written, the remainder stays in seconds so the units keep going down.
+    if (ns >= kS || has_big) {
+        decimal(ns, kS, 9, "s");
+    } else if (ns >= kMs) {
+        decimal(ns, kMs, 6, "ms");
+    } else if (ns >= kUs) {
+        decimal(ns, kUs, 3, "us");
+    } else {
+        out += std::to_string(ns) + "ns";
+    }
+    return out;
+}
+
+// ---------------------------------------------------------------- PluginValues
+
+const PluginValues::Value* PluginValues::find(std::string_view key) const {
+    auto it = values_.find(key);
+    return it == values_.end() ? nullptr : &it->second;
+}
+
+PluginValues::Lookup PluginValues::get_string(std::string_view key, const std::string** out) const {
+    const Value* v = find(key);
+    if (!v) return Lookup::not_found;
+    const std::string* s = std::get_if<std::string>(v);
+    if (!s) return Lookup::wrong_type;
+    if (out) *out = s;
+    return Lookup::ok;
+}
+
+PluginValues::Lookup PluginValues::get_int(std::string_view key, int64_t* out) const {
+    const Value* v = find(key);
+    if (!v) return Lookup::not_found;
+    const int64_t* i = std::get_if<int64_t>(v);
+    if (!i) return Lookup::wrong_type;
+    if (out) *out = *i;
+    return Lookup::ok;
+}
+
+PluginValues::Lookup PluginValues::get_bool(std::string_view key, bool* out) const {
+    const Value* v = find(key);
+    if (!v) return Lookup::not_found;
+    const bool* b = std::get_if<bool>(v);
+    if (!b) return Lookup::wrong_type;
+    if (out) *out = *b;
+    return Lookup::ok;
+}
+
+PluginValues::Lookup PluginValues::get_duration(std::string_view key, Duration* out) const {
+    const Value* v = find(key);
+    if (!v) return Lookup::not_found;
+    const std::string* s = std::get_if<std::string>(v);
+    if (!s) return Lookup::wrong_type;
+    std::optional<Duration> d = parse_duration(*s);
+    if (!d) return Lookup::wrong_type;
+    if (out) *out = *d;
+    return Lookup::ok;
+}
+
+// ---------------------------------------------------------------- HostConfig
+
+const PluginSettings& HostConfig::plugin(const std::string& name) const {
+    static const PluginSettings defaults;
+    auto it = plugins.find(name);
+    return it == plugins.end() ? defaults : it->second;
+}
+
+HostConfig parse_config(std::string_view toml_text, const fs::path& source) {
+    Reader reader(source);
+    toml::table root;
+    try {
+        root = toml::parse(toml_text, reader.file());
+    } catch (const toml::parse_error& e) {
+        const toml::source_position& at = e.source().begin;
+        throw ConfigError(reader.file(), at.line, at.column, "", std::string(e.description()));
+    }
+    HostConfig cfg = reader.read(root, source);
+
+    try {
+        fs::path folder = base_folder(source);
+        cfg.plugin_dir = resolve(folder, cfg.plugin_dir);
+        cfg.log_file = resolve(folder, cfg.log_file);
+        cfg.shadow_dir = resolve(folder, cfg.shadow_dir);
+    } catch (const fs::filesystem_error& e) {
+        throw ConfigError(reader.file(), 0, 0, "", std::string("cannot resolve relative paths: ") + e.what());
+    }
+    return cfg;
+}
+
+HostConfig load_config(const fs::path& file) {
+    std::string name = file.filename().string();
+    if (name.empty()) name = file.string();
+    std::FILE* f = std::fopen(file.c_str(), "rb");
+    if (!f) {
+        int err = errno;
+        throw ConfigError(file.string(), 0, 0, "", "cannot read " + name + ": " + std::strerror(err));
+    }
+    errno = 0;
+    std::string text;
+    char buf[65536];
+    size_t n;
+    while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) text.append(buf, n);
+    // fread sets errno on failure, e.g. EISDIR when the path is a folder.
+    int err = std::ferror(f) ? (errno != 0 ? errno : EIO) : 0;
+    std::fclose(f);
+    if (err != 0) throw ConfigError(file.string(), 0, 0, "", "cannot read " + name + ": " + std::strerror(err));
+    return parse_config(text, file);
+}
+
+}  // namespace tickhost

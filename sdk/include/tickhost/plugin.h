@@ -1,0 +1,222 @@
+/*
+ * tickhost plugin ABI, version 1.0 — the whole contract between a task plugin and the host.
+ *
+ * A complete plugin in plain C (build it with the CMake function `tickhost_add_plugin`, or any compiler
+ * invocation that makes a shared library exporting `tickhost_plugin_entry`):
+ *
+ *     #include <tickhost/plugin.h>
+ *
+ *     static const th_host_api* host;
+ *
+ *     static th_status tick(void* state, th_ctx ctx, int32_t is_stop) {
+ *         (void)state;
+ *         const char* msg = is_stop ? "stopping" : "tick";
+ *         host->log(ctx, TH_LOG_INFO, msg, strlen(msg));
+ *         return TH_OK;
+ *     }
+ *
+ *     static const th_task_def tasks[] = {
+ *         {sizeof(th_task_def), "tick", 1000000000, 0, tick, NULL},  // every 1 s, host default timeout
+ *     };
+ *
+ *     static const th_plugin_def plugin = {
+ *         sizeof(th_plugin_def), TH_ABI_MAJOR, TH_ABI_MINOR,
+ *         "minimal", "1.0.0", "Logs a line every second",
+ *         tasks, 1,           // static tasks (may be NULL, 0 if init declares them)
+ *         NULL, NULL,         // init, shutdown (optional)
+ *     };
+ *
+ *     TH_EXPORT const th_plugin_def* tickhost_plugin_entry(const th_host_info* info) {
+ *         host = info->api;
+ *         return &plugin;
+ *     }
+ *
+ * C++ authors: <tickhost/plugin.hpp> wraps all of this in a class and one macro.
+ *
+ * ------------------------------------------------------------------------------------------------------
+ * Rules of this ABI (they are promises; breaking one bumps TH_ABI_MAJOR):
+ *  - Pure C: fixed-width integers, `const char*` + length, function pointers, opaque handles. Nothing
+ *    allocated on one side is freed on the other. No exception may cross the boundary.
+ *  - Every struct starts with `struct_size` (set it to sizeof the struct you compiled against). Structs and
+ *    the host API table only grow at the end; a member, once released, never changes meaning or type.
+ *    New functions get new names (`foo2`) rather than changing old ones. Members are tagged @since.
+ *  - Version negotiation: the plugin states the ABI major.minor it was built against in its th_plugin_def.
+ *    The host refuses a different major (TH_E_ABI_MAJOR) and a minor newer than its own
+ *    (TH_E_ABI_MINOR_TOO_NEW). A plugin built for 1.0 keeps loading in every 1.x host.
+ *  - Alignment and layout are the platform C ABI's (natural alignment, no packing pragmas).
+ *  - Durations are signed 64-bit nanoseconds (int64_t). Times are on the host's monotonic clock.
+ *
+ * Threading:
+ *  - tickhost_plugin_entry, init and shutdown are called on the host's loader thread, one at a time.
+ *  - A task's run() is called on a worker thread. Runs of one task never overlap; different tasks (of this
+ *    plugin or others) may run at the same time on different threads.
+ *  - Every th_host_api function is thread-safe and may be called from any thread, including threads the
+ *    plugin started, with any th_ctx. A context that is no longer valid (its run has returned, its plugin
+ *    was shut down) is refused with TH_E_STALE_CONTEXT (or treated as cancelled) — never a crash.
+ *
+ * What must not outlive the plugin: threads it started, callbacks it handed to other libraries, and
+ * thread_local objects with destructors (they pin the library in memory). Stop them in shutdown().
+ */
+#ifndef TICKHOST_PLUGIN_H
+#define TICKHOST_PLUGIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ABI version this header describes. Packed form: major << 16 | minor. */
+#define TH_ABI_MAJOR 1
+#define TH_ABI_MINOR 0
+#define TH_ABI_VERSION ((uint32_t)((TH_ABI_MAJOR << 16) | TH_ABI_MINOR))
+
+/* Name of the one exported entry point. */
+#define TH_ENTRY_SYMBOL "tickhost_plugin_entry"
+
+#if defined(_WIN32)
+#define TH_EXPORT __declspec(dllexport)
+#else
+#define TH_EXPORT __attribute__((visibility("default")))
+#endif
+
+/* ---- Status codes: returned by run/init and by host services. ---------------------------------------- */
+typedef int32_t th_status;
+
+#define TH_OK 0                   /* success */
+#define TH_ERROR 1                /* the task failed; the host logs the message set with set_error */
+#define TH_CANCELLED 2            /* the task saw its cancellation flag and gave up early */
+
+/* Host service errors (negative). */
+#define TH_E_STALE_CONTEXT (-1)   /* the th_ctx is no longer valid (run returned, plugin shut down) */
+#define TH_E_NOT_FOUND (-2)       /* config key absent */
+#define TH_E_WRONG_TYPE (-3)      /* config key present with another type */
+#define TH_E_INVALID_ARGUMENT (-4) /* null pointer, bad struct_size, bad value */
+#define TH_E_NOT_ALLOWED (-5)     /* e.g. add_task outside init */
+
+/* Load errors (named by the host when it refuses a plugin; see th_status_name in the host). */
+#define TH_E_NOT_A_LIBRARY (-100)   /* the loader refused the file (dlerror text is logged) */
+#define TH_E_NO_ENTRY (-101)        /* tickhost_plugin_entry is not exported */
+#define TH_E_ENTRY_NULL (-102)      /* the entry returned NULL */
+#define TH_E_ABI_MAJOR (-103)       /* plugin's ABI major differs from the host's */
+#define TH_E_ABI_MINOR_TOO_NEW (-104) /* plugin needs a newer minor than the host has */
+#define TH_E_BAD_DESCRIPTOR (-105)  /* struct too small, missing name/run, bad interval, duplicate task */
+#define TH_E_INIT_FAILED (-106)     /* init returned an error or threw */
+#define TH_E_DUPLICATE_NAME (-107)  /* another loaded plugin has the same name */
+#define TH_E_NO_TASKS (-108)        /* the plugin declared no task */
+
+/* ---- Log levels -------------------------------------------------------------------------------------- */
+#define TH_LOG_TRACE 0
+#define TH_LOG_DEBUG 1
+#define TH_LOG_INFO 2
+#define TH_LOG_WARN 3
+#define TH_LOG_ERROR 4
+
+/* ---- Context handle -----------------------------------------------------------------------------------
+ * An opaque value the host passes to init, run and shutdown; hand it back to th_host_api functions.
+ * Passed by value (8 bytes). Valid only during the call it was passed to; after that the host refuses it
+ * with TH_E_STALE_CONTEXT. Never dereference or interpret it. */
+typedef struct th_ctx {
+    uint64_t handle;
+} th_ctx;
+
+typedef struct th_task_def th_task_def;
+
+/* ---- Host services --------------------------------------------------------------------------------------
+ * A table of function pointers, owned by the host, valid from tickhost_plugin_entry until the plugin is
+ * unloaded. It only grows at the end: check `struct_size` before calling a member added after 1.0.
+ * Strings passed in are `const char*` + length (need not be NUL-terminated); the host copies what it keeps.
+ * Strings passed out point into host memory valid until the call's context becomes stale. */
+typedef struct th_host_api {
+    uint32_t struct_size;  /* sizeof(th_host_api) of the host */
+    uint32_t abi_version;  /* TH_ABI_VERSION of the host */
+
+    /* @since 1.0. Log `len` bytes of `msg` at `level`, tagged with the plugin and task of `ctx`. The text is
+     * printed literally (no format interpretation). Messages below the host's level cost one compare. */
+    void (*log)(th_ctx ctx, int32_t level, const char* msg, size_t len);
+
+    /* @since 1.0. 1 when the host wants this call to end early (its deadline passed, or the host is
+     * stopping), 0 otherwise. Stale contexts answer 1. Cheap: poll it in loops. */
+    int32_t (*is_cancelled)(th_ctx ctx);
+
+    /* @since 1.0. Nanoseconds left before this call's deadline (negative once past). Stale: 0. */
+    int64_t (*remaining_ns)(th_ctx ctx);
+
+    /* @since 1.0. This call's deadline on the host's monotonic clock, in ns. Stale: 0. */
+    int64_t (*deadline_ns)(th_ctx ctx);
+
+    /* @since 1.0. Config lookups in this plugin's [plugins.<name>.config] table. `key` may be a dotted
+     * path ("db.port"). On success writes *out and returns TH_OK; TH_E_NOT_FOUND, TH_E_WRONG_TYPE,
+     * TH_E_STALE_CONTEXT otherwise. A string's bytes stay valid until the plugin is unloaded.
+     * Durations accept strings with units ("250ms", "10s", "5m", "1h") and are returned in ns. */
+    th_status (*config_string)(th_ctx ctx, const char* key, size_t key_len, const char** out, size_t* out_len);
+    th_status (*config_int)(th_ctx ctx, const char* key, size_t key_len, int64_t* out);
+    th_status (*config_bool)(th_ctx ctx, const char* key, size_t key_len, int32_t* out);
+    th_status (*config_duration_ns)(th_ctx ctx, const char* key, size_t key_len, int64_t* out);
+
+    /* @since 1.0. Attach an error message to the current call; the host logs it with the task's name when
+     * run/init returns a non-OK status. Last call wins. Truncated to 4 KiB. */
+    th_status (*set_error)(th_ctx ctx, const char* msg, size_t len);
+
+    /* @since 1.0. From init only: declare one more task (copied by the host). Lets the number of tasks
+     * come from config. TH_E_NOT_ALLOWED outside init; TH_E_INVALID_ARGUMENT for a bad definition. */
+    th_status (*add_task)(th_ctx ctx, const th_task_def* task);
+} th_host_api;
+
+/* ---- What the host tells the plugin at entry ------------------------------------------------------------ */
+typedef struct th_host_info {
+    uint32_t struct_size;      /* sizeof(th_host_info) of the host */
+    uint32_t abi_version;      /* TH_ABI_VERSION of the host */
+    const th_host_api* api;    /* host services, valid until unload */
+    const char* host_version;  /* NUL-terminated, e.g. "1.0.0" */
+} th_host_info;
+
+/* ---- A task ---------------------------------------------------------------------------------------------
+ * run(state, ctx, is_stop):
+ *   is_stop == 0: one periodic run. Return TH_OK, or TH_ERROR after set_error(ctx, ...).
+ *   is_stop == 1: the stop call, made exactly once when the task is removed (plugin removed or replaced, host
+ *                 stopping), after its last run returned. Bounded by the same timeout.
+ *   `state` is the task's own `state` member if non-NULL, else the plugin state that init stored.
+ * Required: name, run, default_interval_ns > 0. */
+typedef th_status (*th_run_fn)(void* state, th_ctx ctx, int32_t is_stop);
+
+struct th_task_def {
+    uint32_t struct_size;        /* sizeof(th_task_def) */
+    const char* name;            /* required; unique within the plugin; printable, 1..64 bytes */
+    int64_t default_interval_ns; /* required, > 0; host.toml may override */
+    int64_t default_timeout_ns;  /* optional; 0 = the host's default_timeout (10 s unless configured) */
+    th_run_fn run;               /* required */
+    void* state;                 /* optional; passed to run instead of the plugin state when non-NULL */
+};
+
+/* ---- The plugin -----------------------------------------------------------------------------------------
+ * init(ctx, &state): optional. Read config, allocate state, declare tasks with add_task. Return TH_OK, or
+ *   TH_ERROR after set_error (the plugin is then refused and unloaded).
+ * shutdown(state): optional. Called once after every task's stop call, before unload. Free state here. */
+typedef th_status (*th_init_fn)(th_ctx ctx, void** state);
+typedef void (*th_shutdown_fn)(void* state);
+
+typedef struct th_plugin_def {
+    uint32_t struct_size;        /* sizeof(th_plugin_def) */
+    uint16_t abi_major;          /* TH_ABI_MAJOR the plugin was built against */
+    uint16_t abi_minor;          /* TH_ABI_MINOR the plugin was built against */
+    const char* name;            /* required; the key of [plugins.<name>]; [A-Za-z0-9_-], 1..64 bytes */
+    const char* version;         /* optional; free-form, e.g. "1.2.0" */
+    const char* description;     /* optional; one line */
+    const th_task_def* tasks;    /* static tasks; may be NULL when init declares them */
+    uint32_t task_count;
+    th_init_fn init;             /* optional */
+    th_shutdown_fn shutdown;     /* optional */
+} th_plugin_def;
+
+/* Required export. Called once per load, before anything else. Return a pointer to a descriptor that stays
+ * valid until unload (a static), or NULL to refuse loading. */
+typedef const th_plugin_def* (*th_entry_fn)(const th_host_info* info);
+TH_EXPORT const th_plugin_def* tickhost_plugin_entry(const th_host_info* info);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* TICKHOST_PLUGIN_H */
