@@ -76,4 +76,10 @@ void setup_logging(const HostConfig& config) {
     set_log_sinks(std::move(sinks), level);
 }
 
+void flush_logs() {
+    LogState& st = state();
+    std::lock_guard<std::mutex> lk(st.mu);
+    for (auto& l : st.loggers) l->flush();
+}
+
 }  // namespace tickhost

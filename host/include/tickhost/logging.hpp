@@ -22,4 +22,7 @@ void setup_logging(const HostConfig& config);
 // Routes every tickhost logger to `sinks` (an embedding application passes its own), at `level`.
 void set_log_sinks(std::vector<spdlog::sink_ptr> sinks, spdlog::level::level_enum level);
 
+// Flushes every tickhost logger (before a quick exit).
+void flush_logs();
+
 }  // namespace tickhost

@@ -1,0 +1,157 @@
+// tickhost: runs the task plugins in plugin_dir on their schedules until SIGINT or SIGTERM.
+#include <tickhost/config.hpp>
+#include <tickhost/host.hpp>
+#include <tickhost/logging.hpp>
+
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <iostream>
+#include <string>
+#include <thread>
+
+#include <pthread.h>
+
+#ifndef TICKHOST_VERSION
+#define TICKHOST_VERSION "dev"
+#endif
+
+namespace {
+
+const char* kUsage = R"(usage: tickhost [--config PATH] [--log-level LEVEL]
+       tickhost --help | --version
+
+Runs the task plugins found in plugin_dir (see host.toml) on their schedules.
+
+options:
+  -c, --config PATH      host.toml to use (default: ./host.toml)
+  -l, --log-level LEVEL  override [host] log_level: trace, debug, info, warn, error, critical, off
+  -h, --help             show this help
+  -V, --version          show the version and the plugin ABI version
+
+signals:
+  SIGINT, SIGTERM        graceful stop: every task gets its stop call, plugins are unloaded, exit 0
+                         (a second one exits at once with status 130)
+exit status: 0 stopped cleanly, 1 something did not stop in time, 2 bad command line or host.toml
+)";
+
+int usage_error(const std::string& msg) {
+    std::fprintf(stderr, "tickhost: %s\n%s", msg.c_str(), kUsage);
+    return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    std::string config_path = "host.toml";
+    std::string log_level;
+    for (int i = 1; i < argc; ++i) {
+        std::string a = argv[i];
+        auto value = [&](const char* name) -> const char* {
+            if (i + 1 >= argc) return nullptr;
+            (void)name;
+            return argv[++i];
+        };
+        if (a == "-h" || a == "--help") {
+            std::fputs(kUsage, stdout);
+            return 0;
+        } else if (a == "-V" || a == "--version") {
+            std::printf("tickhost %s (plugin ABI %d.%d)\n", TICKHOST_VERSION, TH_ABI_MAJOR, TH_ABI_MINOR);
+            return 0;
+        } else if (a == "-c" || a == "--config") {
+            const char* v = value("--config");
+            if (!v) return usage_error("--config needs a path");
+            config_path = v;
+        } else if (a.rfind("--config=", 0) == 0) {
+            config_path = a.substr(9);
+        } else if (a == "-l" || a == "--log-level") {
+            const char* v = value("--log-level");
+            if (!v) return usage_error("--log-level needs a level");
+            log_level = v;
+        } else if (a.rfind("--log-level=", 0) == 0) {
+            log_level = a.substr(12);
+        } else {
+            return usage_error("unknown argument '" + a + "'");
+        }
+    }
+
+    tickhost::HostConfig config;
+    try {
+        config = tickhost::load_config(config_path);
+        if (!log_level.empty()) config.log_level = log_level;
+        tickhost::setup_logging(config);
+    } catch (const tickhost::ConfigError& e) {
+        std::fprintf(stderr, "tickhost: %s\n", e.what());
+        return 2;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "tickhost: %s: %s\n", config_path.c_str(), e.what());
+        return 2;
+    }
+    auto log = tickhost::get_logger("host");
+
+    // Block the signals we handle before any thread exists, so that every thread inherits the mask and
+    // only sigwait below sees them (no async-signal-safety puzzles).
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+
+    std::unique_ptr<tickhost::Host> host;
+    try {
+        host = std::make_unique<tickhost::Host>(config);
+        log->info("tickhost {} starting: config {}, plugin_dir {}, {} worker(s)", TICKHOST_VERSION,
+                  config.source.string(), config.plugin_dir.string(), host->tickers().worker_count());
+        host->start();
+    } catch (const std::exception& e) {
+        log->critical("cannot start: {}", e.what());
+        tickhost::flush_logs();
+        return 1;
+    }
+
+    int sig = 0;
+    for (;;) {
+        if (sigwait(&sigs, &sig) != 0) continue;
+        if (sig == SIGHUP) {
+            log->info("SIGHUP received; configuration reload is not available in this version (restart to apply "
+                      "host.toml changes)");
+            continue;
+        }
+        break;
+    }
+    log->info("{} received: stopping (stop calls, then unload; bound {})", strsignal(sig),
+              tickhost::format_duration(config.shutdown_timeout));
+
+    // Stop on another thread so that a second signal can still cut it short.
+    std::atomic<bool> done{false};
+    bool clean = false;
+    std::thread stopper([&] {
+        clean = host->stop();
+        done = true;
+    });
+    const timespec poll{0, 50 * 1000 * 1000};
+    while (!done) {
+        siginfo_t info;
+        int s = sigtimedwait(&sigs, &info, &poll);
+        if (s == SIGINT || s == SIGTERM) {
+            log->warn("second {}: exiting now without waiting for stop calls", strsignal(s));
+            tickhost::flush_logs();
+            std::_Exit(130);
+        }
+    }
+    stopper.join();
+    if (!clean) {
+        log->error("stopped, but some task did not finish within shutdown_timeout (named above); exiting 1");
+        tickhost::flush_logs();
+        std::_Exit(1);  // code of a stuck plugin may still run: skip static destructors
+    }
+    host.reset();
+    log->info("stopped cleanly");
+    tickhost::flush_logs();
+    return 0;
+}

@@ -1,0 +1,106 @@
+// PluginManager: plugin files -> loaded, initialised plugins -> tasks in a Tickers registry.
+//
+// Loading a file: read it, copy it to a private shadow copy (named by content hash + a counter), dlopen the
+// copy with RTLD_NOW | RTLD_LOCAL, resolve tickhost_plugin_entry, negotiate the ABI, check the descriptor,
+// refuse a name another loaded plugin has, call init with the plugin's [plugins.<name>.config], then add
+// each task to the Tickers with its interval and timeout (host.toml overrides the plugin's defaults).
+// Unloading: remove the tasks (no new run), wait (bounded) for their stop calls, call shutdown, unload,
+// check the image is gone, delete the shadow copy. A library whose code may still be running (a call that
+// ignored its cancellation) is never unloaded.
+//
+// Threading: all public functions are serialized by an internal mutex (loads and unloads happen one at a
+// time); plugin code never runs while that mutex is held by another thread's request... except init and
+// shutdown, which are part of the request that called them.
+#pragma once
+
+#include <tickhost/config.hpp>
+#include <tickhost/plugin.h>
+#include <tickhost/tickers.hpp>
+
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace spdlog {
+class logger;
+}
+
+namespace tickhost {
+
+namespace detail {
+class ShadowCache;
+struct LoadedPlugin;
+}  // namespace detail
+
+// Why a file was not loaded. what() of the log line: "<file>: <code>: <reason>; <hint>".
+struct LoadError {
+    th_status code = TH_OK;  // TH_E_* (see plugin.h)
+    std::string code_name;   // "TH_E_NO_ENTRY", ...
+    std::string reason;      // what happened, with the loader's own text where there is one
+    std::string hint;        // what to do about it
+    std::string message() const { return code_name + ": " + reason + (hint.empty() ? "" : "; " + hint); }
+};
+
+struct PluginTaskInfo {
+    std::string name;
+    Duration interval{0};
+    Duration timeout{0};
+    TaskId id = 0;
+};
+
+struct PluginInfo {
+    std::string name;
+    std::string version;
+    std::string description;
+    std::filesystem::path file;    // the file in plugin_dir
+    std::filesystem::path shadow;  // the loaded copy
+    std::string sha256;
+    std::vector<PluginTaskInfo> tasks;
+};
+
+// True for names the host considers plugin files: the platform suffix (.so / .dll), not hidden, not a
+// temporary or backup name (".x", "x.tmp", "x~", "x.swp").
+bool is_plugin_file_name(const std::filesystem::path& name);
+
+class PluginManager {
+public:
+    // `tickers` must outlive the manager. Creates the shadow cache (throws std::runtime_error if it cannot).
+    PluginManager(Tickers& tickers, HostConfig config);
+    ~PluginManager();  // unload_all(config.shutdown_timeout)
+    PluginManager(const PluginManager&) = delete;
+    PluginManager& operator=(const PluginManager&) = delete;
+
+    // Loads every plugin file in config.plugin_dir, in name order. Failures are logged and skipped.
+    // Returns the number of plugins loaded.
+    size_t load_directory();
+    // Loads one file. On failure returns the error (also logged) and nothing changes.
+    std::optional<LoadError> load(const std::filesystem::path& file);
+    // Unloads the plugin loaded from `file`. False if none is. Waits up to `bound` for its stop calls.
+    bool unload(const std::filesystem::path& file, Duration bound);
+    // Unloads every plugin: all tasks are removed first (their stop calls run in parallel), then each
+    // plugin is shut down and unloaded. False if some stop call did not return within `bound`.
+    bool unload_all(Duration bound);
+
+    std::vector<PluginInfo> plugins() const;
+    std::optional<PluginInfo> plugin(const std::string& name) const;
+    const HostConfig& config() const { return config_; }
+    const std::filesystem::path& shadow_dir() const;
+
+private:
+    std::optional<LoadError> load_locked(const std::filesystem::path& file);
+    void start_tasks(const std::shared_ptr<detail::LoadedPlugin>& p);
+    bool stop_plugins(std::vector<std::shared_ptr<detail::LoadedPlugin>> ps, Duration bound);
+
+    Tickers& tickers_;
+    HostConfig config_;
+    std::shared_ptr<spdlog::logger> log_;
+    std::unique_ptr<detail::ShadowCache> cache_;
+    mutable std::mutex mu_;
+    std::map<std::filesystem::path, std::shared_ptr<detail::LoadedPlugin>> by_file_;
+};
+
+}  // namespace tickhost

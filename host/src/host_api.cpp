@@ -1,0 +1,288 @@
+#include "host_api.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <cstring>
+#include <stdexcept>
+
+namespace tickhost::detail {
+
+// One context: generation, the open call's cancel flag and deadline, its owner and error message.
+struct Entry {
+    std::atomic<uint32_t> gen{2};  // odd: a call is open
+    std::atomic<const std::atomic<bool>*> cancel{nullptr};
+    std::atomic<int64_t> deadline_ns{0};
+    std::atomic<bool> never{false};
+    std::atomic<bool> error_set{false};
+    std::mutex mu;               // guards owner and error (the slow services take it)
+    CtxOwner* owner = nullptr;
+    std::string error;
+};
+
+namespace {
+
+constexpr size_t kMaxError = 4096;
+
+// Entries live in fixed segments that are never freed: a stale or invented handle always finds memory,
+// and a lookup takes no lock (is_cancelled is on the plugins' hot path).
+class Table {
+public:
+    static constexpr uint32_t kSegBits = 10;
+    static constexpr uint32_t kSegSize = 1u << kSegBits;
+    static constexpr uint32_t kMaxSegs = 1u << 14;  // 16M entries
+
+    static Table& get() {
+        static Table* t = new Table;  // never destroyed: plugin threads may call in during exit
+        return *t;
+    }
+    uint32_t allocate() {
+        std::lock_guard<std::mutex> lk(mu_);
+        if (!free_.empty()) {
+            uint32_t i = free_.back();
+            free_.pop_back();
+            return i;
+        }
+        const uint32_t i = count_.load(std::memory_order_relaxed);
+        if (i >= kSegSize * kMaxSegs) throw std::length_error("too many plugin contexts");
+        if (!segs_[i >> kSegBits].load(std::memory_order_relaxed))
+            segs_[i >> kSegBits].store(new Entry[kSegSize], std::memory_order_release);
+        count_.store(i + 1, std::memory_order_release);
+        return i;
+    }
+    void release(uint32_t i) {
+        std::lock_guard<std::mutex> lk(mu_);
+        free_.push_back(i);
+    }
+    // nullptr when the index was never allocated.
+    Entry* find(uint32_t i) const {
+        if (i >= count_.load(std::memory_order_acquire)) return nullptr;
+        return &segs_[i >> kSegBits].load(std::memory_order_acquire)[i & (kSegSize - 1)];
+    }
+
+private:
+    std::mutex mu_;
+    std::atomic<Entry*> segs_[kMaxSegs] = {};
+    std::vector<uint32_t> free_;
+    std::atomic<uint32_t> count_{0};
+};
+
+uint32_t index_of(th_ctx c) { return uint32_t(c.handle); }
+uint32_t gen_of(th_ctx c) { return uint32_t(c.handle >> 32); }
+
+// The entry of an open call, or nullptr for a stale or invented handle.
+Entry* live(th_ctx c) {
+    const uint32_t g = gen_of(c);
+    if (!(g & 1)) return nullptr;
+    Entry* e = Table::get().find(index_of(c));
+    if (!e || e->gen.load(std::memory_order_acquire) != g) return nullptr;
+    return e;
+}
+
+// Runs f(owner, entry) under the entry's lock if the call is still open.
+template <typename F>
+th_status with_owner(th_ctx c, F&& f) {
+    Entry* e = live(c);
+    if (!e) return TH_E_STALE_CONTEXT;
+    std::lock_guard<std::mutex> lk(e->mu);
+    if (e->gen.load(std::memory_order_relaxed) != gen_of(c) || !e->owner) return TH_E_STALE_CONTEXT;
+    return f(*e->owner, *e);
+}
+
+int64_t now_ns() { return std::chrono::steady_clock::now().time_since_epoch().count(); }
+
+spdlog::level::level_enum to_level(int32_t level) {
+    switch (level) {
+    case TH_LOG_TRACE: return spdlog::level::trace;
+    case TH_LOG_DEBUG: return spdlog::level::debug;
+    case TH_LOG_INFO: return spdlog::level::info;
+    case TH_LOG_WARN: return spdlog::level::warn;
+    default: return spdlog::level::err;
+    }
+}
+
+// ---- the services -------------------------------------------------------------------------------------
+
+void api_log(th_ctx c, int32_t level, const char* msg, size_t len) {
+    if (!msg) len = 0;
+    with_owner(c, [&](CtxOwner& o, Entry&) {
+        auto lvl = to_level(level);
+        if (!o.logger->should_log(lvl)) return TH_OK;
+        std::string_view text(msg ? msg : "", len);
+        // The text is an argument, never a format string: "{}" and "%s" print literally.
+        if (o.task.empty())
+            o.logger->log(lvl, "{}", text);
+        else
+            o.logger->log(lvl, "[{}] {}", o.task, text);
+        return TH_OK;
+    });
+}
+
+int32_t api_is_cancelled(th_ctx c) {
+    Entry* e = live(c);
+    if (!e) return 1;
+    const std::atomic<bool>* flag = e->cancel.load(std::memory_order_acquire);
+    bool v = flag ? flag->load(std::memory_order_relaxed) : false;
+    if (e->gen.load(std::memory_order_acquire) != gen_of(c)) return 1;  // closed meanwhile
+    return v ? 1 : 0;
+}
+
+int64_t api_deadline_ns(th_ctx c) {
+    Entry* e = live(c);
+    if (!e) return 0;
+    int64_t d = e->deadline_ns.load(std::memory_order_relaxed);
+    return e->gen.load(std::memory_order_acquire) == gen_of(c) ? d : 0;
+}
+
+int64_t api_remaining_ns(th_ctx c) {
+    int64_t d = api_deadline_ns(c);
+    return d ? d - now_ns() : 0;
+}
+
+template <typename T, typename Get>
+th_status config_lookup(th_ctx c, const char* key, size_t key_len, T* out, Get get) {
+    if (!key || !out) return TH_E_INVALID_ARGUMENT;
+    return with_owner(c, [&](CtxOwner& o, Entry&) -> th_status {
+        if (!o.config) return TH_E_NOT_FOUND;
+        switch (get(*o.config, std::string_view(key, key_len), out)) {
+        case PluginValues::Lookup::ok: return TH_OK;
+        case PluginValues::Lookup::not_found: return TH_E_NOT_FOUND;
+        default: return TH_E_WRONG_TYPE;
+        }
+    });
+}
+
+th_status api_config_string(th_ctx c, const char* key, size_t key_len, const char** out, size_t* out_len) {
+    if (!out_len) return TH_E_INVALID_ARGUMENT;
+    return config_lookup(c, key, key_len, out, [&](const PluginValues& v, std::string_view k, const char** o) {
+        const std::string* s = nullptr;
+        auto r = v.get_string(k, &s);
+        if (r == PluginValues::Lookup::ok) *o = s->c_str(), *out_len = s->size();
+        return r;
+    });
+}
+
+th_status api_config_int(th_ctx c, const char* key, size_t key_len, int64_t* out) {
+    return config_lookup(c, key, key_len, out,
+                         [](const PluginValues& v, std::string_view k, int64_t* o) { return v.get_int(k, o); });
+}
+
+th_status api_config_bool(th_ctx c, const char* key, size_t key_len, int32_t* out) {
+    return config_lookup(c, key, key_len, out, [](const PluginValues& v, std::string_view k, int32_t* o) {
+        bool b = false;
+        auto r = v.get_bool(k, &b);
+        if (r == PluginValues::Lookup::ok) *o = b ? 1 : 0;
+        return r;
+    });
+}
+
+th_status api_config_duration_ns(th_ctx c, const char* key, size_t key_len, int64_t* out) {
+    return config_lookup(c, key, key_len, out, [](const PluginValues& v, std::string_view k, int64_t* o) {
+        Duration d{};
+        auto r = v.get_duration(k, &d);
+        if (r == PluginValues::Lookup::ok) *o = d.count();
+        return r;
+    });
+}
+
+th_status api_set_error(th_ctx c, const char* msg, size_t len) {
+    if (!msg && len) return TH_E_INVALID_ARGUMENT;
+    return with_owner(c, [&](CtxOwner&, Entry& e) {
+        e.error.assign(msg ? msg : "", std::min(len, kMaxError));
+        e.error_set.store(true, std::memory_order_relaxed);
+        return TH_OK;
+    });
+}
+
+th_status api_add_task(th_ctx c, const th_task_def* def) {
+    if (!def) return TH_E_INVALID_ARGUMENT;
+    return with_owner(c, [&](CtxOwner& o, Entry&) -> th_status {
+        if (!o.init_tasks) return TH_E_NOT_ALLOWED;
+        if (def->struct_size < offsetof(th_task_def, state) + sizeof(void*)) return TH_E_INVALID_ARGUMENT;
+        if (!def->name || !def->run) return TH_E_INVALID_ARGUMENT;
+        // Copy: the plugin's definition (and its name) need not outlive this call.
+        o.init_names->push_back(std::make_unique<std::string>(def->name));
+        th_task_def copy{};
+        std::memcpy(&copy, def, sizeof(th_task_def));
+        copy.struct_size = sizeof(th_task_def);
+        copy.name = o.init_names->back()->c_str();
+        o.init_tasks->push_back(copy);
+        return TH_OK;
+    });
+}
+
+const th_host_api kApi = {
+    sizeof(th_host_api),   TH_ABI_VERSION,   api_log,           api_is_cancelled,    api_remaining_ns,
+    api_deadline_ns,       api_config_string, api_config_int,   api_config_bool,     api_config_duration_ns,
+    api_set_error,         api_add_task,
+};
+
+}  // namespace
+
+ContextSlot::ContextSlot(CtxOwner* owner) : index_(Table::get().allocate()) {
+    entry_ = Table::get().find(index_);
+    std::lock_guard<std::mutex> lk(entry_->mu);
+    entry_->owner = owner;
+}
+
+ContextSlot::~ContextSlot() {
+    Entry& e = *entry_;
+    {
+        std::lock_guard<std::mutex> lk(e.mu);
+        uint32_t g = e.gen.load(std::memory_order_relaxed);
+        if (g & 1) e.gen.store(g + 1, std::memory_order_release);
+        e.owner = nullptr;
+        e.error.clear();
+        e.error_set.store(false, std::memory_order_relaxed);
+    }
+    Table::get().release(index_);
+}
+
+th_ctx ContextSlot::open(const std::atomic<bool>* cancel, std::chrono::steady_clock::time_point deadline) {
+    Entry& e = *entry_;
+    if (e.error_set.load(std::memory_order_acquire)) {  // left by a late set_error from another thread
+        std::lock_guard<std::mutex> lk(e.mu);
+        e.error.clear();
+        e.error_set.store(false, std::memory_order_relaxed);
+    }
+    e.cancel.store(cancel ? cancel : &e.never, std::memory_order_relaxed);
+    e.deadline_ns.store(deadline.time_since_epoch().count(), std::memory_order_relaxed);
+    uint32_t g = e.gen.load(std::memory_order_relaxed) + 1;  // odd: open
+    if (g == 0xffffffffu) g = 1;  // wraps after 2^31 calls; a handle that old is long stale
+    e.gen.store(g, std::memory_order_release);
+    return th_ctx{(uint64_t(g) << 32) | index_};
+}
+
+std::string ContextSlot::close() {
+    Entry& e = *entry_;
+    // Only an error set during the call needs the lock; the common path is one store.
+    if (!e.error_set.load(std::memory_order_acquire)) {
+        e.gen.store(e.gen.load(std::memory_order_relaxed) + 1, std::memory_order_release);
+        if (!e.error_set.load(std::memory_order_acquire)) return {};
+    }
+    std::lock_guard<std::mutex> lk(e.mu);
+    uint32_t g = e.gen.load(std::memory_order_relaxed);
+    if (g & 1) e.gen.store(g + 1, std::memory_order_release);
+    std::string err;
+    err.swap(e.error);
+    e.error_set.store(false, std::memory_order_relaxed);
+    return err;
+}
+
+std::string ContextSlot::close_init() {
+    Entry& e = *entry_;
+    std::lock_guard<std::mutex> lk(e.mu);
+    uint32_t g = e.gen.load(std::memory_order_relaxed);
+    if (g & 1) e.gen.store(g + 1, std::memory_order_release);
+    if (e.owner) {
+        e.owner->init_tasks = nullptr;
+        e.owner->init_names = nullptr;
+    }
+    std::string err;
+    err.swap(e.error);
+    e.error_set.store(false, std::memory_order_relaxed);
+    return err;
+}
+
+const th_host_api* host_api_table() { return &kApi; }
+
+}  // namespace tickhost::detail

@@ -1,0 +1,338 @@
+#include "loader.hpp"
+
+#include "host_api.hpp"
+#include "sha256.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <cctype>
+#include <cerrno>
+#include <csignal>
+#include <cstddef>
+#include <cstring>
+#include <set>
+
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+namespace fs = std::filesystem;
+
+namespace tickhost::detail {
+namespace {
+
+std::string errno_text(int e) { return std::strerror(e); }
+
+bool fail(LoadFailure* err, th_status code, std::string reason, std::string hint) {
+    if (err) *err = LoadFailure{code, std::move(reason), std::move(hint)};
+    return false;
+}
+
+// Reads a whole regular file without following it into a FIFO or device: O_NONBLOCK keeps a FIFO from
+// blocking the loader, fstat on the open descriptor decides (no check-then-open race).
+bool read_regular_file(const fs::path& p, std::string* out, LoadFailure* err) {
+    int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    if (fd < 0)
+        return fail(err, TH_E_NOT_A_LIBRARY, "cannot open: " + errno_text(errno),
+                    "check that the file exists and the host's user can read it");
+    struct stat st {};
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        ::close(fd);
+        return fail(err, TH_E_NOT_A_LIBRARY, "not a regular file", "plugin_dir may only hold plugin files");
+    }
+    out->clear();
+    out->reserve(size_t(st.st_size));
+    char buf[1 << 16];
+    for (;;) {
+        ssize_t n = ::read(fd, buf, sizeof buf);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) {
+            int e = errno;
+            ::close(fd);
+            return fail(err, TH_E_NOT_A_LIBRARY, "read failed: " + errno_text(e), "check the file system");
+        }
+        if (n == 0) break;
+        out->append(buf, size_t(n));
+    }
+    ::close(fd);
+    if (out->empty())
+        return fail(err, TH_E_NOT_A_LIBRARY, "the file is empty",
+                    "it may still be being written; it is retried when it changes");
+    return true;
+}
+
+fs::path default_cache_base() {
+    if (const char* xdg = std::getenv("XDG_RUNTIME_DIR"); xdg && *xdg && fs::is_directory(xdg))
+        return fs::path(xdg) / "tickhost";
+    return fs::temp_directory_path() / ("tickhost-" + std::to_string(getuid()));
+}
+
+// Creates `dir` with mode 0700 if missing, then refuses it unless it is a real directory owned by us
+// and not accessible to anyone else.
+void make_private_dir(const fs::path& dir) {
+    if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST)
+        throw std::runtime_error("cannot create the shadow cache " + dir.string() + ": " + errno_text(errno));
+    struct stat st {};
+    if (::lstat(dir.c_str(), &st) != 0)
+        throw std::runtime_error("cannot stat the shadow cache " + dir.string() + ": " + errno_text(errno));
+    if (!S_ISDIR(st.st_mode))
+        throw std::runtime_error("the shadow cache " + dir.string() + " is not a directory (a symlink?); remove it");
+    if (st.st_uid != geteuid())
+        throw std::runtime_error("the shadow cache " + dir.string() + " belongs to uid " + std::to_string(st.st_uid) +
+                                 ", not to this process's user; remove it or set [host] shadow_dir");
+    if (st.st_mode & 077) {
+        if (::chmod(dir.c_str(), 0700) != 0)
+            throw std::runtime_error("the shadow cache " + dir.string() + " is accessible to other users and "
+                                     "cannot be made private: " + errno_text(errno));
+    }
+}
+
+std::atomic<uint64_t> g_copy_counter{0};
+
+}  // namespace
+
+std::string status_name(th_status code) {
+    switch (code) {
+    case TH_OK: return "TH_OK";
+    case TH_ERROR: return "TH_ERROR";
+    case TH_CANCELLED: return "TH_CANCELLED";
+    case TH_E_STALE_CONTEXT: return "TH_E_STALE_CONTEXT";
+    case TH_E_NOT_FOUND: return "TH_E_NOT_FOUND";
+    case TH_E_WRONG_TYPE: return "TH_E_WRONG_TYPE";
+    case TH_E_INVALID_ARGUMENT: return "TH_E_INVALID_ARGUMENT";
+    case TH_E_NOT_ALLOWED: return "TH_E_NOT_ALLOWED";
+    case TH_E_NOT_A_LIBRARY: return "TH_E_NOT_A_LIBRARY";
+    case TH_E_NO_ENTRY: return "TH_E_NO_ENTRY";
+    case TH_E_ENTRY_NULL: return "TH_E_ENTRY_NULL";
+    case TH_E_ABI_MAJOR: return "TH_E_ABI_MAJOR";
+    case TH_E_ABI_MINOR_TOO_NEW: return "TH_E_ABI_MINOR_TOO_NEW";
+    case TH_E_BAD_DESCRIPTOR: return "TH_E_BAD_DESCRIPTOR";
+    case TH_E_INIT_FAILED: return "TH_E_INIT_FAILED";
+    case TH_E_DUPLICATE_NAME: return "TH_E_DUPLICATE_NAME";
+    case TH_E_NO_TASKS: return "TH_E_NO_TASKS";
+    default: return "TH_UNKNOWN(" + std::to_string(code) + ")";
+    }
+}
+
+// ---- ShadowCache ----------------------------------------------------------------------------------------
+
+ShadowCache::ShadowCache(const fs::path& base_in, std::shared_ptr<spdlog::logger> log) : log_(std::move(log)) {
+    const fs::path base = base_in.empty() ? default_cache_base() : base_in;
+    make_private_dir(base);
+    struct statvfs vfs {};
+    if (::statvfs(base.c_str(), &vfs) == 0 && (vfs.f_flag & ST_NOEXEC))
+        throw std::runtime_error("the shadow cache " + base.string() +
+                                 " is on a file system mounted noexec, where plugins cannot be loaded; set "
+                                 "[host] shadow_dir to a folder on an executable mount");
+    // Copies left by host processes that no longer exist (a crash, a kill -9).
+    std::error_code ec;
+    for (auto& e : fs::directory_iterator(base, ec)) {
+        const std::string name = e.path().filename().string();
+        if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+        const pid_t pid = pid_t(std::stoll(name));
+        if (pid == getpid() || (::kill(pid, 0) != 0 && errno == ESRCH)) {
+            std::error_code rec;
+            fs::remove_all(e.path(), rec);
+            if (pid != getpid() && !rec) log_->info("removed stale shadow copies of exited process {}", pid);
+        }
+    }
+    dir_ = base / std::to_string(getpid());
+    make_private_dir(dir_);
+}
+
+ShadowCache::~ShadowCache() {
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+}
+
+fs::path ShadowCache::make_copy(const std::string& bytes, const fs::path& source, const std::string& sha256,
+                                LoadFailure* err) {
+    const uint64_t n = ++g_copy_counter;
+    fs::path p = dir_ / (source.stem().string() + "." + sha256.substr(0, 12) + "." + std::to_string(n) +
+                         source.extension().string());
+    int fd = ::open(p.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0700);
+    if (fd < 0) {
+        fail(err, TH_E_NOT_A_LIBRARY, "cannot create the shadow copy " + p.string() + ": " + errno_text(errno),
+             "check free space and permissions of the shadow cache");
+        return {};
+    }
+    size_t off = 0;
+    while (off < bytes.size()) {
+        ssize_t w = ::write(fd, bytes.data() + off, bytes.size() - off);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) {
+            int e = errno;
+            ::close(fd);
+            ::unlink(p.c_str());
+            fail(err, TH_E_NOT_A_LIBRARY, "cannot write the shadow copy " + p.string() + ": " + errno_text(e),
+                 "check free space in the shadow cache");
+            return {};
+        }
+        off += size_t(w);
+    }
+    ::close(fd);
+    return p;
+}
+
+// ---- validation -----------------------------------------------------------------------------------------
+
+bool valid_plugin_name(const char* name) {
+    if (!name) return false;
+    size_t n = 0;
+    for (const char* c = name; *c; ++c, ++n) {
+        const unsigned char u = static_cast<unsigned char>(*c);
+        if (n >= 64 || !(std::isalnum(u) || u == '_' || u == '-')) return false;
+    }
+    return n > 0;
+}
+
+bool validate_task(const th_task_def& t, LoadFailure* err) {
+    const std::string where = t.name ? "task '" + std::string(t.name).substr(0, 64) + "'" : "a task";
+    constexpr size_t v1_size = offsetof(th_task_def, state) + sizeof(void*);
+    if (t.struct_size < v1_size)
+        return fail(err, TH_E_BAD_DESCRIPTOR,
+                    where + ": struct_size " + std::to_string(t.struct_size) + " is smaller than th_task_def of ABI 1.0 (" +
+                        std::to_string(v1_size) + ")",
+                    "set struct_size = sizeof(th_task_def)");
+    if (!t.name || !*t.name)
+        return fail(err, TH_E_BAD_DESCRIPTOR, "a task has no name", "give every task a name");
+    size_t len = std::strlen(t.name);
+    if (len > 64) return fail(err, TH_E_BAD_DESCRIPTOR, where + ": name longer than 64 bytes", "shorten it");
+    for (const char* c = t.name; *c; ++c)
+        if (static_cast<unsigned char>(*c) < 0x21 || static_cast<unsigned char>(*c) == 0x7f)
+            return fail(err, TH_E_BAD_DESCRIPTOR, where + ": name has spaces or control characters",
+                        "use printable characters only");
+    if (!t.run) return fail(err, TH_E_BAD_DESCRIPTOR, where + ": run is NULL", "set the task's run function");
+    if (t.default_interval_ns <= 0)
+        return fail(err, TH_E_BAD_DESCRIPTOR,
+                    where + ": default interval " + std::to_string(t.default_interval_ns) + " ns is not positive",
+                    "declare an interval > 0");
+    if (t.default_timeout_ns < 0)
+        return fail(err, TH_E_BAD_DESCRIPTOR, where + ": default timeout is negative",
+                    "use 0 for the host's default, or a positive value");
+    return true;
+}
+
+bool validate_descriptor(const th_plugin_def* def, LoadFailure* err) {
+    // The first three members are fixed for every ABI version: read them before anything else.
+    if (def->abi_major != TH_ABI_MAJOR)
+        return fail(err, TH_E_ABI_MAJOR,
+                    "the plugin was built for ABI " + std::to_string(def->abi_major) + "." +
+                        std::to_string(def->abi_minor) + "; this host speaks ABI " + std::to_string(TH_ABI_MAJOR) +
+                        "." + std::to_string(TH_ABI_MINOR),
+                    "rebuild the plugin against tickhost SDK " + std::to_string(TH_ABI_MAJOR) + ".x");
+    if (def->abi_minor > TH_ABI_MINOR)
+        return fail(err, TH_E_ABI_MINOR_TOO_NEW,
+                    "the plugin needs ABI " + std::to_string(def->abi_major) + "." + std::to_string(def->abi_minor) +
+                        "; this host has ABI " + std::to_string(TH_ABI_MAJOR) + "." + std::to_string(TH_ABI_MINOR),
+                    "upgrade the host, or rebuild the plugin against this host's SDK");
+    constexpr size_t v1_size = offsetof(th_plugin_def, shutdown) + sizeof(th_shutdown_fn);
+    if (def->struct_size < v1_size)
+        return fail(err, TH_E_BAD_DESCRIPTOR,
+                    "th_plugin_def.struct_size is " + std::to_string(def->struct_size) + ", smaller than ABI " +
+                        std::to_string(def->abi_major) + "." + std::to_string(def->abi_minor) + " requires (" +
+                        std::to_string(v1_size) + ")",
+                    "set struct_size = sizeof(th_plugin_def)");
+    if (!valid_plugin_name(def->name))
+        return fail(err, TH_E_BAD_DESCRIPTOR, "the plugin's name is missing or not of [A-Za-z0-9_-]{1,64}",
+                    "name the plugin with letters, digits, '_' or '-'");
+    if (def->task_count > 0 && !def->tasks)
+        return fail(err, TH_E_BAD_DESCRIPTOR, "task_count is " + std::to_string(def->task_count) + " but tasks is NULL",
+                    "point tasks at the array of th_task_def");
+    if (def->task_count > 4096)
+        return fail(err, TH_E_BAD_DESCRIPTOR, "task_count " + std::to_string(def->task_count) + " is implausible",
+                    "declare at most 4096 tasks");
+    if (def->task_count == 0 && !def->init)
+        return fail(err, TH_E_NO_TASKS, "the plugin declares no task and has no init to declare them",
+                    "declare at least one task");
+    std::set<std::string> names;
+    for (uint32_t i = 0; i < def->task_count; ++i) {
+        if (!validate_task(def->tasks[i], err)) return false;
+        if (!names.insert(def->tasks[i].name).second)
+            return fail(err, TH_E_BAD_DESCRIPTOR, "two tasks are named '" + std::string(def->tasks[i].name) + "'",
+                        "give each task a unique name");
+    }
+    return true;
+}
+
+const th_host_info* host_info() {
+    static const th_host_info info = {sizeof(th_host_info), TH_ABI_VERSION, host_api_table(), "1.0.0"};
+    return &info;
+}
+
+// ---- Library --------------------------------------------------------------------------------------------
+
+std::shared_ptr<Library> Library::load(const fs::path& source, ShadowCache& cache,
+                                       std::shared_ptr<spdlog::logger> log, LoadFailure* err) {
+    std::string bytes;
+    if (!read_regular_file(source, &bytes, err)) return nullptr;
+    std::shared_ptr<Library> lib(new Library());
+    lib->log_ = std::move(log);
+    lib->source_ = source;
+    lib->sha256_ = Sha256::hex_of(bytes);
+    lib->shadow_ = cache.make_copy(bytes, source, lib->sha256_, err);
+    if (lib->shadow_.empty()) return nullptr;
+
+    // RTLD_NOW: a missing symbol fails here with the loader's text, not later inside a run.
+    // RTLD_LOCAL: two plugins' symbols never interpose on each other.
+    boost::dll::fs::error_code ec;
+    (void)dlerror();
+    lib->lib_.load(lib->shadow_, boost::dll::load_mode::rtld_now | boost::dll::load_mode::rtld_local, ec);
+    if (ec || !lib->lib_.is_loaded()) {
+        // Boost's error_code says only "Bad file descriptor"; dlerror() has the loader's own words.
+        const char* why = dlerror();
+        std::string text = why ? why : ec.message();
+        // dlerror names the shadow copy; name the operator's file instead.
+        for (size_t pos; (pos = text.find(lib->shadow_.string())) != std::string::npos;)
+            text.replace(pos, lib->shadow_.string().size(), source.filename().string());
+        fail(err, TH_E_NOT_A_LIBRARY, "the loader refused it: " + text,
+             "make sure it is a shared library built for this machine with all its dependencies installed "
+             "(if it is still being copied, it is retried when it changes)");
+        return nullptr;  // ~Library deletes the shadow copy
+    }
+    if (!lib->lib_.has(TH_ENTRY_SYMBOL)) {
+        fail(err, TH_E_NO_ENTRY, "it does not export " TH_ENTRY_SYMBOL,
+             "define the plugin with TICKHOST_PLUGIN(...) or export tickhost_plugin_entry with TH_EXPORT");
+        return nullptr;
+    }
+    auto entry = lib->lib_.get<const th_plugin_def*(const th_host_info*)>(TH_ENTRY_SYMBOL);
+    const th_plugin_def* def = entry(host_info());
+    if (!def) {
+        fail(err, TH_E_ENTRY_NULL, TH_ENTRY_SYMBOL " returned NULL", "the plugin refused to load; see its own log");
+        return nullptr;
+    }
+    if (!validate_descriptor(def, err)) return nullptr;
+    lib->def_ = def;
+    return lib;
+}
+
+Library::~Library() {
+    if (lib_.is_loaded()) {
+        if (pinned_) {
+            // Deliberately leaked: code of this image may still run. Keep the mapping, drop the object.
+            new boost::dll::shared_library(std::move(lib_));
+            if (log_) log_->warn("{}: kept mapped (its code may still be running); shadow copy {} kept", source_.string(),
+                                 shadow_.string());
+            return;
+        }
+        lib_.unload();
+        // Unload honesty: GNU unique symbols and thread_local destructors can keep an image mapped.
+        if (void* still = dlopen(shadow_.c_str(), RTLD_NOW | RTLD_NOLOAD)) {
+            dlclose(still);
+            if (log_)
+                log_->warn("{}: the image stays mapped after unload (GNU unique symbols or thread_local "
+                           "destructors pin it; build plugins with -fno-gnu-unique); a new version still loads "
+                           "from its own copy",
+                           source_.string());
+        }
+    }
+    if (!shadow_.empty()) {
+        std::error_code ec;
+        fs::remove(shadow_, ec);
+    }
+}
+
+}  // namespace tickhost::detail

@@ -1,0 +1,88 @@
+// Loading a plugin file: shadow copy, dlopen (RTLD_NOW | RTLD_LOCAL), entry point, ABI and descriptor
+// checks. No init here: the plugin manager decides when a validated library is initialised.
+#pragma once
+
+#include <tickhost/plugin.h>
+
+#include <boost/dll/shared_library.hpp>
+
+#include <filesystem>
+#include <memory>
+#include <string>
+
+namespace spdlog {
+class logger;
+}
+
+namespace tickhost::detail {
+
+// Why a file is not (yet) a usable plugin: a named code, what happened, and what to do about it.
+struct LoadFailure {
+    th_status code = TH_OK;
+    std::string reason;
+    std::string hint;
+};
+
+// "TH_E_NO_ENTRY", ... for a status code; "TH_UNKNOWN(<n>)" for anything else.
+std::string status_name(th_status code);
+
+// The private directory that holds shadow copies: <base>/<pid>, mode 0700. A library is never loaded from
+// the watched file itself (dlopen would hand back the old image for a path it has open, and a file that
+// is overwritten while mapped crashes the process with SIGBUS).
+class ShadowCache {
+public:
+    // base empty = $XDG_RUNTIME_DIR/tickhost, else /tmp/tickhost-<uid>. Creates it, checks it is ours and
+    // private, removes copies left by processes that no longer exist. Throws std::runtime_error.
+    explicit ShadowCache(const std::filesystem::path& base, std::shared_ptr<spdlog::logger> log);
+    ~ShadowCache();  // removes this process's directory
+    const std::filesystem::path& dir() const { return dir_; }
+    // Writes `bytes` to a new file "<stem>.<hash12>.<n>.so" (n never reused in this process).
+    std::filesystem::path make_copy(const std::string& bytes, const std::filesystem::path& source,
+                                    const std::string& sha256, LoadFailure* err);
+
+private:
+    std::filesystem::path dir_;
+    std::shared_ptr<spdlog::logger> log_;
+};
+
+// One plugin image, loaded from its own shadow copy. Destroying it unloads the image (unless pinned),
+// checks that the image is really gone and deletes the shadow copy.
+class Library {
+public:
+    // Reads `source`, copies it into the cache and loads the copy; checks entry point and descriptor.
+    // Returns null and fills `err` on failure (the shadow copy is then already removed).
+    static std::shared_ptr<Library> load(const std::filesystem::path& source, ShadowCache& cache,
+                                         std::shared_ptr<spdlog::logger> log, LoadFailure* err);
+    ~Library();
+    Library(const Library&) = delete;
+    Library& operator=(const Library&) = delete;
+
+    const th_plugin_def& def() const { return *def_; }
+    const std::filesystem::path& source() const { return source_; }
+    const std::filesystem::path& shadow() const { return shadow_; }
+    const std::string& sha256() const { return sha256_; }
+    // Never unload this image: its code may still be running (an abandoned call) or it cannot be unloaded.
+    void pin() { pinned_ = true; }
+    bool pinned() const { return pinned_; }
+
+private:
+    Library() = default;
+    boost::dll::shared_library lib_;
+    const th_plugin_def* def_ = nullptr;
+    std::filesystem::path source_, shadow_;
+    std::string sha256_;
+    bool pinned_ = false;
+    std::shared_ptr<spdlog::logger> log_;
+};
+
+// Checks a descriptor's ABI version, size and fields, and its static tasks. False + err on failure.
+bool validate_descriptor(const th_plugin_def* def, LoadFailure* err);
+// Checks one task definition (static or declared from init). `where` names it in the message.
+bool validate_task(const th_task_def& t, LoadFailure* err);
+// [A-Za-z0-9_-]{1,64}
+bool valid_plugin_name(const char* name);
+
+// The th_host_info handed to every plugin's entry point.
+const th_host_info* host_info();
+
+}  // namespace tickhost::detail
