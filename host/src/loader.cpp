@@ -14,6 +14,7 @@
 #include <set>
 
 #include <dlfcn.h>
+#include <elf.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -61,6 +62,72 @@ bool read_regular_file(const fs::path& p, std::string* out, LoadFailure* err) {
     if (out->empty())
         return fail(err, TH_E_NOT_A_LIBRARY, "the file is empty",
                     "it may still be being written; it is retried when it changes");
+    return true;
+}
+
+#if defined(__x86_64__)
+constexpr uint16_t kHostMachine = EM_X86_64;
+#elif defined(__aarch64__)
+constexpr uint16_t kHostMachine = EM_AARCH64;
+#elif defined(__i386__)
+constexpr uint16_t kHostMachine = EM_386;
+#elif defined(__arm__)
+constexpr uint16_t kHostMachine = EM_ARM;
+#elif defined(__riscv)
+constexpr uint16_t kHostMachine = EM_RISCV;
+#else
+constexpr uint16_t kHostMachine = EM_NONE;  // unknown: leave the check to the loader
+#endif
+
+#if UINTPTR_MAX == 0xffffffffffffffffu
+using Ehdr = Elf64_Ehdr;
+using Phdr = Elf64_Phdr;
+constexpr unsigned char kHostClass = ELFCLASS64;
+#else
+using Ehdr = Elf32_Ehdr;
+using Phdr = Elf32_Phdr;
+constexpr unsigned char kHostClass = ELFCLASS32;
+#endif
+
+// Checks the ELF headers before dlopen sees the file. dlopen maps segments without comparing them with
+// the file size, so a truncated copy (still being written) would load and then die with SIGBUS at the
+// first touch of a missing page; an ELF for another machine gets a clearer message here too.
+bool check_elf(const std::string& b, LoadFailure* err) {
+    const std::string retry = "it may still be being written: it is retried when it changes";
+    if (b.size() < 4 || std::memcmp(b.data(), ELFMAG, SELFMAG) != 0)
+        return fail(err, TH_E_NOT_A_LIBRARY, "not an ELF file (no ELF magic in its first bytes)",
+                    "plugin_dir may only hold plugin shared libraries");
+    if (b.size() < sizeof(Ehdr))
+        return fail(err, TH_E_NOT_A_LIBRARY, "truncated ELF file (" + std::to_string(b.size()) + " bytes)", retry);
+    Ehdr h;
+    std::memcpy(&h, b.data(), sizeof h);
+    if (h.e_ident[EI_CLASS] != kHostClass)
+        return fail(err, TH_E_NOT_A_LIBRARY,
+                    std::string("ELF class ") + (h.e_ident[EI_CLASS] == ELFCLASS32 ? "32-bit" : "64-bit") +
+                        " does not match this host",
+                    "build the plugin for this machine's architecture");
+    if (kHostMachine != EM_NONE && h.e_machine != kHostMachine)
+        return fail(err, TH_E_NOT_A_LIBRARY,
+                    "ELF for another machine (e_machine " + std::to_string(h.e_machine) + ", this host is " +
+                        std::to_string(kHostMachine) + ")",
+                    "build the plugin for this machine's architecture");
+    if (h.e_type != ET_DYN)
+        return fail(err, TH_E_NOT_A_LIBRARY, "ELF file is not a shared library (e_type " + std::to_string(h.e_type) + ")",
+                    "build it as a shared library (tickhost_add_plugin does)");
+    const uint64_t size = b.size();
+    if (h.e_phentsize != sizeof(Phdr) || uint64_t(h.e_phoff) + uint64_t(h.e_phnum) * sizeof(Phdr) > size)
+        return fail(err, TH_E_NOT_A_LIBRARY, "truncated ELF file: its program headers lie past its end", retry);
+    uint64_t need = 0;
+    for (uint16_t i = 0; i < h.e_phnum; ++i) {
+        Phdr ph;
+        std::memcpy(&ph, b.data() + h.e_phoff + uint64_t(i) * sizeof(Phdr), sizeof ph);
+        if (ph.p_type == PT_LOAD || ph.p_type == PT_DYNAMIC) need = std::max<uint64_t>(need, ph.p_offset + ph.p_filesz);
+    }
+    if (h.e_shoff) need = std::max<uint64_t>(need, uint64_t(h.e_shoff) + uint64_t(h.e_shnum) * h.e_shentsize);
+    if (need > size)
+        return fail(err, TH_E_NOT_A_LIBRARY,
+                    "truncated ELF file (" + std::to_string(size) + " bytes; its headers need " + std::to_string(need) + ")",
+                    retry);
     return true;
 }
 
@@ -269,6 +336,9 @@ std::shared_ptr<Library> Library::load(const fs::path& source, ShadowCache& cach
                                        std::shared_ptr<spdlog::logger> log, LoadFailure* err) {
     std::string bytes;
     if (!read_regular_file(source, &bytes, err)) return nullptr;
+#if defined(__linux__)
+    if (!check_elf(bytes, err)) return nullptr;
+#endif
     std::shared_ptr<Library> lib(new Library());
     lib->log_ = std::move(log);
     lib->source_ = source;

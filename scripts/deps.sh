@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages tickhost needs to build and test, if any is missing.
+# Runs apt-get as root (directly, or through sudo). Safe to run again: it does nothing when all is there.
+set -euo pipefail
+
+PACKAGES=(
+  g++ make cmake pkg-config          # toolchain
+  libboost-dev                       # Boost.DLL (header-only)
+  libtomlplusplus-dev                # host.toml
+  libspdlog-dev libfmt-dev           # logging
+  libgtest-dev libgmock-dev          # tests
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" = "install ok installed" ] || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "tickhost: installing missing packages: ${missing[*]}" >&2
+if [ "$(id -u)" -eq 0 ]; then
+  SUDO=()
+elif command -v sudo >/dev/null; then
+  SUDO=(sudo)
+else
+  echo "tickhost: these packages are missing and this is not root: ${missing[*]}" >&2
+  echo "  as root, run: apt-get update && apt-get install -y ${missing[*]}" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+"${SUDO[@]}" apt-get update -qq
+"${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,329 @@
+// Plugin loading with real .so files built by the tree, copied into real temporary directories.
+#include <tickhost/config.hpp>
+#include <tickhost/logging.hpp>
+#include <tickhost/plugin_manager.hpp>
+#include <tickhost/tickers.hpp>
+
+#include <gtest/gtest.h>
+#include <spdlog/sinks/ringbuffer_sink.h>
+
+#include <fstream>
+#include <regex>
+
+#include "test_util.hpp"
+
+using namespace std::chrono_literals;
+namespace fs = std::filesystem;
+using tickhost::HostConfig;
+using tickhost::LoadError;
+using tickhost::PluginManager;
+using tickhost::Tickers;
+using tickhost::test::eventually;
+using tickhost::test::read_file;
+using tickhost::test::TempDir;
+
+namespace {
+
+fs::path fixture(const std::string& name) { return fs::path(FIXTURE_DIR) / (name + ".so"); }
+
+// A plugin_dir in a temp folder, a Tickers and a PluginManager on it, and the log captured.
+struct Harness {
+    TempDir tmp;
+    fs::path dir = tmp / "plugins";
+    HostConfig config;
+    std::shared_ptr<spdlog::sinks::ringbuffer_sink_mt> sink = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(4000);
+    std::unique_ptr<Tickers> tickers;
+    std::unique_ptr<PluginManager> manager;
+
+    Harness() {
+        fs::create_directories(dir);
+        config.plugin_dir = dir;
+        config.shadow_dir = tmp / "shadow";
+        config.workers = 2;
+        config.default_timeout = 5s;
+        config.shutdown_timeout = 10s;
+        tickhost::set_log_sinks({sink}, spdlog::level::debug);
+    }
+    ~Harness() {
+        manager.reset();
+        tickers.reset();
+    }
+    // Copies a built .so into plugin_dir under `as` (default: its own name).
+    fs::path add(const fs::path& so, std::string as = "") {
+        fs::path to = dir / (as.empty() ? so.filename().string() : as);
+        fs::copy_file(so, to, fs::copy_options::overwrite_existing);
+        return to;
+    }
+    tickhost::PluginSettings& plugin(const std::string& name) { return config.plugins[name]; }
+    void start() {
+        Tickers::Options o;
+        o.workers = config.workers;
+        o.default_timeout = config.default_timeout;
+        tickers = std::make_unique<Tickers>(o);
+        manager = std::make_unique<PluginManager>(*tickers, config);
+        tickers->start();
+    }
+    std::optional<LoadError> load(const fs::path& file) {
+        if (!manager) start();
+        return manager->load(file);
+    }
+    bool logged(const std::string& a, const std::string& b = "") const {
+        for (auto& line : sink->last_formatted())
+            if (line.find(a) != std::string::npos && line.find(b) != std::string::npos) return true;
+        return false;
+    }
+    std::string log_text() const {
+        std::string all;
+        for (auto& line : sink->last_formatted()) all += line;
+        return all;
+    }
+};
+
+bool mapped(const fs::path& p) {
+    std::ifstream maps("/proc/self/maps");
+    std::string line;
+    while (std::getline(maps, line))
+        if (line.find(p.string()) != std::string::npos) return true;
+    return false;
+}
+
+// Fails with the expected code and a reason containing `text`; nothing gets loaded.
+void load_should_fail(Harness& h, const fs::path& file, th_status code, const std::string& text) {
+    auto err = h.load(file);
+    ASSERT_TRUE(err.has_value()) << file << " loaded but should not have";
+    EXPECT_EQ(err->code, code) << err->message();
+    EXPECT_NE(err->message().find(text), std::string::npos) << err->message();
+    EXPECT_TRUE(h.logged(file.string(), err->code_name)) << "the log line names the file and the code";
+    EXPECT_TRUE(h.manager->plugins().empty());
+}
+
+}  // namespace
+
+TEST(Plugins, HeartbeatGoesOnlineThenOfflineOnUnload) {
+    Harness h;
+    const fs::path status = h.tmp / "health";
+    h.plugin("heartbeat").interval = 20ms;
+    h.plugin("heartbeat").config.set("path", status.string());
+    h.add(HEARTBEAT_SO);
+    h.start();
+    EXPECT_EQ(h.manager->load_directory(), 1u);
+    ASSERT_TRUE(eventually([&] { return read_file(status).rfind("online 3 ", 0) == 0; }));
+    auto info = h.manager->plugin("heartbeat");
+    ASSERT_TRUE(info);
+    EXPECT_EQ(info->version, "1.0.0");
+    ASSERT_EQ(info->tasks.size(), 1u);
+    EXPECT_EQ(info->tasks[0].name, "beat");
+    EXPECT_EQ(info->tasks[0].interval, 20ms);
+    EXPECT_EQ(info->tasks[0].timeout, 5s) << "the host's default_timeout";
+    EXPECT_TRUE(h.manager->unload_all(10s));
+    const std::string last = read_file(status);
+    std::smatch m;
+    ASSERT_TRUE(std::regex_match(last, m, std::regex("offline (\\d+) (\\d{13})\n"))) << last;
+    EXPECT_GE(std::stoi(m[1]), 3);
+    EXPECT_TRUE(h.logged("heartbeat", "offline after"));
+}
+
+TEST(Plugins, HelloLogsThroughTheHostLoggerWithPluginAndTask) {
+    Harness h;
+    h.plugin("hello").interval = 10ms;
+    h.plugin("hello").config.set("who", std::string("tests"));
+    ASSERT_FALSE(h.load(h.add(HELLO_SO)));
+    ASSERT_TRUE(eventually([&] { return h.logged("[plugin.hello] [greet] hello, tests #2"); })) << h.log_text();
+    h.manager->unload_all(10s);
+    EXPECT_TRUE(h.logged("[plugin.hello] [greet] goodbye, tests"));
+}
+
+TEST(Plugins, PlainCPluginDeclaresTasksFromConfig) {
+    Harness h;
+    const fs::path out = h.tmp / "count";
+    h.plugin("counter_c").interval = 10ms;
+    h.plugin("counter_c").config.set("tasks", int64_t(3));
+    h.plugin("counter_c").config.set("path", out.string());
+    h.plugin("counter_c").tasks["count1"].interval = 1h;  // per-task override
+    ASSERT_FALSE(h.load(h.add(COUNTER_C_SO)));
+    auto info = h.manager->plugin("counter_c");
+    ASSERT_TRUE(info);
+    ASSERT_EQ(info->tasks.size(), 3u);
+    EXPECT_EQ(info->tasks[0].interval, 10ms);
+    EXPECT_EQ(info->tasks[1].interval, 1h);
+    ASSERT_TRUE(eventually([&] { return std::atoi(read_file(fs::path(out.string() + ".2")).c_str()) >= 3; }));
+    EXPECT_FALSE(fs::exists(out.string() + ".1")) << "count1 runs hourly";
+    h.manager->unload_all(10s);
+    EXPECT_EQ(read_file(fs::path(out.string() + ".0")).rfind("stopped ", 0), 0u);
+    EXPECT_EQ(read_file(fs::path(out.string() + ".1")), "stopped 0\n");
+}
+
+TEST(Plugins, HostServicesConfigContextsAndLiteralLogText) {
+    Harness h;
+    const fs::path out = h.tmp / "probe.out";
+    auto& p = h.plugin("probe");
+    p.interval = 20ms;
+    p.config.set("out", out.string());
+    p.config.set("name", std::string("alpha"));
+    p.config.set("count", int64_t(7));
+    p.config.set("flag", true);
+    p.config.set("wait", std::string("250ms"));
+    p.config.set("nested.depth", int64_t(3));
+    p.config.set("extra_tasks", int64_t(2));
+    ASSERT_FALSE(h.load(h.add(fixture("fx_probe"))));
+    ASSERT_TRUE(eventually([&] { return read_file(out).find("stale set_error") != std::string::npos; }));
+    ASSERT_TRUE(eventually([&] { return read_file(out).find("extra1 run") != std::string::npos; }));
+    h.manager->unload_all(10s);
+    const std::string text = read_file(out);
+    EXPECT_NE(text.find("init name=alpha count=7 flag=1 wait_ns=250000000 nested=3 wrongtype=no"), std::string::npos) << text;
+    EXPECT_NE(text.find("run remaining_positive=1 cancelled=0 thread_status=0"), std::string::npos) << text;
+    EXPECT_NE(text.find("stale set_error=" + std::to_string(TH_E_STALE_CONTEXT) + " is_cancelled=1"), std::string::npos)
+        << text;
+    EXPECT_NE(text.find("stop remaining_positive=1"), std::string::npos) << text;
+    EXPECT_NE(text.find("extra0 stop"), std::string::npos) << text;
+    // Shutdown comes after every stop call.
+    EXPECT_EQ(text.substr(text.size() - 9), "shutdown\n") << text;
+    EXPECT_TRUE(h.logged("[plugin.probe] [tick] probe {} %s %n literal")) << h.log_text();
+}
+
+TEST(Plugins, RunErrorsExceptionsAndUnknownStatusAreLoggedAndCounted) {
+    Harness h;
+    ASSERT_FALSE(h.load(h.add(fixture("fx_failing"))));
+    auto info = h.manager->plugin("failing");
+    ASSERT_TRUE(info);
+    ASSERT_TRUE(eventually([&] {
+        for (auto& t : info->tasks)
+            if (h.tickers->stats(t.id)->failures < 2) return false;
+        return true;
+    }));
+    EXPECT_TRUE(h.logged("'failing/errors'", "disk on fire")) << h.log_text();
+    EXPECT_TRUE(h.logged("'failing/throws'", "kaboom from C++")) << h.log_text();
+    EXPECT_TRUE(h.logged("'failing/unknown'", "unknown status 42")) << h.log_text();
+    EXPECT_TRUE(h.manager->unload_all(10s));
+}
+
+TEST(Plugins, FilesThatAreNotPluginsGetNamedErrors) {
+    Harness h;
+    h.start();
+    tickhost::test::write_file(h.dir / "text.so", "this is not an ELF file\n");
+    load_should_fail(h, h.dir / "text.so", TH_E_NOT_A_LIBRARY, "not an ELF file");
+
+    tickhost::test::write_file(h.dir / "empty.so", "");
+    load_should_fail(h, h.dir / "empty.so", TH_E_NOT_A_LIBRARY, "empty");
+
+    const std::string elf = read_file(HEARTBEAT_SO);
+    for (size_t cut : {size_t(10), size_t(100), elf.size() / 3, elf.size() - 1}) {
+        tickhost::test::write_file(h.dir / "truncated.so", elf.substr(0, cut));
+        load_should_fail(h, h.dir / "truncated.so", TH_E_NOT_A_LIBRARY, "truncated ELF file");
+    }
+    std::string other_machine = elf;
+    other_machine[18] = char(183), other_machine[19] = 0;  // e_machine = EM_AARCH64 (or x86-64 on arm)
+    if (read_file(HEARTBEAT_SO)[18] == char(183)) other_machine[18] = char(62);
+    tickhost::test::write_file(h.dir / "other-machine.so", other_machine);
+    load_should_fail(h, h.dir / "other-machine.so", TH_E_NOT_A_LIBRARY, "ELF for another machine");
+    // The loader's own text reaches the operator: a library with an unresolvable dependency.
+    std::string bad_needed = elf;
+    for (size_t pos = bad_needed.find("libstdc++.so.6"); pos != std::string::npos;
+         pos = bad_needed.find("libstdc++.so.6", pos + 1))
+        bad_needed.replace(pos, 14, "libnothere.so.");
+    tickhost::test::write_file(h.dir / "bad-needed.so", bad_needed);
+    load_should_fail(h, h.dir / "bad-needed.so", TH_E_NOT_A_LIBRARY, "libnothere.so.");
+
+    load_should_fail(h, h.add(fixture("fx_no_entry")), TH_E_NO_ENTRY, "tickhost_plugin_entry");
+    load_should_fail(h, h.add(fixture("fx_abi_major")), TH_E_ABI_MAJOR, "built for ABI 2.0");
+    load_should_fail(h, h.add(fixture("fx_abi_minor")), TH_E_ABI_MINOR_TOO_NEW, "needs ABI 1.99");
+    load_should_fail(h, h.add(fixture("fx_abi_small")), TH_E_BAD_DESCRIPTOR, "struct_size is 16");
+    load_should_fail(h, h.add(fixture("fx_abi_null")), TH_E_ENTRY_NULL, "returned NULL");
+    load_should_fail(h, h.add(fixture("fx_init_fails")), TH_E_INIT_FAILED, "missing api_key in config");
+    load_should_fail(h, h.dir / "missing.so", TH_E_NOT_A_LIBRARY, "cannot open");
+    fs::create_directory(h.dir / "dir.so");
+    load_should_fail(h, h.dir / "dir.so", TH_E_NOT_A_LIBRARY, "not a regular file");
+
+    // Nothing of a refused file stays behind: no mapping, no shadow copy.
+    EXPECT_TRUE(fs::is_empty(h.manager->shadow_dir()));
+}
+
+TEST(Plugins, BadFilesDoNotDisturbGoodOnes) {
+    Harness h;
+    const fs::path status = h.tmp / "health";
+    h.plugin("heartbeat").interval = 10ms;
+    h.plugin("heartbeat").config.set("path", status.string());
+    tickhost::test::write_file(h.dir / "aaa-garbage.so", "garbage");
+    h.add(fixture("fx_abi_major"));
+    h.add(fixture("fx_init_fails"));
+    h.add(HEARTBEAT_SO);
+    tickhost::test::write_file(h.dir / ".hidden.so", "x");
+    tickhost::test::write_file(h.dir / "notes.txt", "x");
+    tickhost::test::write_file(h.dir / "heartbeat.so.tmp", "x");
+    h.start();
+    EXPECT_EQ(h.manager->load_directory(), 1u);
+    ASSERT_TRUE(eventually([&] { return read_file(status).rfind("online", 0) == 0; }));
+    EXPECT_FALSE(h.logged(".hidden.so"));
+    EXPECT_FALSE(h.logged("notes.txt"));
+    EXPECT_FALSE(h.logged("heartbeat.so.tmp"));
+}
+
+TEST(Plugins, TwoFilesWithOnePluginNameLoadOnce) {
+    Harness h;
+    h.plugin("hello").interval = 1h;
+    ASSERT_FALSE(h.load(h.add(HELLO_SO, "hello-a.so")));
+    auto err = h.load(h.add(HELLO_SO, "hello-b.so"));
+    ASSERT_TRUE(err);
+    EXPECT_EQ(err->code, TH_E_DUPLICATE_NAME);
+    EXPECT_NE(err->reason.find("hello-a.so"), std::string::npos) << err->message();
+    EXPECT_EQ(h.manager->plugins().size(), 1u);
+}
+
+TEST(Plugins, DisabledPluginIsNotStarted) {
+    Harness h;
+    h.plugin("hello").enabled = false;
+    EXPECT_FALSE(h.load(h.add(HELLO_SO)));
+    EXPECT_TRUE(h.manager->plugins().empty());
+    EXPECT_TRUE(h.logged("hello", "disabled"));
+}
+
+TEST(Plugins, LoadsAShadowCopyNeverTheFileAndCleansUp) {
+    Harness h;
+    h.plugin("heartbeat").interval = 10ms;
+    h.plugin("heartbeat").config.set("path", (h.tmp / "health").string());
+    const fs::path file = h.add(HEARTBEAT_SO);
+    ASSERT_FALSE(h.load(file));
+    auto info = h.manager->plugin("heartbeat");
+    ASSERT_TRUE(info);
+    EXPECT_NE(info->shadow, file);
+    EXPECT_EQ(info->shadow.parent_path(), h.manager->shadow_dir());
+    EXPECT_TRUE(mapped(info->shadow));
+    EXPECT_FALSE(mapped(file));
+    EXPECT_EQ(fs::status(h.manager->shadow_dir()).permissions() & fs::perms::all, fs::perms::owner_all);
+    // Overwriting the operator's file in place while the plugin runs must not crash the host.
+    {
+        std::ofstream f(file, std::ios::binary | std::ios::trunc);
+        f << "overwritten";
+    }
+    const std::string before = read_file(h.tmp / "health");
+    ASSERT_TRUE(eventually([&] { return read_file(h.tmp / "health") != before; }));
+    EXPECT_TRUE(h.manager->unload(file, 10s));
+    EXPECT_FALSE(mapped(info->shadow)) << "the image stayed mapped after unload";
+    EXPECT_FALSE(fs::exists(info->shadow)) << "the shadow copy was not deleted";
+}
+
+TEST(Plugins, ShadowCopiesNeverShareANameAcrossLoads) {
+    Harness h;
+    h.plugin("hello").interval = 1h;
+    const fs::path file = h.add(HELLO_SO);
+    std::set<fs::path> shadows;
+    for (int i = 0; i < 5; ++i) {
+        ASSERT_FALSE(h.load(file));
+        shadows.insert(h.manager->plugin("hello")->shadow);
+        ASSERT_TRUE(h.manager->unload(file, 10s));
+    }
+    EXPECT_EQ(shadows.size(), 5u);
+}
+
+TEST(Plugins, StaleShadowCopiesOfDeadProcessesAreRemoved) {
+    TempDir tmp;
+    const fs::path base = tmp / "cache";
+    fs::create_directories(base / "999999999");  // no such process
+    tickhost::test::write_file(base / "999999999" / "old.so", "x");
+    fs::permissions(base, fs::perms::owner_all, fs::perm_options::replace);
+    Harness h;
+    h.config.shadow_dir = base;
+    h.start();
+    EXPECT_FALSE(fs::exists(base / "999999999"));
+    EXPECT_TRUE(fs::exists(h.manager->shadow_dir()));
+}
