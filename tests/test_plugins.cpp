@@ -327,3 +327,17 @@ TEST(Plugins, StaleShadowCopiesOfDeadProcessesAreRemoved) {
     EXPECT_FALSE(fs::exists(base / "999999999"));
     EXPECT_TRUE(fs::exists(h.manager->shadow_dir()));
 }
+
+TEST(Plugins, TheHeadersOwnExamplesBuildLoadAndRun) {
+    Harness h;
+    h.plugin("minimal").interval = 10ms;
+    h.plugin("greeter").interval = 10ms;
+    h.plugin("greeter").config.set("who", std::string("readers"));
+    ASSERT_FALSE(h.load(h.add(fixture("fx_header_example_c"))));
+    ASSERT_FALSE(h.load(h.add(fixture("fx_header_example_cpp"))));
+    ASSERT_TRUE(eventually([&] { return h.logged("[plugin.minimal] [tick] tick"); })) << h.log_text();
+    ASSERT_TRUE(eventually([&] { return h.logged("[plugin.greeter] [greet] hello, readers #2"); })) << h.log_text();
+    EXPECT_TRUE(h.manager->unload_all(10s));
+    EXPECT_TRUE(h.logged("[plugin.minimal] [tick] stopping"));
+    EXPECT_TRUE(h.logged("[plugin.greeter] [greet] goodbye, readers"));
+}

@@ -5,6 +5,7 @@
  * invocation that makes a shared library exporting `tickhost_plugin_entry`):
  *
  *     #include <tickhost/plugin.h>
+ *     #include <string.h>
  *
  *     static const th_host_api* host;
  *
