@@ -36,6 +36,7 @@ options:
 signals:
   SIGINT, SIGTERM        graceful stop: every task gets its stop call, plugins are unloaded, exit 0
                          (a second one exits at once with status 130)
+  SIGHUP                 re-read host.toml and apply changed plugin settings (also done when the file changes)
 exit status: 0 stopped cleanly, 1 something did not stop in time, 2 bad command line or host.toml
 )";
 
@@ -118,8 +119,8 @@ int main(int argc, char** argv) {
     for (;;) {
         if (sigwait(&sigs, &sig) != 0) continue;
         if (sig == SIGHUP) {
-            log->info("SIGHUP received; configuration reload is not available in this version (restart to apply "
-                      "host.toml changes)");
+            log->info("SIGHUP received: reloading {}", config.source.string());
+            host->reload_config();
             continue;
         }
         break;

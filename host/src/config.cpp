@@ -244,11 +244,13 @@ const std::vector<std::string_view> kTopKeys = {"host", "plugins"};
 const std::vector<std::string_view> kHostKeys = {
     "plugin_dir", "workers",  "default_timeout", "shutdown_timeout", "log_level",
     "log_file",   "log_sink", "log_max_size",    "log_max_files",    "shadow_dir",
+    "watch",      "poll_interval", "settle",
 };
 const std::vector<std::string_view> kPluginKeys = {"enabled", "interval", "timeout", "tasks", "config"};
 const std::vector<std::string_view> kTaskKeys = {"interval", "timeout"};
 const std::vector<std::string_view> kLogLevels = {"trace", "debug", "info", "warn", "error", "critical", "off"};
 const std::vector<std::string_view> kLogSinks = {"console", "file", "rotating"};
+const std::vector<std::string_view> kWatchModes = {"auto", "inotify", "poll", "off"};
 
 bool contains(const std::vector<std::string_view>& v, std::string_view s) {
     return std::find(v.begin(), v.end(), s) != v.end();
@@ -442,6 +444,16 @@ public:
                 cfg.log_max_files = static_cast<uint32_t>(integer_in(*v, key, 1, 1000));
             } else if (name == "shadow_dir") {
                 cfg.shadow_dir = non_empty_string(*v, key);
+            } else if (name == "watch") {
+                std::string s = one_of(*v, key, kWatchModes);
+                cfg.watch = s == "inotify" ? WatchMode::inotify
+                            : s == "poll"  ? WatchMode::poll
+                            : s == "off"   ? WatchMode::off
+                                           : WatchMode::automatic;
+            } else if (name == "poll_interval") {
+                cfg.poll_interval = duration(*v, key);
+            } else if (name == "settle") {
+                cfg.settle = duration(*v, key);
             } else {
                 unknown(*k, key, kHostKeys);
             }

@@ -34,7 +34,9 @@ bool fail(LoadFailure* err, th_status code, std::string reason, std::string hint
 
 // Reads a whole regular file without following it into a FIFO or device: O_NONBLOCK keeps a FIFO from
 // blocking the loader, fstat on the open descriptor decides (no check-then-open race).
-bool read_regular_file(const fs::path& p, std::string* out, LoadFailure* err) {
+}  // namespace
+
+bool read_plugin_file(const fs::path& p, std::string* out, LoadFailure* err) {
     int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
     if (fd < 0)
         return fail(err, TH_E_NOT_A_LIBRARY, "cannot open: " + errno_text(errno),
@@ -64,6 +66,10 @@ bool read_regular_file(const fs::path& p, std::string* out, LoadFailure* err) {
                     "it may still be being written; it is retried when it changes");
     return true;
 }
+
+std::string sha256_hex(const std::string& bytes) { return Sha256::hex_of(bytes); }
+
+namespace {
 
 #if defined(__x86_64__)
 constexpr uint16_t kHostMachine = EM_X86_64;
@@ -335,7 +341,12 @@ const th_host_info* host_info() {
 std::shared_ptr<Library> Library::load(const fs::path& source, ShadowCache& cache,
                                        std::shared_ptr<spdlog::logger> log, LoadFailure* err) {
     std::string bytes;
-    if (!read_regular_file(source, &bytes, err)) return nullptr;
+    if (!read_plugin_file(source, &bytes, err)) return nullptr;
+    return load(source, bytes, cache, std::move(log), err);
+}
+
+std::shared_ptr<Library> Library::load(const fs::path& source, const std::string& bytes, ShadowCache& cache,
+                                       std::shared_ptr<spdlog::logger> log, LoadFailure* err) {
 #if defined(__linux__)
     if (!check_elf(bytes, err)) return nullptr;
 #endif
@@ -343,6 +354,9 @@ std::shared_ptr<Library> Library::load(const fs::path& source, ShadowCache& cach
     lib->log_ = std::move(log);
     lib->source_ = source;
     lib->sha256_ = Sha256::hex_of(bytes);
+    // Go's c-shared libraries carry their build info section and its magic.
+    lib->go_runtime_ = bytes.find(".go.buildinfo") != std::string::npos ||
+                       bytes.find("\xff Go buildinf:") != std::string::npos;
     lib->shadow_ = cache.make_copy(bytes, source, lib->sha256_, err);
     if (lib->shadow_.empty()) return nullptr;
 

@@ -53,6 +53,9 @@ public:
     // Returns null and fills `err` on failure (the shadow copy is then already removed).
     static std::shared_ptr<Library> load(const std::filesystem::path& source, ShadowCache& cache,
                                          std::shared_ptr<spdlog::logger> log, LoadFailure* err);
+    // Same, from the file's bytes already read (read_plugin_file) so that what was hashed is what loads.
+    static std::shared_ptr<Library> load(const std::filesystem::path& source, const std::string& bytes,
+                                         ShadowCache& cache, std::shared_ptr<spdlog::logger> log, LoadFailure* err);
     ~Library();
     Library(const Library&) = delete;
     Library& operator=(const Library&) = delete;
@@ -64,6 +67,8 @@ public:
     // Never unload this image: its code may still be running (an abandoned call) or it cannot be unloaded.
     void pin() { pinned_ = true; }
     bool pinned() const { return pinned_; }
+    // A Go runtime inside (c-shared): it can never be unloaded, and a second one cannot start in this process.
+    bool has_go_runtime() const { return go_runtime_; }
 
 private:
     Library() = default;
@@ -72,8 +77,13 @@ private:
     std::filesystem::path source_, shadow_;
     std::string sha256_;
     bool pinned_ = false;
+    bool go_runtime_ = false;
     std::shared_ptr<spdlog::logger> log_;
 };
+
+// Reads a regular file whole (a FIFO or device is refused without blocking). False + err on failure.
+bool read_plugin_file(const std::filesystem::path& p, std::string* out, LoadFailure* err);
+std::string sha256_hex(const std::string& bytes);
 
 // Checks a descriptor's ABI version, size and fields, and its static tasks. False + err on failure.
 bool validate_descriptor(const th_plugin_def* def, LoadFailure* err);

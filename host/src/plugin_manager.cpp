@@ -8,7 +8,10 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cstring>
 #include <set>
+
+#include <sys/stat.h>
 
 namespace fs = std::filesystem;
 
@@ -92,127 +95,327 @@ PluginManager::~PluginManager() { unload_all(config_.shutdown_timeout); }
 const fs::path& PluginManager::shadow_dir() const { return cache_->dir(); }
 
 size_t PluginManager::load_directory() {
+    reconcile();
+    std::lock_guard<std::mutex> lk(mu_);
+    log_->info("{} plugin(s) loaded from {}", by_file_.size(), config_.plugin_dir.string());
+    return by_file_.size();
+}
+
+void PluginManager::reconcile() {
     std::lock_guard<std::mutex> lk(mu_);
     const fs::path& dir = config_.plugin_dir;
     std::error_code ec;
     if (!fs::is_directory(dir, ec)) {
-        log_->error("plugin_dir {} is not a directory{}; create it or fix [host] plugin_dir in {}", dir.string(),
-                    ec ? " (" + ec.message() + ")" : "", config_.source.empty() ? "host.toml" : config_.source.string());
-        return 0;
+        log_->error("plugin_dir {} is not a directory{}; create it or fix [host] plugin_dir in {} (running plugins "
+                    "keep running)",
+                    dir.string(), ec ? " (" + ec.message() + ")" : "",
+                    config_.source.empty() ? "host.toml" : config_.source.string());
+        return;
     }
     std::vector<fs::path> files;
     for (auto it = fs::directory_iterator(dir, ec); !ec && it != fs::directory_iterator(); it.increment(ec))
         if (is_plugin_file_name(it->path())) files.push_back(it->path());
+    if (ec) {
+        log_->error("cannot list plugin_dir {}: {}", dir.string(), ec.message());
+        return;
+    }
     std::sort(files.begin(), files.end());
-    size_t loaded = 0;
-    for (auto& f : files)
-        if (!load_locked(f) && by_file_.count(f)) ++loaded;
-    log_->info("{} plugin(s) loaded from {}", loaded, dir.string());
-    return loaded;
+    std::vector<fs::path> gone;
+    for (auto& [f, p] : by_file_)
+        if (!std::binary_search(files.begin(), files.end(), f)) gone.push_back(f);
+    for (auto& f : gone) sync_locked(f);
+    for (auto& f : files) sync_locked(f);
 }
 
 std::optional<LoadError> PluginManager::load(const fs::path& file) {
     std::lock_guard<std::mutex> lk(mu_);
-    return load_locked(file);
+    if (by_file_.count(file))
+        return refuse(file, "not loaded",
+                      {TH_E_DUPLICATE_NAME, "TH_E_DUPLICATE_NAME", "a plugin is already loaded from this file",
+                       "unload it first (or replace the file to upgrade it)"},
+                      "");
+    if (struct stat st {}; ::stat(file.c_str(), &st) != 0)
+        return refuse(file, "not loaded",
+                      {TH_E_NOT_A_LIBRARY, "TH_E_NOT_A_LIBRARY", std::string("cannot open: ") + std::strerror(errno),
+                       "check that the file exists and the host's user can read it"},
+                      "");
+    return sync_locked(file);
 }
 
-std::optional<LoadError> PluginManager::load_locked(const fs::path& file) {
-    auto refuse = [&](const LoadFailure& f) {
-        LoadError e = to_error(f);
-        log_->error("{}: not loaded: {}", file.string(), e.message());
-        return std::optional<LoadError>(e);
-    };
-    if (by_file_.count(file)) {
-        return refuse({TH_E_DUPLICATE_NAME, "a plugin is already loaded from this file",
-                       "unload it first (or replace the file to upgrade it)"});
-    }
-    LoadFailure f;
-    auto lib = detail::Library::load(file, *cache_, log_, &f);
-    if (!lib) return refuse(f);
-    const th_plugin_def& def = lib->def();
-    const std::string name = def.name;
-    for (auto& [other_file, other] : by_file_)
-        if (other->name == name)
-            return refuse({TH_E_DUPLICATE_NAME, "plugin name '" + name + "' is already used by " + other_file.string(),
-                           "remove one of the two files; plugin names key [plugins.<name>] and must be unique"});
-    const PluginSettings& settings = config_.plugin(name);
-    if (!settings.enabled) {
-        log_->info("{}: plugin '{}' is disabled in host.toml ([plugins.{}] enabled = false); not started",
-                   file.string(), name, name);
+std::optional<LoadError> PluginManager::sync(const fs::path& file) {
+    std::lock_guard<std::mutex> lk(mu_);
+    return sync_locked(file);
+}
+
+bool PluginManager::retry_worthy(const fs::path& file) const {
+    std::lock_guard<std::mutex> lk(mu_);
+    auto it = failed_.find(file);
+    return it != failed_.end() && it->second.retry && !it->second.retried;
+}
+
+std::optional<LoadError> PluginManager::refuse(const fs::path& file, const std::string& what, LoadError e,
+                                               const std::string& sha256) {
+    log_->error("{}: {}: {}", file.string(), what, e.message());
+    Failure& f = failed_[file];
+    // A file refused by the loader right after it changed may be half written: worth one retry.
+    const bool again = f.sha256 == sha256 && !sha256.empty();
+    f.retried = again;
+    f.sha256 = sha256;
+    f.retry = e.code == TH_E_NOT_A_LIBRARY;
+    return e;
+}
+
+std::optional<LoadError> PluginManager::sync_locked(const fs::path& file) {
+    auto it = by_file_.find(file);
+    Plugin old = it == by_file_.end() ? nullptr : it->second;
+    struct stat st {};
+    const bool present = ::stat(file.c_str(), &st) == 0;
+    if (!present) {
+        failed_.erase(file);
+        if (old) {
+            log_->info("{}: file removed: stopping plugin '{}'", file.string(), old->name);
+            by_file_.erase(it);
+            stop_plugins({old}, config_.shutdown_timeout);
+        }
         return std::nullopt;
     }
+    std::string bytes;
+    LoadFailure rf;
+    if (!detail::read_plugin_file(file, &bytes, &rf)) {
+        if (old) {
+            log_->error("{}: cannot read the new version: {}; plugin '{}' keeps running", file.string(), rf.reason,
+                        old->name);
+            return to_error(rf);
+        }
+        return refuse(file, "not loaded", to_error(rf), "");
+    }
+    const std::string sha = detail::sha256_hex(bytes);
+    if (old && old->lib->sha256() == sha) {
+        log_->debug("{}: content unchanged (sha256 {}); nothing to do", file.string(), sha.substr(0, 12));
+        failed_.erase(file);
+        return std::nullopt;
+    }
+    auto f = failed_.find(file);
+    if (f != failed_.end() && f->second.sha256 == sha && (!f->second.retry || f->second.retried)) {
+        log_->debug("{}: same content that was refused before; still refused", file.string());
+        return LoadError{TH_E_NOT_A_LIBRARY, "TH_E_NOT_A_LIBRARY", "refused before (see above)", ""};
+    }
+    auto result = old ? replace(old, bytes, sha) : add_new(file, bytes, sha);
+    if (!result) failed_.erase(file);
+    return result;
+}
 
+PluginManager::Plugin PluginManager::prepare(const fs::path& file, const std::string& bytes, LoadError* err) {
+    LoadFailure f;
+    auto lib = detail::Library::load(file, bytes, *cache_, log_, &f);
+    if (!lib) {
+        *err = to_error(f);
+        return nullptr;
+    }
     auto p = std::make_shared<LoadedPlugin>();
     p->lib = lib;
     p->file = file;
-    p->name = name;
-    p->settings = settings;
-    p->owner.plugin = name;
-    p->owner.logger = get_logger("plugin." + name);
-    p->owner.config = &p->settings.config;
+    p->name = lib->def().name;
+    p->owner.plugin = p->name;
+    p->owner.logger = get_logger("plugin." + p->name);
     p->ctx = std::make_unique<detail::ContextSlot>(&p->owner);
-    for (uint32_t i = 0; i < def.task_count; ++i) p->tasks.push_back(def.tasks[i]);
+    return p;
+}
 
+const LoadedPlugin* PluginManager::find_name(const std::string& name, const LoadedPlugin* except) const {
+    for (auto& [f, p] : by_file_)
+        if (p.get() != except && p->name == name) return p.get();
+    return nullptr;
+}
+
+std::optional<LoadError> PluginManager::initialise(LoadedPlugin& p) {
+    const th_plugin_def& def = p.lib->def();
+    p.settings = config_.plugin(p.name);
+    p.owner.config = &p.settings.config;
+    p.tasks.clear();
+    p.task_names.clear();
+    p.scheduled.clear();
+    p.state = nullptr;
+    for (uint32_t i = 0; i < def.task_count; ++i) p.tasks.push_back(def.tasks[i]);
     if (def.init) {
         std::vector<th_task_def> declared;
         std::vector<std::unique_ptr<std::string>> names;
-        p->owner.init_tasks = &declared;
-        p->owner.init_names = &names;
-        th_ctx c = p->ctx->open(nullptr, std::chrono::steady_clock::now() + config_.default_timeout);
+        p.owner.init_tasks = &declared;
+        p.owner.init_names = &names;
+        th_ctx c = p.ctx->open(nullptr, std::chrono::steady_clock::now() + config_.default_timeout);
         void* state = nullptr;
         th_status st = def.init(c, &state);
-        std::string err = p->ctx->close_init();
-        if (st != TH_OK) {
-            return refuse({TH_E_INIT_FAILED,
-                           "init returned " + detail::status_name(st) + (err.empty() ? "" : ": " + err),
-                           "check [plugins." + name + ".config] in host.toml and the plugin's documentation"});
-        }
-        p->state = state;
-        p->initialised = true;
-        for (auto& d : declared) p->tasks.push_back(d);
-        for (auto& n : names) p->task_names.push_back(std::move(n));
-    } else {
-        p->initialised = true;
+        std::string err = p.ctx->close_init();
+        if (st != TH_OK)
+            return LoadError{TH_E_INIT_FAILED, "TH_E_INIT_FAILED",
+                             "init returned " + detail::status_name(st) + (err.empty() ? "" : ": " + err),
+                             "check [plugins." + p.name + ".config] in host.toml and the plugin's documentation"};
+        p.state = state;
+        for (auto& d : declared) p.tasks.push_back(d);
+        for (auto& n : names) p.task_names.push_back(std::move(n));
     }
-
+    p.initialised = true;
     // Tasks declared from init get the same checks as static ones.
-    auto undo_init = [&] {
-        if (def.shutdown) def.shutdown(p->state);
+    auto undo = [&](LoadFailure f) {
+        if (def.shutdown) def.shutdown(p.state);
+        p.initialised = false;
+        return to_error(f);
     };
     std::set<std::string> seen;
-    for (auto& t : p->tasks) {
-        if (!detail::validate_task(t, &f)) {
-            undo_init();
-            return refuse(f);
-        }
-        if (!seen.insert(t.name).second) {
-            undo_init();
-            return refuse({TH_E_BAD_DESCRIPTOR, "two tasks are named '" + std::string(t.name) + "'",
-                           "give each task a unique name"});
-        }
+    LoadFailure f;
+    for (auto& t : p.tasks) {
+        if (!detail::validate_task(t, &f)) return undo(f);
+        if (!seen.insert(t.name).second)
+            return undo({TH_E_BAD_DESCRIPTOR, "two tasks are named '" + std::string(t.name) + "'",
+                         "give each task a unique name"});
     }
-    if (p->tasks.empty()) {
-        undo_init();
-        return refuse({TH_E_NO_TASKS, "the plugin declared no task", "declare at least one task (or check its config)"});
-    }
-    for (auto& [task, _] : settings.tasks)
-        if (!seen.count(task))
-            log_->warn("host.toml sets [plugins.{}.tasks.{}] but plugin '{}' has no task '{}' (it has: {})", name, task,
-                       name, task, [&] {
-                           std::string all;
-                           for (auto& s : seen) all += (all.empty() ? "" : ", ") + s;
-                           return all;
-                       }());
+    if (p.tasks.empty())
+        return undo({TH_E_NO_TASKS, "the plugin declared no task", "declare at least one task (or check its config)"});
+    for (auto& [task, _] : p.settings.tasks)
+        if (!seen.count(task)) {
+            std::string all;
+            for (auto& n : seen) all += (all.empty() ? "" : ", ") + n;
+            log_->warn("host.toml sets [plugins.{}.tasks.{}] but plugin '{}' has no task '{}' (it has: {})", p.name,
+                       task, p.name, task, all);
+        }
+    return std::nullopt;
+}
 
+namespace {
+std::string describe(const LoadedPlugin& p) {
+    const th_plugin_def& d = p.lib->def();
+    return "'" + p.name + "' " + (d.version && *d.version ? d.version : "(no version)") + " [sha256 " +
+           p.lib->sha256().substr(0, 12) + "]";
+}
+std::string task_list(const LoadedPlugin& p) {
+    std::string s;
+    for (auto& t : p.scheduled)
+        s += (s.empty() ? "" : ", ") + t.name + " every " + format_duration(t.interval) + " (timeout " +
+             format_duration(t.timeout) + ")";
+    return s;
+}
+}  // namespace
+
+std::optional<LoadError> PluginManager::add_new(const fs::path& file, const std::string& bytes, const std::string& sha) {
+    LoadError e;
+    Plugin p = prepare(file, bytes, &e);
+    if (!p) return refuse(file, "not loaded", e, sha);
+    if (const LoadedPlugin* other = find_name(p->name, nullptr))
+        return refuse(file, "not loaded",
+                      {TH_E_DUPLICATE_NAME, "TH_E_DUPLICATE_NAME",
+                       "plugin name '" + p->name + "' is already used by " + other->file.string(),
+                       "remove one of the two files; plugin names key [plugins.<name>] and must be unique"},
+                      sha);
+    if (!config_.plugin(p->name).enabled) {
+        log_->info("{}: plugin '{}' is disabled in host.toml ([plugins.{}] enabled = false); not started",
+                   file.string(), p->name, p->name);
+        return std::nullopt;
+    }
+    if (auto err = initialise(*p)) return refuse(file, "not loaded", *err, sha);
     start_tasks(p);
     by_file_[file] = p;
-    std::string tasks;
-    for (auto& t : p->scheduled)
-        tasks += (tasks.empty() ? "" : ", ") + t.name + " every " + format_duration(t.interval) + " (timeout " +
-                 format_duration(t.timeout) + ")";
-    log_->info("loaded plugin '{}' {} from {} [sha256 {}]: {}", name, def.version ? def.version : "(no version)",
-               file.filename().string(), lib->sha256().substr(0, 12), tasks);
+    const th_plugin_def& d = p->lib->def();
+    log_->info("loaded plugin {} from {}{}{}: {}", describe(*p), file.filename().string(),
+               d.description && *d.description ? " — " : "", d.description ? d.description : "", task_list(*p));
     return std::nullopt;
+}
+
+std::optional<LoadError> PluginManager::replace(const Plugin& old, const std::string& bytes, const std::string& sha) {
+    const fs::path& file = old->file;
+    const std::string keeps = "; " + describe(*old) + " keeps running";
+    if (old->lib->has_go_runtime())
+        return refuse(file, "new version not loaded",
+                      {TH_E_NOT_ALLOWED, "TH_E_NOT_ALLOWED",
+                       "plugin " + describe(*old) + " contains a Go runtime, which can neither be unloaded nor "
+                       "started twice in one process",
+                       "restart the host to upgrade it"},
+                      sha);
+    // 1. Load and check the new version first, from its own shadow copy. No init yet.
+    LoadError e;
+    Plugin neu = prepare(file, bytes, &e);
+    if (!neu) {
+        e.hint += keeps;
+        return refuse(file, "new version refused", e, sha);
+    }
+    if (const LoadedPlugin* other = find_name(neu->name, old.get())) {
+        return refuse(file, "new version refused",
+                      {TH_E_DUPLICATE_NAME, "TH_E_DUPLICATE_NAME",
+                       "it declares plugin name '" + neu->name + "', already used by " + other->file.string(),
+                       "rename one of the plugins" + keeps},
+                      sha);
+    }
+    // 2. Stop the old version: its stop calls, then its shutdown. It stays loaded until the end.
+    log_->info("{}: replacing plugin {} with {}", file.string(), describe(*old), describe(*neu));
+    by_file_.erase(file);
+    stop_plugins({old}, config_.shutdown_timeout);
+    if (!config_.plugin(neu->name).enabled) {
+        log_->info("{}: the new version's plugin '{}' is disabled in host.toml; not started", file.string(), neu->name);
+        return std::nullopt;
+    }
+    // 3. Init and start the new version; if its init fails, bring the old one back.
+    if (auto err = initialise(*neu)) {
+        log_->error("{}: new version {} failed to start: {}", file.string(), describe(*neu), err->message());
+        if (!old->lib->pinned()) {
+            if (auto again = initialise(*old)) {
+                log_->error("{}: the old version {} failed to start again too: {}; no version of this plugin runs",
+                            file.string(), describe(*old), again->message());
+            } else {
+                start_tasks(old);
+                by_file_[file] = old;
+                log_->warn("{}: restored the old version {}: {}", file.string(), describe(*old), task_list(*old));
+            }
+        }
+        failed_[file] = Failure{sha, false, false};
+        return err;
+    }
+    start_tasks(neu);
+    by_file_[file] = neu;
+    log_->info("{}: replaced plugin {} -> {}: {}", file.string(), describe(*old), describe(*neu), task_list(*neu));
+    return std::nullopt;
+}
+
+void PluginManager::apply_config(HostConfig next) {
+    {
+        std::lock_guard<std::mutex> lk(mu_);
+        auto restart_needed = [&](const char* key, bool changed) {
+            if (changed) log_->warn("host.toml: [host] {} changed; it takes effect after a restart", key);
+        };
+        restart_needed("plugin_dir", next.plugin_dir != config_.plugin_dir);
+        restart_needed("workers", next.workers != config_.workers);
+        restart_needed("shadow_dir", next.shadow_dir != config_.shadow_dir);
+        restart_needed("watch", next.watch != config_.watch);
+        restart_needed("poll_interval", next.poll_interval != config_.poll_interval);
+        restart_needed("settle", next.settle != config_.settle);
+        next.plugin_dir = config_.plugin_dir;  // keep running on what we watch
+        next.shadow_dir = config_.shadow_dir;
+        const HostConfig prev = config_;
+        config_ = std::move(next);
+        std::vector<Plugin> changed;
+        for (auto& [f, p] : by_file_)
+            if (!(prev.plugin(p->name) == config_.plugin(p->name)) || prev.default_timeout != config_.default_timeout)
+                changed.push_back(p);
+        for (auto& p : changed) {
+            by_file_.erase(p->file);
+            if (!config_.plugin(p->name).enabled) {
+                log_->info("plugin '{}' disabled in host.toml: stopping it", p->name);
+                stop_plugins({p}, config_.shutdown_timeout);
+                continue;
+            }
+            log_->info("plugin '{}': settings changed in host.toml: restarting it", p->name);
+            stop_plugins({p}, config_.shutdown_timeout);
+            if (p->lib->pinned()) continue;
+            if (auto err = initialise(*p)) {
+                log_->error("plugin '{}' failed to start with the new settings: {}", p->name, err->message());
+                failed_[p->file] = Failure{p->lib->sha256(), false, false};
+                continue;
+            }
+            start_tasks(p);
+            by_file_[p->file] = p;
+            log_->info("restarted plugin {}: {}", describe(*p), task_list(*p));
+        }
+        failed_.clear();  // new settings: give refused files another chance
+    }
+    reconcile();
 }
 
 void PluginManager::start_tasks(const std::shared_ptr<LoadedPlugin>& p) {

@@ -87,6 +87,9 @@ struct PluginSettings {
 
 enum class LogSink { console, file, rotating };
 
+// How plugin_dir (and host.toml) are watched: inotify where available, else polling; or not at all.
+enum class WatchMode { automatic, inotify, poll, off };
+
 struct HostConfig {
     std::filesystem::path source;      // the host.toml this came from (empty when built in code)
     std::filesystem::path plugin_dir;  // absolute after loading (relative paths resolve against source's folder)
@@ -99,6 +102,9 @@ struct HostConfig {
     uint64_t log_max_size = 10 * 1024 * 1024;  // rotating sink: bytes per file
     uint32_t log_max_files = 5;                // rotating sink: files kept
     std::filesystem::path shadow_dir;  // private cache for shadow copies; empty = $XDG_RUNTIME_DIR or /tmp
+    WatchMode watch = WatchMode::automatic;
+    Duration poll_interval = std::chrono::seconds(1);  // the polling backend's scan period
+    Duration settle = std::chrono::milliseconds(300);  // quiet time before a file seen changing is loaded
     std::map<std::string, PluginSettings> plugins;
 
     // Settings for a plugin (defaults when host.toml has no [plugins.<name>]).

@@ -15,8 +15,11 @@
 #include <tickhost/config.hpp>
 #include <tickhost/plugin_manager.hpp>
 #include <tickhost/tickers.hpp>
+#include <tickhost/watcher.hpp>
 
+#include <atomic>
 #include <memory>
+#include <mutex>
 
 namespace tickhost {
 
@@ -27,8 +30,12 @@ public:
     Host(const Host&) = delete;
     Host& operator=(const Host&) = delete;
 
-    // Starts the scheduler and loads plugin_dir. Idempotent.
+    // Starts the scheduler, loads plugin_dir, and (unless [host] watch = "off") starts watching plugin_dir
+    // for added, replaced and removed plugin files and host.toml for changes. Idempotent.
     void start();
+    // Re-reads host.toml (config().source) and applies it (see PluginManager::apply_config). An invalid file
+    // is logged with file:line:column and the running configuration stays. Returns true if applied.
+    bool reload_config();
     // Unloads every plugin (their stop calls first) and stops the scheduler, within shutdown_timeout.
     // Returns false if something did not stop in time (it is named in the log). Idempotent.
     bool stop();
@@ -41,6 +48,10 @@ private:
     HostConfig config_;
     std::unique_ptr<Tickers> tickers_;
     std::unique_ptr<PluginManager> plugins_;
+    std::unique_ptr<DirectoryWatcher> plugin_watch_;
+    std::unique_ptr<DirectoryWatcher> config_watch_;
+    std::atomic<DirectoryWatcher*> plugin_watch_ptr_{nullptr};  // for the watcher's own handler
+    std::mutex reload_mu_;
     bool started_ = false;
     bool stopped_ = false;
 };

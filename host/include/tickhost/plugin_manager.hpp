@@ -79,6 +79,20 @@ public:
     size_t load_directory();
     // Loads one file. On failure returns the error (also logged) and nothing changes.
     std::optional<LoadError> load(const std::filesystem::path& file);
+    // Brings what is loaded from `file` in line with the file: loads a new file, replaces a plugin whose
+    // content changed (the new version is loaded and checked first; if it is bad, or its init fails, the
+    // old version keeps or resumes running), unloads a plugin whose file is gone. Same content (touch, a
+    // copy of the same bytes) changes nothing. Returns the error of a refused file, else nullopt.
+    std::optional<LoadError> sync(const std::filesystem::path& file);
+    // Syncs every plugin file in plugin_dir and unloads plugins whose file is gone. Does nothing while
+    // plugin_dir is missing (running plugins keep running).
+    void reconcile();
+    // Applies a new configuration: plugins whose [plugins.<name>] settings changed are restarted with them
+    // (stopped if now disabled), the others keep their schedule; then plugin_dir is reconciled (loading
+    // plugins that became enabled). [host] keys other than the log settings need a restart (logged).
+    void apply_config(HostConfig config);
+    // True if the last attempt to load `file` failed with content that may be incomplete (worth a retry).
+    bool retry_worthy(const std::filesystem::path& file) const;
     // Unloads the plugin loaded from `file`. False if none is. Waits up to `bound` for its stop calls.
     bool unload(const std::filesystem::path& file, Duration bound);
     // Unloads every plugin: all tasks are removed first (their stop calls run in parallel), then each
@@ -91,16 +105,32 @@ public:
     const std::filesystem::path& shadow_dir() const;
 
 private:
-    std::optional<LoadError> load_locked(const std::filesystem::path& file);
-    void start_tasks(const std::shared_ptr<detail::LoadedPlugin>& p);
-    bool stop_plugins(std::vector<std::shared_ptr<detail::LoadedPlugin>> ps, Duration bound);
+    using Plugin = std::shared_ptr<detail::LoadedPlugin>;
+    struct Failure {
+        std::string sha256;  // content that failed
+        bool retry = false;  // the failure may be a half-written file
+        bool retried = false;
+    };
+    std::optional<LoadError> sync_locked(const std::filesystem::path& file);
+    std::optional<LoadError> refuse(const std::filesystem::path& file, const std::string& what, LoadError e,
+                                    const std::string& sha256);
+    // Library loaded and checked, no init. Null + *err on failure.
+    Plugin prepare(const std::filesystem::path& file, const std::string& bytes, LoadError* err);
+    // init with the plugin's settings, then the task checks. On failure the plugin is left uninitialised.
+    std::optional<LoadError> initialise(detail::LoadedPlugin& p);
+    void start_tasks(const Plugin& p);
+    bool stop_plugins(std::vector<Plugin> ps, Duration bound);
+    std::optional<LoadError> add_new(const std::filesystem::path& file, const std::string& bytes, const std::string& sha);
+    std::optional<LoadError> replace(const Plugin& old, const std::string& bytes, const std::string& sha);
+    const detail::LoadedPlugin* find_name(const std::string& name, const detail::LoadedPlugin* except) const;
 
     Tickers& tickers_;
     HostConfig config_;
     std::shared_ptr<spdlog::logger> log_;
     std::unique_ptr<detail::ShadowCache> cache_;
     mutable std::mutex mu_;
-    std::map<std::filesystem::path, std::shared_ptr<detail::LoadedPlugin>> by_file_;
+    std::map<std::filesystem::path, Plugin> by_file_;
+    std::map<std::filesystem::path, Failure> failed_;  // last failed content per file, not to repeat errors
 };
 
 }  // namespace tickhost
