@@ -517,7 +517,8 @@ TEST(Tickers, AbandonedRunIsReplacedAndSkipsStop) {
     std::shared_future<void> released = release.get_future().share();
     std::atomic<bool> stuck_started{false};
     std::atomic<int> stuck_stops{0};
-    TaskId stuck = f.tickers.add(1s, {"stuck", 1s, [&](RunContext&, bool is_stop) {
+    // `released` by value: the detached stuck thread must not touch this stack frame's future.
+    TaskId stuck = f.tickers.add(1s, {"stuck", 1s, [&stuck_stops, &stuck_started, released](RunContext&, bool is_stop) {
                                           if (is_stop) {
                                               ++stuck_stops;
                                           } else {

@@ -162,6 +162,7 @@ std::optional<LoadError> PluginManager::refuse(const fs::path& file, const std::
     f.retried = again;
     f.sha256 = sha256;
     f.retry = e.code == TH_E_NOT_A_LIBRARY;
+    f.duplicate = e.code == TH_E_DUPLICATE_NAME;
     return e;
 }
 
@@ -176,6 +177,14 @@ std::optional<LoadError> PluginManager::sync_locked(const fs::path& file) {
             log_->info("{}: file removed: stopping plugin '{}'", file.string(), old->name);
             by_file_.erase(it);
             stop_plugins({old}, config_.shutdown_timeout);
+            // Files refused because this plugin had their name may load now.
+            std::vector<fs::path> waiting;
+            for (auto& [f, why] : failed_)
+                if (why.duplicate) waiting.push_back(f);
+            for (auto& f : waiting) {
+                failed_.erase(f);
+                sync_locked(f);
+            }
         }
         return std::nullopt;
     }

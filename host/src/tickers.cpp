@@ -61,7 +61,15 @@ void ManualClock::set(TimePoint t) {
     wake_all();
 }
 
+void ManualClock::forget(std::condition_variable& cv) {
+    std::lock_guard<std::mutex> nl(notify_mu_);  // no wake_all() is using the entry past this point
+    std::lock_guard<std::mutex> lk(mu_);
+    waiters_.erase(std::remove_if(waiters_.begin(), waiters_.end(), [&](const Waiter& w) { return w.cv == &cv; }),
+                   waiters_.end());
+}
+
 void ManualClock::wake_all() {
+    std::lock_guard<std::mutex> nl(notify_mu_);
     std::vector<Waiter> ws;
     {
         std::lock_guard<std::mutex> lk(mu_);
@@ -120,6 +128,7 @@ public:
         sift_down(0);
     }
     void clear() { v_.clear(); }
+    std::vector<HeapEntry> take() { return std::move(v_); }
 
 private:
     void sift_up(size_t i) {
@@ -183,6 +192,7 @@ struct Worker {
     bool cancel_sent = false;
     bool abandoned = false;
     std::atomic<bool> exited{false};
+    std::atomic<bool> retired{false};  // detached by stop(): must not rejoin the pool after a restart
 };
 
 struct Tickers::Impl : std::enable_shared_from_this<Tickers::Impl> {
@@ -260,6 +270,12 @@ TaskId Tickers::Impl::add(Duration interval, TickTask task, TimePoint first_due)
     if (interval <= Duration::zero()) throw std::invalid_argument("tickers: task '" + task.name + "': interval must be > 0");
     if (task.timeout < Duration::zero()) throw std::invalid_argument("tickers: task '" + task.name + "': timeout must be >= 0");
     if (!task.fn) throw std::invalid_argument("tickers: task '" + task.name + "' has no function");
+    // Far beyond any useful schedule, and keeps due/deadline arithmetic clear of int64 overflow.
+    constexpr Duration kMaxPeriod = std::chrono::hours(24 * 365 * 100);
+    if (interval > kMaxPeriod || task.timeout > kMaxPeriod)
+        throw std::invalid_argument("tickers: task '" + task.name + "': interval and timeout must be under 100 years");
+    const TimePoint now = clock_->now();
+    if (first_due > now + kMaxPeriod) first_due = now + kMaxPeriod;
     std::unique_lock<std::mutex> lk(mu_);
     uint32_t i;
     if (!free_.empty()) {
@@ -303,9 +319,12 @@ bool Tickers::Impl::remove(TaskId id) {
     ++removed_unfreed_;
     const uint32_t f = flags_of(w);
     if (f & kAbandoned) {
-        // Its stuck call still owns the slot; when (if) it returns, the worker frees it. No stop call.
+        // No stop call. If its stuck call is still going (RUNNING), the worker frees the slot when it
+        // returns; if it already returned, nobody else will: free it here.
         log_->warn("task '{}' removed while abandoned: no stop call will be made", s.task.name);
         stopped_cv_.notify_all();
+        lk.unlock();
+        if (!(f & kRunning)) free_slot(i);
         return true;
     }
     lk.unlock();
@@ -394,10 +413,11 @@ void Tickers::Impl::worker_loop(std::shared_ptr<Worker> self) {
         batch.clear();
         {
             std::unique_lock<std::mutex> lk(qmu_);
-            qcv_.wait(lk, [&] { return workers_stop_ || !queue_.empty(); });
-            if (queue_.empty()) break;  // stopping and drained
-            // Take a fair share so one wake-up moves a batch, not one job, and the others get theirs.
-            size_t take = std::max<size_t>(1, std::min<size_t>(queue_.size() / nworkers_, 256));
+            qcv_.wait(lk, [&] { return workers_stop_ || self->retired || !queue_.empty(); });
+            if (queue_.empty() || self->retired) break;  // stopping and drained, or detached by stop()
+            // One job at a time: a job batched behind a call that gets abandoned would be stranded on the
+            // stuck thread (RUNNING never cleared, inflight_ never drained).
+            size_t take = 1;
             for (size_t k = 0; k < take; ++k) {
                 batch.push_back(queue_.front());
                 queue_.pop_front();
@@ -468,7 +488,8 @@ bool Tickers::Impl::execute(Worker& w, Job job) {
                        detail::format_elapsed(end - start));
             // The code is no longer executing; a removed slot can now be freed. No stop call: the design
             // promises none to an abandoned task, and its owner may have given up on it.
-            uint64_t prev = s.word.load(std::memory_order_acquire);
+            // Clear RUNNING: a later remove() then knows the call returned and frees the slot itself.
+            uint64_t prev = s.word.fetch_and(~uint64_t(kRunning), std::memory_order_acq_rel);
             if (flags_of(prev) & kRemoved) free_slot(job.slot);
             return false;
         }
@@ -550,7 +571,12 @@ void Tickers::Impl::timer_loop() {
     std::unique_lock<std::mutex> lk(mu_);
     for (;;) {
         incoming.swap(pending_);
-        if (timer_stop_) break;
+        if (timer_stop_) {
+            // Keep the schedule of tasks still registered (added during stop()) for the next start().
+            pending_.swap(incoming);
+            for (const HeapEntry& e : heap.take()) pending_.push_back(e);
+            break;
+        }
         lk.unlock();
 
         for (const HeapEntry& e : incoming) heap.push(e);
@@ -607,6 +633,8 @@ void Tickers::Impl::timer_loop() {
         timer_kick_ = false;
         planned_wake_.store(INT64_MIN, std::memory_order_seq_cst);  // awake: will scan the workers
     }
+    lk.unlock();
+    clock_->forget(timer_cv_);  // a ManualClock may outlive this registry
 }
 
 void Tickers::Impl::spawn_worker() {
@@ -673,7 +701,8 @@ bool Tickers::Impl::stop(Duration bound) {
         auto done = [&] {
             for (uint32_t i = 0; i < slot_count_; ++i) {
                 uint64_t w = slot(i).word.load(std::memory_order_acquire);
-                if ((flags_of(w) & kActive) && !(flags_of(w) & kAbandoned)) return false;
+                const uint32_t f = flags_of(w);
+                if ((f & kActive) && (f & kRemoved) && !(f & kAbandoned)) return false;  // added meanwhile: kept
             }
             return true;
         };
@@ -682,7 +711,8 @@ bool Tickers::Impl::stop(Duration bound) {
             for (uint32_t i = 0; i < slot_count_; ++i) {
                 Slot& s = slot(i);
                 uint64_t w = s.word.load(std::memory_order_acquire);
-                if ((flags_of(w) & kActive) && !(flags_of(w) & kAbandoned)) {
+                const uint32_t f = flags_of(w);
+                if ((f & kActive) && (f & kRemoved) && !(f & kAbandoned)) {
                     s.cancel.store(true, std::memory_order_relaxed);
                     log_->error("task '{}': still running when the stop bound of {} ran out; left behind",
                                 s.task.name, detail::format_elapsed(bound));
@@ -694,12 +724,13 @@ bool Tickers::Impl::stop(Duration bound) {
     timer_cv_.notify_all();
     timer_.join();
     timer_running_ = false;
+    std::deque<Job> dropped;
     {
         std::lock_guard<std::mutex> lk(qmu_);
         workers_stop_ = true;
-            if (!clean) {
+        if (!clean) {
             inflight_.fetch_sub(int64_t(queue_.size()), std::memory_order_relaxed);
-            queue_.clear();
+            dropped.swap(queue_);
         }
     }
     qcv_.notify_all();
@@ -708,16 +739,41 @@ bool Tickers::Impl::stop(Duration bound) {
         std::lock_guard<std::mutex> lk(wmu_);
         ws.swap(workers_);
     }
+    if (!clean) {
+        // The timer is gone: abandon what is still executing, exactly as scan_workers() would, so the
+        // detached thread makes no stop call after we return and exits instead of rejoining the pool.
+        for (auto& w : ws) {
+            std::lock_guard<std::mutex> lk(w->mu);
+            if (w->busy && !w->abandoned) {
+                w->abandoned = true;
+                slot(w->slot).word.fetch_or(kAbandoned, std::memory_order_acq_rel);
+                inflight_.fetch_sub(1, std::memory_order_relaxed);
+            }
+        }
+        // Dropped jobs (stop calls never made): nothing executes them, so their slots can be freed now.
+        for (const Job& j : dropped) {
+            Slot& s = slot(j.slot);
+            if (!(flags_of(s.word.load(std::memory_order_acquire)) & kRemoved)) {
+                s.word.fetch_and(~uint64_t(kRunning), std::memory_order_acq_rel);  // added during stop(): keep
+                continue;
+            }
+            log_->error("task '{}': stop bound ran out before its stop call started; no stop call made",
+                        s.task.name);
+            free_slot(j.slot);
+        }
+    }
     for (auto& w : ws) {
         bool stuck;
         {
             std::lock_guard<std::mutex> lk(w->mu);
             stuck = w->abandoned || (w->busy && !clean);
         }
-        if (stuck && !w->exited)
+        if (stuck && !w->exited) {
+            w->retired = true;
             w->thread.detach();  // it holds a reference to this registry; it ends when its call returns
-        else
+        } else {
             w->thread.join();
+        }
     }
     workers_running_ = false;
     return clean;

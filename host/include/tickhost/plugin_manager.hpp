@@ -110,6 +110,7 @@ private:
         std::string sha256;  // content that failed
         bool retry = false;  // the failure may be a half-written file
         bool retried = false;
+        bool duplicate = false;  // refused for a name in use: retried when that plugin goes
     };
     std::optional<LoadError> sync_locked(const std::filesystem::path& file);
     std::optional<LoadError> refuse(const std::filesystem::path& file, const std::string& what, LoadError e,

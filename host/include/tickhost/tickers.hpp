@@ -19,8 +19,10 @@
 //    its deadline is abandoned: its worker is replaced, the task never runs again and gets no stop call.
 //  - No lock is held while task code runs. add/remove/stats are safe from any thread, including from
 //    inside a running task (a task may remove itself).
-//  - remove(id) never blocks. After it returns no new run starts; the stop call fn(ctx, true) runs exactly
-//    once, after the in-flight run (if any) returned, bounded by the task's timeout. wait_stopped() waits.
+//  - remove(id) never blocks. After it returns no new run is dispatched (a worker that was at that moment
+//    starting one may still begin it); the stop call fn(ctx, true) runs exactly once, after the in-flight
+//    run returned, bounded by the task's timeout. After wait_stopped() says stopped, none of the task's
+//    code runs any more and its callable has been destroyed.
 //  - IDs: slot index + generation. Slots are reused like the original design's free list; an ID value
 //    never comes back, and a stale ID is refused.
 //  - start() and stop() are idempotent. stop() ends every task (stop calls included) and joins the threads;
@@ -55,6 +57,8 @@ public:
     virtual TimePoint now() const = 0;
     // Blocks the caller (holding `lock`) until `cv` is notified or the clock reaches `until`. May return early.
     virtual void wait_until(std::unique_lock<std::mutex>& lock, std::condition_variable& cv, TimePoint until) = 0;
+    // Called (without `cv`'s mutex held) when no wait on `cv` will follow: drop any reference to it.
+    virtual void forget(std::condition_variable& /*cv*/) {}
 };
 
 class SteadyClock final : public Clock {
@@ -73,6 +77,7 @@ public:
     void wait_until(std::unique_lock<std::mutex>& lock, std::condition_variable& cv, TimePoint until) override;
     void advance(Duration d);
     void set(TimePoint t);
+    void forget(std::condition_variable& cv) override;
 
 private:
     struct Waiter {
@@ -80,6 +85,7 @@ private:
         std::condition_variable* cv;
     };
     void wake_all();
+    std::mutex notify_mu_;  // held by wake_all() while it uses waiters' pointers; taken before mu_
     mutable std::mutex mu_;
     TimePoint now_;
     std::vector<Waiter> waiters_;
