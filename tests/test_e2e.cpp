@@ -161,3 +161,38 @@ TEST(EndToEnd, DefaultConfigIsHostTomlInTheWorkingDirectory) {
     p.signal(SIGTERM);
     EXPECT_EQ(p.wait(), 0) << read_file(d.log);
 }
+
+TEST(EndToEnd, DropInAndRemoveWhileTheBinaryRuns) {
+    HostDir d;
+    fs::remove(d.plugins / "heartbeat.so");
+    Process p({TICKHOST_EXE, "--config", d.toml.string()}, d.log);
+    ASSERT_TRUE(eventually([&] { return read_file(d.log).find("hello, world #1") != std::string::npos; }, 20s))
+        << read_file(d.log);
+    EXPECT_FALSE(fs::exists(d.health));
+    // Drop it in the safe way: copy under a temporary name, then rename into place.
+    fs::copy_file(HEARTBEAT_SO, d.plugins / "heartbeat.so.tmp");
+    fs::rename(d.plugins / "heartbeat.so.tmp", d.plugins / "heartbeat.so");
+    ASSERT_TRUE(eventually([&] { return read_file(d.health).rfind("online", 0) == 0; }, 20s)) << read_file(d.log);
+    fs::remove(d.plugins / "heartbeat.so");
+    ASSERT_TRUE(eventually([&] { return read_file(d.health).rfind("offline", 0) == 0; }, 20s)) << read_file(d.log);
+    EXPECT_NE(read_file(d.log).find("file removed: stopping plugin 'heartbeat'"), std::string::npos);
+    p.signal(SIGTERM);
+    EXPECT_EQ(p.wait(), 0) << read_file(d.log);
+}
+
+TEST(EndToEnd, SighupAppliesAChangedHostToml) {
+    HostDir d;
+    Process p({TICKHOST_EXE, "--config", d.toml.string()}, d.log);
+    ASSERT_TRUE(eventually([&] { return read_file(d.health).rfind("online", 0) == 0; }, 20s)) << read_file(d.log);
+    // Disable counter_c in the file, then tell the host (the file watcher may also notice by itself).
+    std::string toml = read_file(d.toml) + "[plugins.counter_c]\nenabled = false\n";
+    write_file(d.toml, toml);
+    p.signal(SIGHUP);
+    ASSERT_TRUE(eventually([&] {
+        return read_file(d.log).find("plugin 'counter_c' disabled in host.toml: stopping it") != std::string::npos;
+    })) << read_file(d.log);
+    const std::string before = read_file(d.health);
+    ASSERT_TRUE(eventually([&] { return read_file(d.health) != before; })) << "heartbeat kept its schedule";
+    p.signal(SIGTERM);
+    EXPECT_EQ(p.wait(), 0) << read_file(d.log);
+}
