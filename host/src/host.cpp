@@ -5,13 +5,14 @@
 
 namespace tickhost {
 
-namespace {
-Tickers::Options tickers_options(const HostConfig& c) {
+Tickers::Options scheduler_options(const HostConfig& c) {
     Tickers::Options o;
     o.workers = c.workers;
     o.default_timeout = c.default_timeout;
     return o;
 }
+
+namespace {
 
 bool same_logging(const HostConfig& a, const HostConfig& b) {
     return a.log_level == b.log_level && a.log_sink == b.log_sink && a.log_file == b.log_file &&
@@ -21,7 +22,7 @@ bool same_logging(const HostConfig& a, const HostConfig& b) {
 
 Host::Host(HostConfig config)
     : config_(std::move(config)),
-      tickers_(std::make_unique<Tickers>(tickers_options(config_))),
+      tickers_(std::make_unique<Tickers>(scheduler_options(config_))),
       plugins_(std::make_unique<PluginManager>(*tickers_, config_)) {}
 
 Host::~Host() { stop(); }

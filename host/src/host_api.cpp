@@ -10,9 +10,11 @@ namespace tickhost::detail {
 // One context: generation, the open call's cancel flag and deadline, its owner and error message.
 struct Entry {
     std::atomic<uint32_t> gen{2};  // odd: a call is open
-    std::atomic<const std::atomic<bool>*> cancel{nullptr};
+    // The open call is cancelled when *cancel_word == cancel_value (see tickhost::RunContext).
+    std::atomic<const std::atomic<uint64_t>*> cancel_word{nullptr};
+    std::atomic<uint64_t> cancel_value{0};
     std::atomic<int64_t> deadline_ns{0};
-    std::atomic<bool> never{false};
+    std::atomic<uint64_t> never{0};  // the cancel word of calls that cannot be cancelled (value 1 never matches)
     std::atomic<bool> error_set{false};
     std::mutex mu;               // guards owner and error (the slow services take it)
     CtxOwner* owner = nullptr;
@@ -120,8 +122,9 @@ void api_log(th_ctx c, int32_t level, const char* msg, size_t len) {
 int32_t api_is_cancelled(th_ctx c) {
     Entry* e = live(c);
     if (!e) return 1;
-    const std::atomic<bool>* flag = e->cancel.load(std::memory_order_acquire);
-    bool v = flag ? flag->load(std::memory_order_relaxed) : false;
+    const std::atomic<uint64_t>* word = e->cancel_word.load(std::memory_order_acquire);
+    const uint64_t want = e->cancel_value.load(std::memory_order_relaxed);
+    bool v = word && word->load(std::memory_order_relaxed) == want;
     if (e->gen.load(std::memory_order_acquire) != gen_of(c)) return 1;  // closed meanwhile
     return v ? 1 : 0;
 }
@@ -237,14 +240,16 @@ ContextSlot::~ContextSlot() {
     Table::get().release(index_);
 }
 
-th_ctx ContextSlot::open(const std::atomic<bool>* cancel, std::chrono::steady_clock::time_point deadline) {
+th_ctx ContextSlot::open(const std::atomic<uint64_t>* cancel_word, uint64_t cancel_value,
+                         std::chrono::steady_clock::time_point deadline) {
     Entry& e = *entry_;
     if (e.error_set.load(std::memory_order_acquire)) {  // left by a late set_error from another thread
         std::lock_guard<std::mutex> lk(e.mu);
         e.error.clear();
         e.error_set.store(false, std::memory_order_relaxed);
     }
-    e.cancel.store(cancel ? cancel : &e.never, std::memory_order_relaxed);
+    e.cancel_word.store(cancel_word ? cancel_word : &e.never, std::memory_order_relaxed);
+    e.cancel_value.store(cancel_word ? cancel_value : 1, std::memory_order_relaxed);
     e.deadline_ns.store(deadline.time_since_epoch().count(), std::memory_order_relaxed);
     uint32_t g = e.gen.load(std::memory_order_relaxed) + 1;  // odd: open
     if (g == 0xffffffffu) g = 1;  // wraps after 2^31 calls; a handle that old is long stale

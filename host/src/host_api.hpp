@@ -43,9 +43,10 @@ public:
     ContextSlot(const ContextSlot&) = delete;
     ContextSlot& operator=(const ContextSlot&) = delete;
 
-    // Opens a call: returns the handle to pass to the plugin. `cancel` must stay valid while the slot lives
-    // (a scheduler slot's flag, or this slot's own never-set flag when null).
-    th_ctx open(const std::atomic<bool>* cancel, std::chrono::steady_clock::time_point deadline);
+    // Opens a call: returns the handle to pass to the plugin. The call counts as cancelled once
+    // *cancel_word == cancel_value (a scheduler worker's word, valid for the registry's life); null: never.
+    th_ctx open(const std::atomic<uint64_t>* cancel_word, uint64_t cancel_value,
+                std::chrono::steady_clock::time_point deadline);
     // Closes the call: the handle becomes stale. Returns the error message set during the call (if any).
     std::string close();
     // Closes an init call: also detaches the owner's init_tasks/init_names (add_task is refused after).

@@ -251,7 +251,7 @@ std::optional<LoadError> PluginManager::initialise(LoadedPlugin& p) {
         std::vector<std::unique_ptr<std::string>> names;
         p.owner.init_tasks = &declared;
         p.owner.init_names = &names;
-        th_ctx c = p.ctx->open(nullptr, std::chrono::steady_clock::now() + config_.default_timeout);
+        th_ctx c = p.ctx->open(nullptr, 0, std::chrono::steady_clock::now() + config_.default_timeout);
         void* state = nullptr;
         th_status st = def.init(c, &state);
         std::string err = p.ctx->close_init();
@@ -448,7 +448,7 @@ void PluginManager::start_tasks(const std::shared_ptr<LoadedPlugin>& p) {
         b->state = t.state ? t.state : p->state;
         b->plugin = p;  // keeps the library mapped for as long as the task exists in the registry
         TickTask task{p->name + "/" + t.name, timeout, [b](RunContext& rc, bool is_stop) {
-                          th_ctx c = b->ctx.open(&rc.cancel_flag(), steady(rc.deadline()));
+                          th_ctx c = b->ctx.open(&rc.cancel_word(), rc.cancel_value(), steady(rc.deadline()));
                           th_status st = b->run(b->state, c, is_stop ? 1 : 0);
                           return run_result(st, b->ctx.close());
                       }};

@@ -1,12 +1,24 @@
-// Tickers: one timer thread (4-ary min-heap of {due, slot, generation}) and a bounded worker pool.
+// Tickers: one timer thread and a bounded worker pool.
 //
-// A slot's life is one 64-bit atomic word: generation (high 32 bits) + flags (low 32 bits). Packing both
-// lets the timer's "dispatch if not running" be a single CAS that fails if the slot was removed or reused
-// meanwhile, and makes "exactly one stop call" a matter of who clears or sets which bit first:
-//   - the timer sets RUNNING when it dispatches a run (CAS; skipped and counted if already RUNNING);
-//   - a worker clears RUNNING when the run returns; if REMOVED was set meanwhile, it makes the stop call;
-//   - remove() sets REMOVED; if RUNNING was not set, it queues the stop call itself.
-// The slot is freed (generation + 1, onto the free list) only after its stop call returned.
+// Schedule. Tasks that share an interval and a due time form a cohort: one entry in the timer's 4-ary
+// min-heap for all of them, and one batch handed to the workers when it comes due. Run k of every member
+// is due at the cohort's anchor + k * interval, so a cohort stays together forever; the timer's cost per
+// tick is one heap operation and one copy of the member list, whatever the number of tasks in it.
+// Workers claim slices of a batch with one atomic add each and run the members in order.
+//
+// Slot life. Each task lives in a slot whose state is one 64-bit atomic word: generation (high 32 bits) +
+// flags (low 32 bits). Packing both makes "run it unless it is running, removed or reused" one CAS, and
+// makes "exactly one stop call" a question of who sets or clears which bit first:
+//   - a worker sets RUNNING before a run (CAS; if it is already set the tick is skipped and counted);
+//   - the worker clears RUNNING after the run; if REMOVED was set meanwhile, it makes the stop call;
+//   - remove() sets REMOVED|RUNNING; if RUNNING was clear, it queues the stop call itself.
+// A slot is freed (generation + 1, free list) after its stop call, in bulk, and the timer is told in the
+// same critical section so that it drops the slot from its cohort before the slot can be reused.
+//
+// Deadlines are tracked per worker, not per run: a worker publishes (sequence, deadline, slot) in its
+// run word before each call; the timer scans the few workers at every wake-up, cancels a call past its
+// deadline by writing the call's sequence into the worker's cancel word, and abandons a call that ignores
+// it (a CAS on the run word decides between the returning worker and the timer).
 #include <tickhost/logging.hpp>
 #include <tickhost/tickers.hpp>
 
@@ -15,12 +27,14 @@
 #include <deque>
 #include <stdexcept>
 #include <thread>
+#include <unordered_map>
 
 #include <spdlog/spdlog.h>
 
 #include "time_format.hpp"
 
 #if defined(__linux__)
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #endif
 
@@ -87,7 +101,7 @@ void ManualClock::wake_all() {
 namespace {
 
 constexpr uint32_t kActive = 1u;     // holds a task (set by add, cleared when freed)
-constexpr uint32_t kRunning = 2u;    // a run or the stop call is queued or executing
+constexpr uint32_t kRunning = 2u;    // a run or the stop call is claimed, queued or executing
 constexpr uint32_t kRemoved = 4u;    // remove() was called: no new run; stop call pending or done
 constexpr uint32_t kAbandoned = 8u;  // a call ignored its cancellation; never runs again, no stop call
 
@@ -101,20 +115,29 @@ constexpr TaskId make_id(uint32_t slot, uint32_t gen) { return (TaskId(gen) << 3
 constexpr uint32_t kSegBits = 12;  // 4096 slots per segment
 constexpr uint32_t kSegSize = 1u << kSegBits;
 constexpr uint32_t kMaxSegs = 1u << 16;  // 268M slots
+constexpr uint32_t kNoCohort = UINT32_MAX;
 
-struct HeapEntry {
-    int64_t due;  // ns since the clock's epoch
+// Worker run word: sequence << 2 | state.
+constexpr uint64_t kIdle = 0, kBusy = 1, kGone = 2;  // kGone: abandoned by the timer
+
+int64_t to_ns(TimePoint t) { return t.time_since_epoch().count(); }
+TimePoint from_ns(int64_t ns) { return TimePoint(Duration(ns)); }
+
+struct Member {
     uint32_t slot;
     uint32_t gen;
 };
 
-// 4-ary min-heap on `due`: shallower than a binary heap, and its four children share a cache line.
+// 4-ary min-heap of {due, id}: shallower than a binary heap, and its four children share a cache line.
 class DueHeap {
 public:
+    struct Entry {
+        int64_t due;
+        uint32_t id;
+    };
     bool empty() const { return v_.empty(); }
-    size_t size() const { return v_.size(); }
-    const HeapEntry& top() const { return v_.front(); }
-    void push(const HeapEntry& e) {
+    const Entry& top() const { return v_.front(); }
+    void push(Entry e) {
         v_.push_back(e);
         sift_up(v_.size() - 1);
     }
@@ -123,16 +146,15 @@ public:
         v_.pop_back();
         if (!v_.empty()) sift_down(0);
     }
-    void replace_top(const HeapEntry& e) {
+    void replace_top(Entry e) {
         v_.front() = e;
         sift_down(0);
     }
     void clear() { v_.clear(); }
-    std::vector<HeapEntry> take() { return std::move(v_); }
 
 private:
     void sift_up(size_t i) {
-        HeapEntry e = v_[i];
+        Entry e = v_[i];
         while (i > 0) {
             size_t p = (i - 1) / 4;
             if (v_[p].due <= e.due) break;
@@ -142,13 +164,13 @@ private:
         v_[i] = e;
     }
     void sift_down(size_t i) {
-        HeapEntry e = v_[i];
+        Entry e = v_[i];
         const size_t n = v_.size();
         for (;;) {
             size_t c = 4 * i + 1;
             if (c >= n) break;
             size_t best = c;
-            size_t end = std::min(c + 4, n);
+            const size_t end = std::min(c + 4, n);
             for (size_t k = c + 1; k < end; ++k)
                 if (v_[k].due < v_[best].due) best = k;
             if (v_[best].due >= e.due) break;
@@ -157,95 +179,144 @@ private:
         }
         v_[i] = e;
     }
-    std::vector<HeapEntry> v_;
+    std::vector<Entry> v_;
 };
-
-int64_t to_ns(TimePoint t) { return t.time_since_epoch().count(); }
-TimePoint from_ns(int64_t ns) { return TimePoint(Duration(ns)); }
 
 }  // namespace
 
 struct Slot {
     std::atomic<uint64_t> word{pack(1, 0)};
-    std::atomic<bool> cancel{false};
     // Written by add() before the ID is published; read-only while the slot holds this task.
     TickTask task;
-    std::atomic<int64_t> interval_ns{0};  // atomic: the timer may read it while a stale entry is dropped
+    std::atomic<int64_t> interval_ns{0};  // atomic: the timer may read it for a slot being recycled
     Duration timeout{0};
+    // runs/failures/timeouts are written only by the worker that holds RUNNING (load + store, no RMW).
     std::atomic<uint64_t> runs{0}, failures{0}, skipped{0}, timeouts{0};
+    // Timer-private: where this slot sits in its cohort.
+    uint32_t cohort = kNoCohort;
+    uint32_t pos = 0;
+    uint32_t cohort_gen = 0;
 };
 
-struct Job {
-    enum Kind : uint32_t { run, stop };
-    Kind kind;
-    uint32_t slot;
-    uint32_t gen;
+// A tick's worth of runs (or a set of stop calls), shared by the workers that claim slices of it.
+struct Batch {
+    std::vector<Member> items;
+    int64_t due = 0;
+    uint32_t missed = 0;  // ticks skipped because the timer was more than an interval late
+    bool stop = false;    // stop calls rather than runs
+    std::atomic<size_t> next{0};  // the next item to claim
 };
 
-// What one worker is executing, for the timer's deadline scan. Guarded by `mu`.
+// One worker thread and what it is executing, for the timer's deadline scan.
 struct Worker {
     std::thread thread;
-    std::mutex mu;
-    bool busy = false;
-    uint32_t slot = 0;
-    TimePoint deadline{};
-    bool cancel_sent = false;
-    bool abandoned = false;
+    // Published before each call (plain fields written before the release store of run_word).
+    std::atomic<uint64_t> run_word{kIdle};  // seq << 2 | state
+    std::atomic<int64_t> deadline{INT64_MAX};
+    std::atomic<uint32_t> slot{0};
+    std::atomic<uint64_t> cancel{0};        // == seq of the call to cancel (RunContext reads it)
+    std::atomic<uint64_t> cancel_sent{0};   // seq already cancelled (timer-private in practice)
+    uint64_t seq = 0;                       // worker-private
+    // The slice being executed, so the timer can hand the rest to others if this call is abandoned.
+    std::atomic<Batch*> batch{nullptr};
+    std::atomic<size_t> begin{0}, cursor{0}, end{0};
     std::atomic<bool> exited{false};
     std::atomic<bool> retired{false};  // detached by stop(): must not rejoin the pool after a restart
 };
 
+// A change for the timer's cohorts, handed over in order: an added task, or a freed slot to drop.
+struct Op {
+    int64_t due;  // add: first due time
+    uint32_t slot;
+    uint32_t gen;
+    bool add;
+};
+
 struct Tickers::Impl : std::enable_shared_from_this<Tickers::Impl> {
     explicit Impl(Options o);
+    ~Impl();
+    Slot* new_segment();
 
     Slot& slot(uint32_t i) const { return segs_[i >> kSegBits][i & (kSegSize - 1)]; }
     TaskId add(Duration interval, TickTask task, TimePoint first_due);
     bool remove(TaskId id);
     StopState wait_stopped(TaskId id, Duration bound);
-    void free_slot(uint32_t i);
+    void free_slots(const std::vector<uint32_t>& slots);
 
     void start();
     bool stop(Duration bound);
     void start_workers_locked();  // lifecycle_mu_ held
+    void start_timer_locked();
     void spawn_worker();
 
     void timer_loop();
     void worker_loop(std::shared_ptr<Worker> self);
-    void push_jobs(const Job* jobs, size_t n);
-    // Executes one job; false if this worker was abandoned during it (the thread must then exit).
-    bool execute(Worker& w, Job job);
-    // Scans the workers' current calls: cancels at the deadline, abandons past abandon_after.
-    // Returns the earliest time the scan must run again.
+    void push_batch(std::shared_ptr<Batch> b);
+    // Runs items [lo, hi) of `b`. False if this worker was abandoned meanwhile (the thread must end).
+    bool execute(Worker& w, const std::shared_ptr<Batch>& b, size_t lo, size_t hi, std::vector<uint32_t>& freed);
+    // One call (run or stop) of slot `m`. False if abandoned during it.
+    bool call(Worker& w, Slot& s, Member m, bool is_stop, TimePoint& start, std::vector<uint32_t>& freed);
     int64_t scan_workers(int64_t now);
     void notify_timer_if_earlier(int64_t when);
+    void done_items(size_t n);
+
+    // Timer-private cohort bookkeeping.
+    struct Cohort {
+        int64_t due = 0;
+        int64_t interval = 0;
+        std::vector<Member> members;
+        bool live = false;
+    };
+    void timer_apply(const std::vector<Op>& ops);
+    uint32_t cohort_for(int64_t due, int64_t interval);
+    void drop_member(uint32_t slot_index);
 
     Options opt_;
     std::shared_ptr<Clock> clock_;
     std::shared_ptr<spdlog::logger> log_;
     size_t nworkers_;
 
-    // Registry: slot storage, free list, timer hand-off. Never held while task code runs.
+    // Registry: slot storage, free list, hand-off to the timer. Never held while task code runs.
     mutable std::mutex mu_;
     std::condition_variable timer_cv_;    // wakes the timer (new earlier due time, stop)
-    std::condition_variable stopped_cv_;  // a slot was freed or abandoned
+    std::condition_variable stopped_cv_;  // slots were freed or abandoned
     std::condition_variable idle_cv_;     // for wait_idle
-    std::unique_ptr<Slot[]> segs_[kMaxSegs];
-    uint32_t slot_count_ = 0;
+    std::unique_ptr<std::atomic<Slot*>[]> segs_owner_{new std::atomic<Slot*>[kMaxSegs]()};
+    std::atomic<Slot*>* segs_atomic_ = segs_owner_.get();
+    struct SegView {
+        std::atomic<Slot*>* p;
+        Slot* operator[](uint32_t i) const { return p[i].load(std::memory_order_acquire); }
+    } segs_{segs_atomic_};
+    std::atomic<uint32_t> slot_count_{0};
     std::vector<uint32_t> free_;
-    std::vector<HeapEntry> pending_;  // added since the timer last looked
-    size_t active_ = 0;               // tasks added and not yet freed
-    size_t removed_unfreed_ = 0;      // removed, stop call not yet returned
+    std::vector<Op> pending_;         // for the timer, in order
+    size_t active_ = 0;               // slots holding a task (freed ones excluded)
+    std::atomic<size_t> removed_unfreed_{0};    // removed, not yet freed
+    std::atomic<size_t> abandoned_unfreed_{0};  // of those, abandoned (no stop call will come)
     bool timer_stop_ = false;
-    bool timer_kick_ = false;  // a worker started a call whose deadline is before the timer's plan
-    int64_t processed_until_ = INT64_MIN;  // the clock time the timer last handled
+    bool timer_kick_ = false;         // a worker started a call whose deadline is before the timer's plan
+    int64_t processed_until_ = INT64_MIN;
     std::atomic<int64_t> planned_wake_{INT64_MAX};
+
+    // Timer thread state.
+    DueHeap heap_;
+    std::vector<Cohort> cohorts_;
+    std::vector<uint32_t> free_cohorts_;
+    struct KeyHash {
+        size_t operator()(const std::pair<int64_t, int64_t>& k) const {
+            return std::hash<int64_t>()(k.first * 31 + k.second);
+        }
+    };
+    std::unordered_map<std::pair<int64_t, int64_t>, uint32_t, KeyHash> by_key_;
 
     // Worker queue.
     std::mutex qmu_;
     std::condition_variable qcv_;
-    std::deque<Job> queue_;
+    std::deque<std::shared_ptr<Batch>> queue_;
+    std::vector<Member> stop_pending_;  // stop calls queued by remove(); a worker takes them all at once
     bool workers_stop_ = false;
-    std::atomic<int64_t> inflight_{0};  // jobs queued or executing (abandoned ones excluded)
+    std::atomic<int64_t> inflight_{0};  // calls queued or executing (abandoned ones excluded)
+    std::atomic<int> idle_waiters_{0};  // threads in wait_idle()
 
     // Workers (timer scans them; replaced when abandoned).
     std::mutex wmu_;
@@ -258,6 +329,35 @@ struct Tickers::Impl : std::enable_shared_from_this<Tickers::Impl> {
     bool workers_running_ = false;
 };
 
+// Slot segments are mapped pre-faulted: touching fresh pages one fault at a time costs more than the
+// rest of add() on a virtual machine.
+Slot* Tickers::Impl::new_segment() {
+    const size_t bytes = sizeof(Slot) * kSegSize;
+    void* mem = nullptr;
+#if defined(__linux__)
+    mem = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    if (mem == MAP_FAILED) throw std::bad_alloc();
+#else
+    mem = ::operator new(bytes);
+#endif
+    Slot* seg = static_cast<Slot*>(mem);
+    for (uint32_t k = 0; k < kSegSize; ++k) new (seg + k) Slot();
+    return seg;
+}
+
+Tickers::Impl::~Impl() {
+    for (uint32_t i = 0; i < kMaxSegs; ++i) {
+        Slot* seg = segs_atomic_[i].load(std::memory_order_relaxed);
+        if (!seg) break;
+        for (uint32_t k = 0; k < kSegSize; ++k) seg[k].~Slot();
+#if defined(__linux__)
+        ::munmap(seg, sizeof(Slot) * kSegSize);
+#else
+        ::operator delete(seg);
+#endif
+    }
+}
+
 Tickers::Impl::Impl(Options o) : opt_(std::move(o)) {
     clock_ = opt_.clock ? opt_.clock : std::make_shared<SteadyClock>();
     log_ = opt_.logger ? opt_.logger : get_logger("scheduler");
@@ -265,6 +365,8 @@ Tickers::Impl::Impl(Options o) : opt_(std::move(o)) {
     if (opt_.default_timeout <= Duration::zero()) opt_.default_timeout = std::chrono::seconds(10);
     if (opt_.abandon_after < Duration::zero()) opt_.abandon_after = Duration::zero();
 }
+
+// ---- add / remove / free --------------------------------------------------------------------------------
 
 TaskId Tickers::Impl::add(Duration interval, TickTask task, TimePoint first_due) {
     if (interval <= Duration::zero()) throw std::invalid_argument("tickers: task '" + task.name + "': interval must be > 0");
@@ -274,106 +376,121 @@ TaskId Tickers::Impl::add(Duration interval, TickTask task, TimePoint first_due)
     constexpr Duration kMaxPeriod = std::chrono::hours(24 * 365 * 100);
     if (interval > kMaxPeriod || task.timeout > kMaxPeriod)
         throw std::invalid_argument("tickers: task '" + task.name + "': interval and timeout must be under 100 years");
-    const TimePoint now = clock_->now();
-    if (first_due > now + kMaxPeriod) first_due = now + kMaxPeriod;
+    constexpr int64_t kLatest = INT64_MAX / 2;  // keeps due + interval and deadlines clear of overflow
+    if (to_ns(first_due) > kLatest) first_due = from_ns(kLatest);
+
     std::unique_lock<std::mutex> lk(mu_);
     uint32_t i;
     if (!free_.empty()) {
         i = free_.back();
         free_.pop_back();
     } else {
-        if (slot_count_ == kSegSize * kMaxSegs) throw std::length_error("tickers: too many tasks");
-        i = slot_count_++;
-        if (!segs_[i >> kSegBits]) segs_[i >> kSegBits].reset(new Slot[kSegSize]);
+        i = slot_count_.load(std::memory_order_relaxed);
+        if (i == kSegSize * kMaxSegs) throw std::length_error("tickers: too many tasks");
+        if (!segs_[i >> kSegBits]) segs_atomic_[i >> kSegBits].store(new_segment(), std::memory_order_release);
+        slot_count_.store(i + 1, std::memory_order_release);
     }
     Slot& s = slot(i);
-    uint32_t gen = gen_of(s.word.load(std::memory_order_relaxed));
+    const uint32_t gen = gen_of(s.word.load(std::memory_order_relaxed));
     s.task = std::move(task);
     s.interval_ns.store(interval.count(), std::memory_order_relaxed);
     s.timeout = s.task.timeout > Duration::zero() ? s.task.timeout : opt_.default_timeout;
-    s.cancel.store(false, std::memory_order_relaxed);
     s.runs.store(0, std::memory_order_relaxed);
     s.failures.store(0, std::memory_order_relaxed);
     s.skipped.store(0, std::memory_order_relaxed);
     s.timeouts.store(0, std::memory_order_relaxed);
     s.word.store(pack(gen, kActive), std::memory_order_release);
     ++active_;
-    bool wake = pending_.empty();
-    pending_.push_back({to_ns(first_due), i, gen});
+    const bool wake = pending_.empty();
+    pending_.push_back({to_ns(first_due), i, gen, true});
     lk.unlock();
-    // The timer drains everything pending when it wakes, so one notify per batch of adds is enough.
+    // The timer takes everything pending when it wakes, so one notify per burst of adds is enough.
     if (wake) timer_cv_.notify_one();
     return make_id(i, gen);
 }
 
 bool Tickers::Impl::remove(TaskId id) {
     const uint32_t i = slot_of(id), gen = gen_of_id(id);
-    std::unique_lock<std::mutex> lk(mu_);
-    if (gen == 0 || i >= slot_count_) return false;
+    if (gen == 0 || i >= slot_count_.load(std::memory_order_acquire)) return false;
     Slot& s = slot(i);
     uint64_t w = s.word.load(std::memory_order_acquire);
     for (;;) {
         if (gen_of(w) != gen || !(flags_of(w) & kActive) || (flags_of(w) & kRemoved)) return false;
         if (s.word.compare_exchange_weak(w, w | kRemoved | kRunning, std::memory_order_acq_rel)) break;
     }
-    ++removed_unfreed_;
     const uint32_t f = flags_of(w);
+    removed_unfreed_.fetch_add(1, std::memory_order_relaxed);
+    if (f & kAbandoned) abandoned_unfreed_.fetch_add(1, std::memory_order_relaxed);
     if (f & kAbandoned) {
         // No stop call. If its stuck call is still going (RUNNING), the worker frees the slot when it
         // returns; if it already returned, nobody else will: free it here.
         log_->warn("task '{}' removed while abandoned: no stop call will be made", s.task.name);
+        if (!(f & kRunning)) free_slots({i});
+        std::lock_guard<std::mutex> lk(mu_);
         stopped_cv_.notify_all();
-        lk.unlock();
-        if (!(f & kRunning)) free_slot(i);
         return true;
     }
-    lk.unlock();
     // RUNNING was clear: nobody will make the stop call unless we queue it. Otherwise the worker that
-    // holds the run makes it when the run returns (we set RUNNING again above harmlessly: it was set).
+    // holds the run makes it when the run returns.
     if (!(f & kRunning)) {
-        Job j{Job::stop, i, gen};
-        push_jobs(&j, 1);
+        inflight_.fetch_add(1, std::memory_order_relaxed);
+        bool was_empty;
+        {
+            std::lock_guard<std::mutex> lk(qmu_);
+            was_empty = stop_pending_.empty();
+            stop_pending_.push_back({i, gen});
+        }
+        if (was_empty) qcv_.notify_one();  // otherwise a worker was told already and takes them all
     }
     return true;
 }
 
-void Tickers::Impl::free_slot(uint32_t i) {
-    Slot& s = slot(i);
-    // The task's callable is destroyed before waiters are told: whoever wait_stopped() for it may then
-    // rely on holding the last reference to what the callable captured (a plugin library).
-    TickTask dead;
+void Tickers::Impl::free_slots(const std::vector<uint32_t>& slots) {
+    if (slots.empty()) return;
+    // The callables are destroyed before waiters are told: whoever wait_stopped() for a task may then
+    // rely on holding the last reference to what its callable captured (a plugin library).
+    std::vector<TickTask> dead;
+    dead.reserve(slots.size());
     {
         std::lock_guard<std::mutex> lk(mu_);
-        uint64_t w = s.word.load(std::memory_order_relaxed);
-        uint32_t gen = gen_of(w);
-        dead = std::move(s.task);  // destroy the callable outside the lock
-        s.task = TickTask{};
-        --active_;
-        --removed_unfreed_;
-        if (gen == UINT32_MAX) {
-            s.word.store(pack(gen, kRemoved), std::memory_order_release);  // retired: the ID never comes back
-        } else {
-            s.word.store(pack(gen + 1, 0), std::memory_order_release);
-            free_.push_back(i);
+        for (uint32_t i : slots) {
+            Slot& s = slot(i);
+            const uint64_t w = s.word.load(std::memory_order_relaxed);
+            const uint32_t gen = gen_of(w);
+            dead.push_back(std::move(s.task));
+            s.task = TickTask{};
+            --active_;
+            --removed_unfreed_;
+            if (flags_of(w) & kAbandoned) --abandoned_unfreed_;
+            // Tell the timer in the same critical section, so its drop comes before any reuse's add.
+            pending_.push_back({0, i, gen, false});
+            if (gen == UINT32_MAX) {
+                s.word.store(pack(gen, kRemoved), std::memory_order_release);  // retired: the ID never comes back
+            } else {
+                s.word.store(pack(gen + 1, 0), std::memory_order_release);
+                free_.push_back(i);
+            }
         }
     }
-    dead = TickTask{};
+    dead.clear();
+    std::lock_guard<std::mutex> lk(mu_);
     stopped_cv_.notify_all();
+    if (pending_.size() >= 4096) timer_cv_.notify_one();  // drops pile up while the timer sleeps: let it sort them
 }
 
 StopState Tickers::Impl::wait_stopped(TaskId id, Duration bound) {
     const uint32_t i = slot_of(id), gen = gen_of_id(id);
+    if (gen == 0 || i >= slot_count_.load(std::memory_order_acquire)) return StopState::unknown;
     std::unique_lock<std::mutex> lk(mu_);
-    if (gen == 0 || i >= slot_count_) return StopState::unknown;
     Slot& s = slot(i);
     auto state = [&]() -> std::optional<StopState> {
-        uint64_t w = s.word.load(std::memory_order_acquire);
+        const uint64_t w = s.word.load(std::memory_order_acquire);
         if (gen_of(w) != gen || !(flags_of(w) & kActive)) return StopState::stopped;
         if (flags_of(w) & kAbandoned) return StopState::abandoned;
         return std::nullopt;
     };
     // Real time: the bound protects the caller even on a ManualClock.
-    auto until = std::chrono::steady_clock::now() + bound;
+    const auto until = std::chrono::steady_clock::now() + bound;
     for (;;) {
         if (auto st = state()) return *st;
         if (stopped_cv_.wait_until(lk, until) == std::cv_status::timeout) {
@@ -383,22 +500,32 @@ StopState Tickers::Impl::wait_stopped(TaskId id, Duration bound) {
     }
 }
 
-void Tickers::Impl::push_jobs(const Job* jobs, size_t n) {
-    if (n == 0) return;
-    inflight_.fetch_add(int64_t(n), std::memory_order_relaxed);
+// ---- workers --------------------------------------------------------------------------------------------
+
+void Tickers::Impl::push_batch(std::shared_ptr<Batch> b) {
+    inflight_.fetch_add(int64_t(b->items.size()), std::memory_order_relaxed);
+    const bool big = b->items.size() > 1;
     {
         std::lock_guard<std::mutex> lk(qmu_);
-        queue_.insert(queue_.end(), jobs, jobs + n);
+        queue_.push_back(std::move(b));
     }
-    if (n == 1)
-        qcv_.notify_one();
-    else
+    if (big)
         qcv_.notify_all();
+    else
+        qcv_.notify_one();
 }
 
-// The timer stores planned_wake_ before it scans the workers, and a worker publishes its deadline (under
-// its own mutex) before it loads planned_wake_: so either the scan sees the new deadline or the worker sees
-// the plan and kicks the timer. INT64_MIN means "awake, will scan".
+void Tickers::Impl::done_items(size_t n) {
+    if (inflight_.fetch_sub(int64_t(n), std::memory_order_acq_rel) == int64_t(n) &&
+        idle_waiters_.load(std::memory_order_acquire) > 0) {
+        std::lock_guard<std::mutex> lk(mu_);
+        idle_cv_.notify_all();
+    }
+}
+
+// The timer stores planned_wake_ before it scans the workers, and a worker publishes its deadline before
+// it loads planned_wake_: so either the scan sees the new deadline or the worker sees the plan and kicks
+// the timer. INT64_MIN means "awake, will scan".
 void Tickers::Impl::notify_timer_if_earlier(int64_t when) {
     if (when < planned_wake_.load(std::memory_order_seq_cst)) {
         std::lock_guard<std::mutex> lk(mu_);
@@ -408,66 +535,99 @@ void Tickers::Impl::notify_timer_if_earlier(int64_t when) {
 }
 
 void Tickers::Impl::worker_loop(std::shared_ptr<Worker> self) {
-    std::vector<Job> batch;
+    std::vector<uint32_t> freed;
     for (;;) {
-        batch.clear();
+        std::shared_ptr<Batch> b;
+        bool own = false;
         {
             std::unique_lock<std::mutex> lk(qmu_);
-            qcv_.wait(lk, [&] { return workers_stop_ || self->retired || !queue_.empty(); });
-            if (queue_.empty() || self->retired) break;  // stopping and drained, or detached by stop()
-            // One job at a time: a job batched behind a call that gets abandoned would be stranded on the
-            // stuck thread (RUNNING never cleared, inflight_ never drained).
-            size_t take = 1;
-            for (size_t k = 0; k < take; ++k) {
-                batch.push_back(queue_.front());
-                queue_.pop_front();
+            qcv_.wait(lk, [&] { return workers_stop_ || self->retired || !queue_.empty() || !stop_pending_.empty(); });
+            if (self->retired) break;  // detached by stop()
+            if (!stop_pending_.empty()) {
+                // Stop calls queued by remove(): take them all, one wake-up and one free for the lot.
+                b = std::make_shared<Batch>();
+                b->stop = true;
+                b->items.swap(stop_pending_);
+                own = true;
+            } else if (!queue_.empty()) {
+                b = queue_.front();
+            } else {
+                break;  // stopping and drained
             }
-            if (!queue_.empty()) qcv_.notify_one();
         }
-        for (size_t k = 0; k < batch.size(); ++k) {
-            if (!execute(*self, batch[k])) {
-                // Abandoned (its job was already uncounted by the timer): give the rest of our batch back
-                // to the pool and let this thread end.
-                if (k + 1 < batch.size()) {
-                    std::lock_guard<std::mutex> lk(qmu_);
-                    queue_.insert(queue_.begin(), batch.begin() + long(k + 1), batch.end());
-                    qcv_.notify_all();
-                }
+        const size_t n = b->items.size();
+        if (own) b->next.store(n, std::memory_order_relaxed);
+        // Claim slices until the batch is exhausted. Small slices keep both workers busy to the end and
+        // keep what an abandoned call strands short (the timer hands that rest to others anyway).
+        const size_t slice = own ? n : std::clamp<size_t>(n / (nworkers_ * 16), 1, 512);
+        size_t lo = own ? 0 : b->next.fetch_add(slice, std::memory_order_relaxed);
+        while (lo < n) {
+            const size_t hi = std::min(n, lo + slice);
+            const bool alive = execute(*self, b, lo, hi, freed);
+            free_slots(freed);
+            freed.clear();
+            if (!alive) {
                 self->exited = true;
-                return;
+                return;  // abandoned: the timer settled our slice and gave its rest to the others
             }
-            if (inflight_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-                std::lock_guard<std::mutex> lk(mu_);
-                idle_cv_.notify_all();
-            }
+            done_items(hi - lo);
+            if (own) break;
+            lo = b->next.fetch_add(slice, std::memory_order_relaxed);
+        }
+        if (!own) {
+            std::lock_guard<std::mutex> lk(qmu_);
+            if (!queue_.empty() && queue_.front() == b) queue_.pop_front();
         }
     }
     self->exited = true;
 }
 
-bool Tickers::Impl::execute(Worker& w, Job job) {
-    Slot& s = slot(job.slot);
-    bool is_stop = job.kind == Job::stop;
-    if (!is_stop) {
-        uint64_t word = s.word.load(std::memory_order_acquire);
-        if (gen_of(word) != job.gen) return true;  // cannot happen while RUNNING is ours; defensive
-        if (flags_of(word) & kRemoved) is_stop = true;  // removed after dispatch: no new run, only the stop call
-    }
-    const TaskId id = make_id(job.slot, job.gen);
-    for (;;) {
-        const TimePoint start = clock_->now();
-        const TimePoint deadline = start + s.timeout;
-        s.cancel.store(false, std::memory_order_relaxed);
-        {
-            std::lock_guard<std::mutex> lk(w.mu);
-            w.busy = true;
-            w.slot = job.slot;
-            w.deadline = deadline;
-            w.cancel_sent = false;
+bool Tickers::Impl::execute(Worker& w, const std::shared_ptr<Batch>& b, size_t lo, size_t hi,
+                            std::vector<uint32_t>& freed) {
+    w.batch.store(b.get(), std::memory_order_relaxed);
+    w.begin.store(lo, std::memory_order_relaxed);
+    w.end.store(hi, std::memory_order_relaxed);
+    TimePoint start = clock_->now();
+    for (size_t k = lo; k < hi; ++k) {
+        const Member m = b->items[k];
+        w.cursor.store(k, std::memory_order_relaxed);
+        Slot& s = slot(m.slot);
+        if (b->stop) {
+            if (!call(w, s, m, true, start, freed)) return false;
+            continue;
         }
+        uint64_t word = s.word.load(std::memory_order_acquire);
+        bool claimed = false;
+        for (;;) {
+            const uint32_t f = flags_of(word);
+            if (gen_of(word) != m.gen || !(f & kActive) || (f & (kRemoved | kAbandoned))) break;  // gone
+            if (f & kRunning) {
+                s.skipped.fetch_add(1, std::memory_order_relaxed);  // never overlap a task with itself
+                break;
+            }
+            if (s.word.compare_exchange_weak(word, word | kRunning, std::memory_order_acq_rel)) {
+                claimed = true;
+                break;
+            }
+        }
+        if (!claimed) continue;
+        if (b->missed) s.skipped.fetch_add(b->missed, std::memory_order_relaxed);
+        if (!call(w, s, m, false, start, freed)) return false;
+    }
+    return true;
+}
+
+bool Tickers::Impl::call(Worker& w, Slot& s, Member m, bool is_stop, TimePoint& start, std::vector<uint32_t>& freed) {
+    const TaskId id = make_id(m.slot, m.gen);
+    for (;;) {
+        const TimePoint deadline = start + s.timeout;
+        const uint64_t seq = ++w.seq;
+        w.deadline.store(to_ns(deadline), std::memory_order_relaxed);
+        w.slot.store(m.slot, std::memory_order_relaxed);
+        w.run_word.store(seq << 2 | kBusy, std::memory_order_seq_cst);
         notify_timer_if_earlier(to_ns(deadline));
 
-        RunContext ctx(id, s.task.name, deadline, *clock_, s.cancel);
+        RunContext ctx(id, s.task.name, deadline, *clock_, w.cancel, seq);
         TaskResult r;
         try {
             r = s.task.fn(ctx, is_stop);
@@ -477,37 +637,33 @@ bool Tickers::Impl::execute(Worker& w, Job job) {
             r = TaskResult::failure("unknown exception");
         }
         const TimePoint end = clock_->now();
-        bool abandoned;
-        {
-            std::lock_guard<std::mutex> lk(w.mu);
-            w.busy = false;
-            abandoned = w.abandoned;
-        }
-        if (abandoned) {
+        start = end;
+        uint64_t expected = seq << 2 | kBusy;
+        if (!w.run_word.compare_exchange_strong(expected, seq << 2 | kIdle, std::memory_order_acq_rel)) {
+            // The timer abandoned this call and gave the rest of our slice to others.
             log_->warn("task '{}': abandoned {} returned after {}", s.task.name, is_stop ? "stop call" : "run",
-                       detail::format_elapsed(end - start));
-            // The code is no longer executing; a removed slot can now be freed. No stop call: the design
-            // promises none to an abandoned task, and its owner may have given up on it.
-            // Clear RUNNING: a later remove() then knows the call returned and frees the slot itself.
-            uint64_t prev = s.word.fetch_and(~uint64_t(kRunning), std::memory_order_acq_rel);
-            if (flags_of(prev) & kRemoved) free_slot(job.slot);
+                       detail::format_elapsed(end - (deadline - s.timeout)));
+            // The code is no longer executing. Clear RUNNING: a later remove() then frees the slot itself;
+            // if it was removed already, free it now. No stop call: an abandoned task gets none.
+            const uint64_t prev = s.word.fetch_and(~uint64_t(kRunning), std::memory_order_acq_rel);
+            if (flags_of(prev) & kRemoved) freed.push_back(m.slot);
             return false;
         }
         if (end >= deadline) {
-            s.timeouts.fetch_add(1, std::memory_order_relaxed);
+            s.timeouts.store(s.timeouts.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
             log_->error("task '{}': {} took {}, past its timeout of {}", s.task.name, is_stop ? "stop call" : "run",
-                        detail::format_elapsed(end - start), detail::format_elapsed(s.timeout));
+                        detail::format_elapsed(end - (deadline - s.timeout)), detail::format_elapsed(s.timeout));
         }
         if (!r.ok) {
-            if (!is_stop) s.failures.fetch_add(1, std::memory_order_relaxed);
+            if (!is_stop) s.failures.store(s.failures.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
             log_->error("task '{}': {} failed: {}", s.task.name, is_stop ? "stop call" : "run", r.error);
         }
         if (is_stop) {
-            free_slot(job.slot);
+            freed.push_back(m.slot);
             return true;
         }
-        s.runs.fetch_add(1, std::memory_order_relaxed);
-        uint64_t prev = s.word.fetch_and(~uint64_t(kRunning), std::memory_order_acq_rel);
+        s.runs.store(s.runs.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+        const uint64_t prev = s.word.fetch_and(~uint64_t(kRunning), std::memory_order_acq_rel);
         if (!(flags_of(prev) & kRemoved)) return true;
         // Removed while running: remove() left the stop call to us. Make it now, on this worker.
         s.word.fetch_or(kRunning, std::memory_order_acq_rel);
@@ -525,93 +681,169 @@ int64_t Tickers::Impl::scan_workers(int64_t now) {
     size_t replacements = 0;
     for (auto& wp : snapshot) {
         Worker& w = *wp;
-        std::lock_guard<std::mutex> lk(w.mu);
-        if (!w.busy || w.abandoned) continue;
-        Slot& s = slot(w.slot);
-        const int64_t deadline = to_ns(w.deadline);
-        if (!w.cancel_sent) {
-            if (now >= deadline) {
-                s.cancel.store(true, std::memory_order_relaxed);
-                w.cancel_sent = true;
-                log_->warn("task '{}': timeout of {} reached; cancellation requested", s.task.name,
-                           detail::format_elapsed(s.timeout));
-            } else {
+        const uint64_t rw = w.run_word.load(std::memory_order_seq_cst);
+        if ((rw & 3) != kBusy) continue;
+        const uint64_t seq = rw >> 2;
+        const int64_t deadline = w.deadline.load(std::memory_order_relaxed);
+        const uint32_t si = w.slot.load(std::memory_order_relaxed);
+        if (w.run_word.load(std::memory_order_acquire) != rw) continue;  // moved on meanwhile
+        Slot& s = slot(si);
+        if (w.cancel_sent.load(std::memory_order_relaxed) != seq) {
+            if (now < deadline) {
                 next = std::min(next, deadline);
                 continue;
             }
+            w.cancel.store(seq, std::memory_order_relaxed);
+            w.cancel_sent.store(seq, std::memory_order_relaxed);
+            log_->warn("task '{}': timeout of {} reached; cancellation requested", s.task.name,
+                       detail::format_elapsed(s.timeout));
         }
         const int64_t abandon_at = deadline + opt_.abandon_after.count();
-        if (now >= abandon_at) {
-            w.abandoned = true;
-            uint64_t prev = s.word.fetch_or(kAbandoned, std::memory_order_acq_rel);
-            inflight_.fetch_sub(1, std::memory_order_relaxed);
-            ++replacements;
-            log_->error("task '{}': ignored its cancellation for {} past its deadline; abandoned (it will not run "
-                        "again{}, its code stays loaded, a new worker replaces this one)",
-                        s.task.name, detail::format_elapsed(opt_.abandon_after),
-                        (flags_of(prev) & kRemoved) ? "" : " and gets no stop call");
-            std::lock_guard<std::mutex> slk(mu_);
-            stopped_cv_.notify_all();
-            idle_cv_.notify_all();
-        } else {
+        if (now < abandon_at) {
             next = std::min(next, abandon_at);
+            continue;
         }
+        uint64_t expected = rw;
+        if (!w.run_word.compare_exchange_strong(expected, seq << 2 | kGone, std::memory_order_acq_rel)) continue;
+        // Ours: the worker will not touch its slice again. Hand what it had not started to the others.
+        const uint64_t prev = s.word.fetch_or(kAbandoned, std::memory_order_acq_rel);
+        Batch* b = w.batch.load(std::memory_order_relaxed);
+        const size_t cur = w.cursor.load(std::memory_order_relaxed), end = w.end.load(std::memory_order_relaxed);
+        if (b && cur + 1 < end) {
+            auto rest = std::make_shared<Batch>();
+            rest->items.assign(b->items.begin() + long(cur + 1), b->items.begin() + long(end));
+            rest->due = b->due;
+            rest->missed = b->missed;
+            rest->stop = b->stop;
+            push_batch(std::move(rest));
+        }
+        // The abandoned slice is settled (what ran before the stuck call, the stuck call, and the rest now
+        // queued again): the stuck worker will not count any of it.
+        const size_t begin = w.begin.load(std::memory_order_relaxed);
+        if (b) done_items(end - begin);
+        ++replacements;
+        if (flags_of(prev) & kRemoved) abandoned_unfreed_.fetch_add(1, std::memory_order_relaxed);
+        log_->error("task '{}': ignored its cancellation for {} past its deadline; abandoned (it will not run "
+                    "again{}, its code stays loaded, a new worker replaces this one)",
+                    s.task.name, detail::format_elapsed(opt_.abandon_after),
+                    (flags_of(prev) & kRemoved) ? "" : " and gets no stop call");
+        std::lock_guard<std::mutex> lk(mu_);
+        stopped_cv_.notify_all();
+        idle_cv_.notify_all();
     }
     for (size_t k = 0; k < replacements; ++k) spawn_worker();
     return next;
+}
+
+// ---- timer ----------------------------------------------------------------------------------------------
+
+uint32_t Tickers::Impl::cohort_for(int64_t due, int64_t interval) {
+    auto key = std::make_pair(due, interval);
+    auto it = by_key_.find(key);
+    if (it != by_key_.end()) return it->second;
+    uint32_t id;
+    if (!free_cohorts_.empty()) {
+        id = free_cohorts_.back();
+        free_cohorts_.pop_back();
+    } else {
+        id = uint32_t(cohorts_.size());
+        cohorts_.emplace_back();
+    }
+    Cohort& c = cohorts_[id];
+    c.due = due;
+    c.interval = interval;
+    c.members.clear();
+    c.live = true;
+    by_key_.emplace(key, id);
+    heap_.push({due, id});
+    return id;
+}
+
+void Tickers::Impl::drop_member(uint32_t si) {
+    Slot& s = slot(si);
+    if (s.cohort == kNoCohort) return;
+    Cohort& c = cohorts_[s.cohort];
+    const Member last = c.members.back();
+    c.members[s.pos] = last;
+    slot(last.slot).pos = s.pos;
+    c.members.pop_back();
+    s.cohort = kNoCohort;
+}
+
+void Tickers::Impl::timer_apply(const std::vector<Op>& ops) {
+    for (const Op& op : ops) {
+        Slot& s = slot(op.slot);
+        if (!op.add) {
+            if (s.cohort != kNoCohort && s.cohort_gen == op.gen) drop_member(op.slot);
+            continue;
+        }
+        if (s.cohort != kNoCohort) drop_member(op.slot);  // defensive: a stale membership
+        const uint32_t id = cohort_for(op.due, s.interval_ns.load(std::memory_order_relaxed));
+        Cohort& c = cohorts_[id];
+        s.cohort = id;
+        s.pos = uint32_t(c.members.size());
+        s.cohort_gen = op.gen;
+        c.members.push_back({op.slot, op.gen});
+    }
 }
 
 void Tickers::Impl::timer_loop() {
 #if defined(__linux__)
     prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);  // wake at the deadline, not up to 50 us after it
 #endif
-    DueHeap heap;
-    std::vector<HeapEntry> incoming;
-    std::vector<Job> batch;
+    std::vector<Op> incoming;
     std::unique_lock<std::mutex> lk(mu_);
     for (;;) {
         incoming.swap(pending_);
-        if (timer_stop_) {
-            // Keep the schedule of tasks still registered (added during stop()) for the next start().
-            pending_.swap(incoming);
-            for (const HeapEntry& e : heap.take()) pending_.push_back(e);
-            break;
-        }
+        if (timer_stop_) break;
         lk.unlock();
 
-        for (const HeapEntry& e : incoming) heap.push(e);
+        timer_apply(incoming);
         incoming.clear();
         const int64_t now = to_ns(clock_->now());
-        batch.clear();
-        while (!heap.empty() && heap.top().due <= now) {
-            const HeapEntry e = heap.top();
-            Slot& s = slot(e.slot);
-            uint64_t w = s.word.load(std::memory_order_acquire);
-            const uint32_t f = flags_of(w);
-            if (gen_of(w) != e.gen || !(f & kActive) || (f & (kRemoved | kAbandoned))) {
-                heap.pop();  // removed or reused since this entry was made
+        while (!heap_.empty() && heap_.top().due <= now) {
+            const uint32_t id = heap_.top().id;
+            Cohort& c = cohorts_[id];
+            by_key_.erase({c.due, c.interval});
+            if (c.members.empty()) {  // everybody left: retire the cohort
+                heap_.pop();
+                c.live = false;
+                free_cohorts_.push_back(id);
                 continue;
             }
-            if (f & kRunning) {
-                s.skipped.fetch_add(1, std::memory_order_relaxed);  // never overlap a task with itself
-            } else if (s.word.compare_exchange_strong(w, w | kRunning, std::memory_order_acq_rel)) {
-                batch.push_back({Job::run, e.slot, e.gen});
-            } else {
-                continue;  // the word changed under us (removed?): look at this entry again
-            }
+            auto b = std::make_shared<Batch>();
+            b->items = c.members;  // a copy: adds and drops may change the cohort while workers run this tick
+            b->due = c.due;
             // Fixed rate on the absolute anchor; if we are more than an interval late, skip (and count)
             // the ticks already missed rather than firing them in a burst.
-            const int64_t interval = s.interval_ns.load(std::memory_order_relaxed);
-            int64_t next = e.due + interval;
+            int64_t next = c.due + c.interval;
             if (next <= now) {
-                const int64_t missed = (now - next) / interval + 1;
-                next += missed * interval;
-                s.skipped.fetch_add(uint64_t(missed), std::memory_order_relaxed);
+                const int64_t missed = (now - next) / c.interval + 1;
+                next += missed * c.interval;
+                b->missed = uint32_t(std::min<int64_t>(missed, UINT32_MAX));
             }
-            heap.replace_top({next, e.slot, e.gen});
+            c.due = next;
+            auto other = by_key_.find({next, c.interval});
+            if (other != by_key_.end()) {
+                // Another cohort (tasks added later on the same grid) is due then too: merge into it.
+                Cohort& o = cohorts_[other->second];
+                for (const Member& m : c.members) {
+                    Slot& s = slot(m.slot);
+                    s.cohort = other->second;
+                    s.pos = uint32_t(o.members.size());
+                    o.members.push_back(m);
+                }
+                c.members.clear();
+                heap_.pop();
+                c.live = false;
+                free_cohorts_.push_back(id);
+            } else {
+                by_key_.emplace(std::make_pair(next, c.interval), id);
+                heap_.replace_top({next, id});
+            }
+            push_batch(std::move(b));
         }
-        push_jobs(batch.data(), batch.size());
-        const int64_t heap_wake = heap.empty() ? INT64_MAX : heap.top().due;
+        const int64_t heap_wake = heap_.empty() ? INT64_MAX : heap_.top().due;
         planned_wake_.store(heap_wake, std::memory_order_seq_cst);  // before the scan: see notify_timer_if_earlier
         const int64_t wake = std::min(heap_wake, scan_workers(now));
 
@@ -633,9 +865,29 @@ void Tickers::Impl::timer_loop() {
         timer_kick_ = false;
         planned_wake_.store(INT64_MIN, std::memory_order_seq_cst);  // awake: will scan the workers
     }
+    // Keep the schedule of tasks still registered (added during stop()) for the next start(): hand every
+    // live member back as a pending add at its cohort's next due time, before the ops not yet applied.
+    std::vector<Op> keep;
+    for (uint32_t id = 0; id < cohorts_.size(); ++id) {
+        Cohort& c = cohorts_[id];
+        if (!c.live) continue;
+        for (const Member& m : c.members) {
+            slot(m.slot).cohort = kNoCohort;
+            keep.push_back({c.due, m.slot, m.gen, true});
+        }
+    }
+    keep.insert(keep.end(), incoming.begin(), incoming.end());
+    keep.insert(keep.end(), pending_.begin(), pending_.end());
+    pending_.swap(keep);
+    cohorts_.clear();
+    free_cohorts_.clear();
+    by_key_.clear();
+    heap_.clear();
     lk.unlock();
     clock_->forget(timer_cv_);  // a ManualClock may outlive this registry
 }
+
+// ---- lifecycle ------------------------------------------------------------------------------------------
 
 void Tickers::Impl::spawn_worker() {
     auto w = std::make_shared<Worker>();
@@ -655,9 +907,7 @@ void Tickers::Impl::start_workers_locked() {
     workers_running_ = true;
 }
 
-void Tickers::Impl::start() {
-    std::lock_guard<std::mutex> lc(lifecycle_mu_);
-    start_workers_locked();
+void Tickers::Impl::start_timer_locked() {
     if (timer_running_) return;
     {
         std::lock_guard<std::mutex> lk(mu_);
@@ -668,55 +918,72 @@ void Tickers::Impl::start() {
     timer_running_ = true;
 }
 
+void Tickers::Impl::start() {
+    std::lock_guard<std::mutex> lc(lifecycle_mu_);
+    start_workers_locked();
+    start_timer_locked();
+}
+
 bool Tickers::Impl::stop(Duration bound) {
     std::lock_guard<std::mutex> lc(lifecycle_mu_);
-    bool clean = true;
     {
         std::unique_lock<std::mutex> lk(mu_);
         if (active_ == 0 && !timer_running_ && !workers_running_) return true;
     }
     start_workers_locked();  // stop calls run on workers, even if start() was never called
-    if (!timer_running_) {    // ... and need the timer for their deadlines
-        {
-            std::lock_guard<std::mutex> lk(mu_);
-            timer_stop_ = false;
-        }
-        auto self = shared_from_this();
-        timer_ = std::thread([self] { self->timer_loop(); });
-        timer_running_ = true;
-    }
-    std::vector<TaskId> ids;
+    start_timer_locked();    // ... and need the timer for their deadlines
+    // Mark every task removed at once and queue the stop calls as one batch the workers share.
+    auto stops = std::make_shared<Batch>();
+    stops->stop = true;
+    size_t removed = 0, abandoned = 0;
     {
-        std::lock_guard<std::mutex> lk(mu_);
-        for (uint32_t i = 0; i < slot_count_; ++i) {
-            uint64_t w = slot(i).word.load(std::memory_order_acquire);
-            if ((flags_of(w) & kActive) && !(flags_of(w) & kRemoved)) ids.push_back(make_id(i, gen_of(w)));
+        const uint32_t n = slot_count_.load(std::memory_order_acquire);
+        for (uint32_t i = 0; i < n; ++i) {
+            Slot& s = slot(i);
+            uint64_t w = s.word.load(std::memory_order_acquire);
+            for (;;) {
+                const uint32_t f = flags_of(w);
+                if (!(f & kActive) || (f & kRemoved)) break;
+                if (s.word.compare_exchange_weak(w, w | kRemoved | kRunning, std::memory_order_acq_rel)) {
+                    ++removed;
+                    if (f & kAbandoned) {
+                        ++abandoned;
+                        if (!(f & kRunning)) stops->items.push_back({i, gen_of(w)});  // freed below, no call
+                    } else if (!(f & kRunning)) {
+                        stops->items.push_back({i, gen_of(w)});
+                    }
+                    break;
+                }
+            }
         }
     }
-    for (TaskId id : ids) remove(id);
+    removed_unfreed_.fetch_add(removed, std::memory_order_relaxed);
+    abandoned_unfreed_.fetch_add(abandoned, std::memory_order_relaxed);
+    {
+        // Abandoned tasks whose stuck call already returned get no stop call: free them directly.
+        auto abandoned_now = [&](const Member& m) {
+            return (flags_of(slot(m.slot).word.load(std::memory_order_acquire)) & kAbandoned) != 0;
+        };
+        std::vector<uint32_t> direct;
+        for (const Member& m : stops->items)
+            if (abandoned_now(m)) direct.push_back(m.slot);
+        stops->items.erase(std::remove_if(stops->items.begin(), stops->items.end(), abandoned_now), stops->items.end());
+        free_slots(direct);
+    }
+    if (!stops->items.empty()) push_batch(stops);
     // Wait for every stop call (abandoned calls count as done: nothing more will come of them).
-    auto until = std::chrono::steady_clock::now() + bound;
+    const auto until = std::chrono::steady_clock::now() + bound;
+    bool clean;
     {
         std::unique_lock<std::mutex> lk(mu_);
-        auto done = [&] {
-            for (uint32_t i = 0; i < slot_count_; ++i) {
-                uint64_t w = slot(i).word.load(std::memory_order_acquire);
-                const uint32_t f = flags_of(w);
-                if ((f & kActive) && (f & kRemoved) && !(f & kAbandoned)) return false;  // added meanwhile: kept
-            }
-            return true;
-        };
-        if (!stopped_cv_.wait_until(lk, until, done)) {
-            clean = false;
-            for (uint32_t i = 0; i < slot_count_; ++i) {
-                Slot& s = slot(i);
-                uint64_t w = s.word.load(std::memory_order_acquire);
-                const uint32_t f = flags_of(w);
-                if ((f & kActive) && (f & kRemoved) && !(f & kAbandoned)) {
-                    s.cancel.store(true, std::memory_order_relaxed);
+        clean = stopped_cv_.wait_until(lk, until, [&] { return removed_unfreed_ == abandoned_unfreed_; });
+        if (!clean) {
+            const uint32_t n = slot_count_.load(std::memory_order_acquire);
+            for (uint32_t i = 0; i < n; ++i) {
+                const uint32_t f = flags_of(slot(i).word.load(std::memory_order_acquire));
+                if ((f & kActive) && (f & kRemoved) && !(f & kAbandoned))
                     log_->error("task '{}': still running when the stop bound of {} ran out; left behind",
-                                s.task.name, detail::format_elapsed(bound));
-                }
+                                slot(i).task.name, detail::format_elapsed(bound));
             }
         }
         timer_stop_ = true;
@@ -724,13 +991,18 @@ bool Tickers::Impl::stop(Duration bound) {
     timer_cv_.notify_all();
     timer_.join();
     timer_running_ = false;
-    std::deque<Job> dropped;
+    std::deque<std::shared_ptr<Batch>> dropped;
     {
         std::lock_guard<std::mutex> lk(qmu_);
         workers_stop_ = true;
         if (!clean) {
-            inflight_.fetch_sub(int64_t(queue_.size()), std::memory_order_relaxed);
             dropped.swap(queue_);
+            if (!stop_pending_.empty()) {
+                auto b = std::make_shared<Batch>();
+                b->stop = true;
+                b->items.swap(stop_pending_);
+                dropped.push_back(std::move(b));
+            }
         }
     }
     qcv_.notify_all();
@@ -743,31 +1015,40 @@ bool Tickers::Impl::stop(Duration bound) {
         // The timer is gone: abandon what is still executing, exactly as scan_workers() would, so the
         // detached thread makes no stop call after we return and exits instead of rejoining the pool.
         for (auto& w : ws) {
-            std::lock_guard<std::mutex> lk(w->mu);
-            if (w->busy && !w->abandoned) {
-                w->abandoned = true;
-                slot(w->slot).word.fetch_or(kAbandoned, std::memory_order_acq_rel);
-                inflight_.fetch_sub(1, std::memory_order_relaxed);
+            uint64_t rw = w->run_word.load(std::memory_order_acquire);
+            if ((rw & 3) != kBusy) continue;
+            if (w->run_word.compare_exchange_strong(rw, (rw & ~uint64_t(3)) | kGone, std::memory_order_acq_rel)) {
+                Slot& s = slot(w->slot.load(std::memory_order_relaxed));
+                const uint64_t prev = s.word.fetch_or(kAbandoned, std::memory_order_acq_rel);
+                w->cancel.store(rw >> 2, std::memory_order_relaxed);
+                if (flags_of(prev) & kRemoved) abandoned_unfreed_.fetch_add(1, std::memory_order_relaxed);
             }
         }
-        // Dropped jobs (stop calls never made): nothing executes them, so their slots can be freed now.
-        for (const Job& j : dropped) {
-            Slot& s = slot(j.slot);
-            if (!(flags_of(s.word.load(std::memory_order_acquire)) & kRemoved)) {
-                s.word.fetch_and(~uint64_t(kRunning), std::memory_order_acq_rel);  // added during stop(): keep
-                continue;
+        // Calls never started: nothing executes them any more, so their slots are freed without a stop call.
+        std::vector<uint32_t> direct;
+        for (auto& b : dropped) {
+            const size_t from = std::min(b->next.load(), b->items.size());
+            for (size_t k = from; k < b->items.size(); ++k) {
+                const Member m = b->items[k];
+                Slot& s = slot(m.slot);
+                const uint64_t w = s.word.load(std::memory_order_acquire);
+                if (gen_of(w) != m.gen || !(flags_of(w) & kActive)) continue;
+                if (!(flags_of(w) & kRemoved)) {
+                    if (b->stop) s.word.fetch_and(~uint64_t(kRunning), std::memory_order_acq_rel);  // added during stop()
+                    continue;
+                }
+                if (!b->stop) continue;
+                log_->error("task '{}': stop bound ran out before its stop call started; no stop call made",
+                            s.task.name);
+                direct.push_back(m.slot);
             }
-            log_->error("task '{}': stop bound ran out before its stop call started; no stop call made",
-                        s.task.name);
-            free_slot(j.slot);
+            inflight_.fetch_sub(int64_t(b->items.size() - std::min(b->next.load(), b->items.size())),
+                                std::memory_order_relaxed);
         }
+        free_slots(direct);
     }
     for (auto& w : ws) {
-        bool stuck;
-        {
-            std::lock_guard<std::mutex> lk(w->mu);
-            stuck = w->abandoned || (w->busy && !clean);
-        }
+        const bool stuck = (w->run_word.load(std::memory_order_acquire) & 3) == kGone;
         if (stuck && !w->exited) {
             w->retired = true;
             w->thread.detach();  // it holds a reference to this registry; it ends when its call returns
@@ -794,7 +1075,7 @@ Tickers::~Tickers() {
 }
 
 TaskId Tickers::add(Duration interval, TickTask task) {
-    TimePoint first = impl_->clock_->now() + interval;
+    const TimePoint first = impl_->clock_->now() + interval;
     return impl_->add(interval, std::move(task), first);
 }
 
@@ -817,17 +1098,13 @@ void Tickers::start() { impl_->start(); }
 
 bool Tickers::stop(Duration bound) { return impl_->stop(bound); }
 
-bool Tickers::running() const {
-    std::lock_guard<std::mutex> lc(impl_->lifecycle_mu_);
-    return impl_->timer_running_;
-}
+bool Tickers::running() const { return impl_->timer_running_; }
 
 std::optional<TaskStats> Tickers::stats(TaskId id) const {
     const uint32_t i = slot_of(id), gen = gen_of_id(id);
-    std::lock_guard<std::mutex> lk(impl_->mu_);
-    if (gen == 0 || i >= impl_->slot_count_) return std::nullopt;
+    if (gen == 0 || i >= impl_->slot_count_.load(std::memory_order_acquire)) return std::nullopt;
     Slot& s = impl_->slot(i);
-    uint64_t w = s.word.load(std::memory_order_acquire);
+    const uint64_t w = s.word.load(std::memory_order_acquire);
     if (gen_of(w) != gen || !(flags_of(w) & kActive)) return std::nullopt;
     TaskStats st;
     st.runs = s.runs.load(std::memory_order_relaxed);
@@ -839,7 +1116,7 @@ std::optional<TaskStats> Tickers::stats(TaskId id) const {
 
 size_t Tickers::size() const {
     std::lock_guard<std::mutex> lk(impl_->mu_);
-    return impl_->active_ - impl_->removed_unfreed_;
+    return impl_->active_ - impl_->removed_unfreed_.load();
 }
 
 const Clock& Tickers::clock() const { return *impl_->clock_; }
@@ -847,16 +1124,21 @@ const Clock& Tickers::clock() const { return *impl_->clock_; }
 size_t Tickers::worker_count() const { return impl_->nworkers_; }
 
 bool Tickers::wait_idle(std::chrono::milliseconds bound) {
-    auto until = std::chrono::steady_clock::now() + bound;
+    const auto until = std::chrono::steady_clock::now() + bound;
+    impl_->idle_waiters_.fetch_add(1, std::memory_order_acq_rel);
+    struct Leave {
+        std::atomic<int>& n;
+        ~Leave() { n.fetch_sub(1, std::memory_order_acq_rel); }
+    } leave{impl_->idle_waiters_};
     std::unique_lock<std::mutex> lk(impl_->mu_);
     for (;;) {
         const int64_t now = to_ns(impl_->clock_->now());
-        bool timer_caught_up = !impl_->timer_running_ || (impl_->processed_until_ >= now && impl_->pending_.empty());
+        const bool timer_caught_up =
+            !impl_->timer_running_ || (impl_->processed_until_ >= now && impl_->pending_.empty());
         if (timer_caught_up && impl_->inflight_.load(std::memory_order_acquire) <= 0) return true;
         if (!timer_caught_up) impl_->timer_cv_.notify_one();
-        if (impl_->idle_cv_.wait_until(lk, std::min(until, std::chrono::steady_clock::now() + std::chrono::milliseconds(20))) ==
-                std::cv_status::timeout &&
-            std::chrono::steady_clock::now() >= until)
+        const auto step = std::min(until, std::chrono::steady_clock::now() + std::chrono::milliseconds(20));
+        if (impl_->idle_cv_.wait_until(lk, step) == std::cv_status::timeout && std::chrono::steady_clock::now() >= until)
             return false;
     }
 }

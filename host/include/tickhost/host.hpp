@@ -23,6 +23,9 @@
 
 namespace tickhost {
 
+// The scheduler options the host derives from a configuration (workers, default_timeout).
+Tickers::Options scheduler_options(const HostConfig& config);
+
 class Host {
 public:
     explicit Host(HostConfig config);

@@ -95,25 +95,31 @@ private:
 using TaskId = uint64_t;
 
 // What a run sees: its cancellation flag and deadline. Valid only during the call.
+// The flag is a word shared by every call a worker makes: this call is cancelled once the word holds this
+// call's own sequence number, so a late cancellation of a previous call can never hit the next one.
 class RunContext {
 public:
     RunContext(TaskId id, const std::string& name, TimePoint deadline, const Clock& clock,
-               const std::atomic<bool>& cancelled)
-        : id_(id), name_(name), deadline_(deadline), clock_(clock), cancelled_(cancelled) {}
+               const std::atomic<uint64_t>& cancel_word, uint64_t cancel_value)
+        : id_(id), name_(name), deadline_(deadline), clock_(clock), cancel_word_(cancel_word), cancel_value_(cancel_value) {}
     TaskId id() const { return id_; }
     const std::string& name() const { return name_; }
-    bool cancelled() const { return cancelled_.load(std::memory_order_relaxed); }
+    bool cancelled() const { return cancel_word_.load(std::memory_order_relaxed) == cancel_value_; }
     TimePoint deadline() const { return deadline_; }
     Duration remaining() const { return deadline_ - clock_.now(); }
-    const std::atomic<bool>& cancel_flag() const { return cancelled_; }
     const Clock& clock() const { return clock_; }
+    // For bridging to another API (the plugin host services): cancelled() is *cancel_word() == cancel_value().
+    // The word stays valid for the registry's lifetime.
+    const std::atomic<uint64_t>& cancel_word() const { return cancel_word_; }
+    uint64_t cancel_value() const { return cancel_value_; }
 
 private:
     TaskId id_;
     const std::string& name_;
     TimePoint deadline_;
     const Clock& clock_;
-    const std::atomic<bool>& cancelled_;
+    const std::atomic<uint64_t>& cancel_word_;
+    uint64_t cancel_value_;
 };
 
 // What a run returns: ok, or an error message that is logged with the task's name and counted.

@@ -1,0 +1,220 @@
+// tickhost-bench: the peers' measurement protocol (../shared/peers/README.md) run on tickhost.
+//
+//   tickhost-bench scheduler --tasks N --interval-ms I --duration-s D [--addremove-n K] [--no-addremove]
+//                            [--workers W]
+//
+// scheduler: N plain C++ tasks in a Tickers registry (the embedding API), all first due at T0 + I, with the
+// host's real defaults (default timeout, worker count); each run records its lateness. Prints one JSON line
+// (the last line on stdout) with the peers' fields. Logs go to stderr.
+#include <tickhost/config.hpp>
+#include <tickhost/host.hpp>
+#include <tickhost/logging.hpp>
+#include <tickhost/tickers.hpp>
+
+#include <spdlog/sinks/stdout_color_sinks.h>
+
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "histogram.hpp"
+
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+using tickhost::bench::Histogram;
+
+namespace {
+
+struct Args {
+    std::string mode;
+    long tasks = 100;
+    long interval_ms = 100;
+    double duration_s = 10;
+    long addremove_n = 100000;
+    bool no_addremove = false;
+    bool addremove_only = false;
+    size_t workers = 0;  // 0: the host's default
+};
+
+[[noreturn]] void usage(const char* msg) {
+    std::fprintf(stderr,
+                 "tickhost-bench: %s\n"
+                 "usage: tickhost-bench scheduler --tasks N --interval-ms I --duration-s D [--addremove-n K]\n"
+                 "                                [--no-addremove] [--workers W]\n",
+                 msg);
+    std::exit(2);
+}
+
+Args parse(int argc, char** argv) {
+    Args a;
+    int i = 1;
+    if (i < argc && argv[i][0] != '-') a.mode = argv[i++];
+    for (; i < argc; ++i) {
+        std::string k = argv[i];
+        auto val = [&]() -> const char* {
+            if (i + 1 >= argc) usage(("missing value for " + k).c_str());
+            return argv[++i];
+        };
+        if (k == "--tasks") a.tasks = std::atol(val());
+        else if (k == "--interval-ms") a.interval_ms = std::atol(val());
+        else if (k == "--duration-s") a.duration_s = std::atof(val());
+        else if (k == "--addremove-n") a.addremove_n = std::atol(val());
+        else if (k == "--no-addremove") a.no_addremove = true;
+        else if (k == "--addremove-only") a.addremove_only = true;
+        else if (k == "--workers") a.workers = size_t(std::atol(val()));
+        else if (k == "--threads") (void)val();  // the peers' knob; tickhost's is --workers
+        else usage(("unknown argument " + k).c_str());
+    }
+    if (a.mode.empty()) a.mode = "scheduler";
+    if (a.tasks < 0 || a.interval_ms <= 0 || a.duration_s <= 0) usage("bad arguments");
+    return a;
+}
+
+double cpu_s() {
+    rusage ru{};
+    getrusage(RUSAGE_SELF, &ru);
+    return double(ru.ru_utime.tv_sec) + ru.ru_utime.tv_usec / 1e6 + double(ru.ru_stime.tv_sec) + ru.ru_stime.tv_usec / 1e6;
+}
+
+long rss_peak_kb() {
+    rusage ru{};
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_maxrss;
+}
+
+int thread_count() {
+    std::ifstream in("/proc/self/status");
+    std::string line;
+    while (std::getline(in, line))
+        if (line.rfind("Threads:", 0) == 0) return std::atoi(line.c_str() + 8);
+    return -1;
+}
+
+// The scheduler the host would build from a default host.toml, with --workers applied.
+tickhost::Tickers::Options options(const Args& a) {
+    tickhost::HostConfig defaults;
+    if (a.workers) defaults.workers = a.workers;
+    return tickhost::scheduler_options(defaults);
+}
+
+void wait_for(const std::atomic<long>& c, long target) {
+    while (c.load(std::memory_order_acquire) < target) std::this_thread::sleep_for(50us);
+}
+
+// Add K tasks at a 1 h interval to a running registry, then remove them all; a remove is complete when its
+// stop call has run. Runs in a child process so its memory and CPU stay out of the main figures.
+int addremove_only(const Args& a) {
+    tickhost::Tickers t(options(a));
+    t.start();
+    std::atomic<long> stops{0};
+    std::vector<tickhost::TaskId> ids;
+    ids.reserve(size_t(a.addremove_n));
+    auto t0 = Clock::now();
+    for (long i = 0; i < a.addremove_n; ++i)
+        ids.push_back(t.add(1h, {"ar", 0s, [&stops](tickhost::RunContext&, bool stop) {
+                                     if (stop) stops.fetch_add(1, std::memory_order_release);
+                                     return tickhost::TaskResult::success();
+                                 }}));
+    auto t1 = Clock::now();
+    for (auto id : ids) t.remove(id);
+    wait_for(stops, a.addremove_n);
+    auto t2 = Clock::now();
+    std::printf("{\"add_per_s\":%.0f,\"remove_per_s\":%.0f,\"stops\":%ld}\n",
+                double(a.addremove_n) / std::chrono::duration<double>(t1 - t0).count(),
+                double(a.addremove_n) / std::chrono::duration<double>(t2 - t1).count(), stops.load());
+    return 0;
+}
+
+bool run_addremove_child(const Args& a, double& add_per_s, double& remove_per_s) {
+    char self[4096] = {0};
+    ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (len <= 0) return false;
+    std::string cmd = std::string("'") + self + "' " + a.mode + " --addremove-only --addremove-n " +
+                      std::to_string(a.addremove_n) + (a.workers ? " --workers " + std::to_string(a.workers) : "");
+    FILE* f = popen(cmd.c_str(), "r");
+    if (!f) return false;
+    char buf[4096] = {0};
+    bool ok = false;
+    if (std::fgets(buf, sizeof buf, f)) {
+        const char* ad = std::strstr(buf, "\"add_per_s\":");
+        const char* rm = std::strstr(buf, "\"remove_per_s\":");
+        if (ad && rm) {
+            add_per_s = std::atof(ad + 12);
+            remove_per_s = std::atof(rm + 15);
+            ok = true;
+        }
+    }
+    return pclose(f) == 0 && ok;
+}
+
+int scheduler_mode(const Args& a) {
+    double add_per_s = 0, remove_per_s = 0;
+    if (!a.no_addremove && !run_addremove_child(a, add_per_s, remove_per_s))
+        std::fprintf(stderr, "add/remove child failed\n");
+
+    const long N = a.tasks;
+    const auto I = std::chrono::milliseconds(a.interval_ms);
+    Histogram hist;
+    std::vector<uint64_t> k(size_t(N), 0);
+    std::atomic<long> stops{0};
+    tickhost::Tickers t(options(a));
+    const auto T0 = Clock::now();
+    for (long i = 0; i < N; ++i) {
+        uint64_t* ki = &k[size_t(i)];
+        t.add(I,
+              {"t", 0s,
+               [ki, I, T0, &hist, &stops](tickhost::RunContext&, bool stop) {
+                   if (stop) {
+                       stops.fetch_add(1, std::memory_order_release);
+                   } else {
+                       auto now = Clock::now();
+                       ++*ki;
+                       hist.record((now - (T0 + int64_t(*ki) * I)).count());
+                   }
+                   return tickhost::TaskResult::success();
+               }},
+              T0 + I);
+    }
+    const double register_ms = std::chrono::duration<double, std::milli>(Clock::now() - T0).count();
+    const long K = long(a.duration_s * 1000.0 / double(a.interval_ms));
+    const auto stop_at = T0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(a.duration_s)) + I / 2;
+    t.start();
+    std::this_thread::sleep_until(stop_at - std::min<Clock::duration>(I / 4, 10ms));
+    const int threads = thread_count();
+    std::this_thread::sleep_until(stop_at);
+    const auto s0 = Clock::now();
+    t.stop();
+    wait_for(stops, N);
+    const double stop_ms = std::chrono::duration<double, std::milli>(Clock::now() - s0).count();
+
+    auto sum = hist.summarize();
+    std::printf(
+        "{\"peer\":\"tickhost\",\"tasks\":%ld,\"interval_ms\":%ld,\"duration_s\":%g,\"runs\":%llu,"
+        "\"expected_runs\":%ld,\"late_p50_us\":%llu,\"late_p99_us\":%llu,\"late_max_us\":%llu,"
+        "\"cpu_s\":%.3f,\"rss_peak_kb\":%ld,\"add_per_s\":%.0f,\"remove_per_s\":%.0f,\"stop_ms\":%.3f,"
+        "\"stops\":%ld,\"register_ms\":%.1f,\"early\":%llu,\"addremove_n\":%ld,\"threads\":%d,\"workers\":%zu}\n",
+        N, a.interval_ms, a.duration_s, (unsigned long long)sum.count, N * K, (unsigned long long)sum.p50_us,
+        (unsigned long long)sum.p99_us, (unsigned long long)sum.max_us, cpu_s(), rss_peak_kb(), add_per_s,
+        remove_per_s, stop_ms, stops.load(), register_ms, (unsigned long long)sum.early,
+        a.no_addremove ? 0L : a.addremove_n, threads, t.worker_count());
+    return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    Args a = parse(argc, argv);
+    // stdout carries the JSON line; logs go to stderr.
+    tickhost::set_log_sinks({std::make_shared<spdlog::sinks::stderr_color_sink_mt>()}, spdlog::level::warn);
+    if (a.mode == "scheduler") return a.addremove_only ? addremove_only(a) : scheduler_mode(a);
+    usage(("unknown mode " + a.mode).c_str());
+}
