@@ -29,6 +29,8 @@
 #include <thread>
 #include <unordered_map>
 
+#include <time.h>
+
 #include <spdlog/spdlog.h>
 
 #include "time_format.hpp"
@@ -257,7 +259,12 @@ struct Tickers::Impl : std::enable_shared_from_this<Tickers::Impl> {
     // One call (run or stop) of slot `m`. False if abandoned during it.
     bool call(Worker& w, Slot& s, Member m, bool is_stop, TimePoint& start, std::vector<uint32_t>& freed);
     int64_t scan_workers(int64_t now);
-    void notify_timer_if_earlier(int64_t when);
+    // The start time of a call, for its deadline. A precise clock read costs 30-70 ns on virtual machines
+    // (more than the rest of a call); for timeouts of a second or more the coarse clock (a few ms of
+    // resolution, never ahead of the precise one) is exact enough: the deadline is early by at most 0.4 %.
+    TimePoint call_start(Duration timeout) const;
+    // Called when calls may start while the timer sleeps longer than min_timeout_: it must look sooner.
+    void kick_timer();
     void done_items(size_t n);
 
     // Timer-private cohort bookkeeping.
@@ -273,6 +280,7 @@ struct Tickers::Impl : std::enable_shared_from_this<Tickers::Impl> {
 
     Options opt_;
     std::shared_ptr<Clock> clock_;
+    bool steady_clock_ = false;  // clock_ is the real steady clock (CLOCK_MONOTONIC), not an injected one
     std::shared_ptr<spdlog::logger> log_;
     size_t nworkers_;
 
@@ -294,9 +302,12 @@ struct Tickers::Impl : std::enable_shared_from_this<Tickers::Impl> {
     std::atomic<size_t> removed_unfreed_{0};    // removed, not yet freed
     std::atomic<size_t> abandoned_unfreed_{0};  // of those, abandoned (no stop call will come)
     bool timer_stop_ = false;
-    bool timer_kick_ = false;         // a worker started a call whose deadline is before the timer's plan
+    bool timer_kick_ = false;         // work appeared that the timer did not dispatch itself
     int64_t processed_until_ = INT64_MIN;
-    std::atomic<int64_t> planned_wake_{INT64_MAX};
+    // The shortest timeout of any task ever added. While calls are queued or running, the timer looks at
+    // the workers at least this often, so it sees every deadline in time without workers having to tell
+    // it about each call (that would cost a fence per call).
+    std::atomic<int64_t> min_timeout_{INT64_MAX};
 
     // Timer thread state.
     DueHeap heap_;
@@ -360,6 +371,7 @@ Tickers::Impl::~Impl() {
 
 Tickers::Impl::Impl(Options o) : opt_(std::move(o)) {
     clock_ = opt_.clock ? opt_.clock : std::make_shared<SteadyClock>();
+    steady_clock_ = dynamic_cast<SteadyClock*>(clock_.get()) != nullptr;
     log_ = opt_.logger ? opt_.logger : get_logger("scheduler");
     nworkers_ = opt_.workers ? opt_.workers : std::max(1u, std::thread::hardware_concurrency());
     if (opt_.default_timeout <= Duration::zero()) opt_.default_timeout = std::chrono::seconds(10);
@@ -395,6 +407,8 @@ TaskId Tickers::Impl::add(Duration interval, TickTask task, TimePoint first_due)
     s.task = std::move(task);
     s.interval_ns.store(interval.count(), std::memory_order_relaxed);
     s.timeout = s.task.timeout > Duration::zero() ? s.task.timeout : opt_.default_timeout;
+    for (int64_t cur = min_timeout_.load(std::memory_order_relaxed); s.timeout.count() < cur;)
+        if (min_timeout_.compare_exchange_weak(cur, s.timeout.count(), std::memory_order_relaxed)) break;
     s.runs.store(0, std::memory_order_relaxed);
     s.failures.store(0, std::memory_order_relaxed);
     s.skipped.store(0, std::memory_order_relaxed);
@@ -433,7 +447,7 @@ bool Tickers::Impl::remove(TaskId id) {
     // RUNNING was clear: nobody will make the stop call unless we queue it. Otherwise the worker that
     // holds the run makes it when the run returns.
     if (!(f & kRunning)) {
-        inflight_.fetch_add(1, std::memory_order_relaxed);
+        const bool from_idle = inflight_.fetch_add(1, std::memory_order_acq_rel) <= 0;
         bool was_empty;
         {
             std::lock_guard<std::mutex> lk(qmu_);
@@ -441,6 +455,7 @@ bool Tickers::Impl::remove(TaskId id) {
             stop_pending_.push_back({i, gen});
         }
         if (was_empty) qcv_.notify_one();  // otherwise a worker was told already and takes them all
+        if (from_idle) kick_timer();       // it may be asleep for longer than this stop call's timeout
     }
     return true;
 }
@@ -502,6 +517,18 @@ StopState Tickers::Impl::wait_stopped(TaskId id, Duration bound) {
 
 // ---- workers --------------------------------------------------------------------------------------------
 
+TimePoint Tickers::Impl::call_start(Duration timeout) const {
+#if defined(CLOCK_MONOTONIC_COARSE)
+    if (steady_clock_ && timeout >= std::chrono::seconds(1)) {
+        timespec ts;
+        clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+        return TimePoint(std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec));
+    }
+#endif
+    (void)timeout;
+    return clock_->now();
+}
+
 void Tickers::Impl::push_batch(std::shared_ptr<Batch> b) {
     inflight_.fetch_add(int64_t(b->items.size()), std::memory_order_relaxed);
     const bool big = b->items.size() > 1;
@@ -523,15 +550,10 @@ void Tickers::Impl::done_items(size_t n) {
     }
 }
 
-// The timer stores planned_wake_ before it scans the workers, and a worker publishes its deadline before
-// it loads planned_wake_: so either the scan sees the new deadline or the worker sees the plan and kicks
-// the timer. INT64_MIN means "awake, will scan".
-void Tickers::Impl::notify_timer_if_earlier(int64_t when) {
-    if (when < planned_wake_.load(std::memory_order_seq_cst)) {
-        std::lock_guard<std::mutex> lk(mu_);
-        timer_kick_ = true;
-        timer_cv_.notify_one();
-    }
+void Tickers::Impl::kick_timer() {
+    std::lock_guard<std::mutex> lk(mu_);
+    timer_kick_ = true;
+    timer_cv_.notify_one();
 }
 
 void Tickers::Impl::worker_loop(std::shared_ptr<Worker> self) {
@@ -587,7 +609,7 @@ bool Tickers::Impl::execute(Worker& w, const std::shared_ptr<Batch>& b, size_t l
     w.batch.store(b.get(), std::memory_order_relaxed);
     w.begin.store(lo, std::memory_order_relaxed);
     w.end.store(hi, std::memory_order_relaxed);
-    TimePoint start = clock_->now();
+    TimePoint start{};
     for (size_t k = lo; k < hi; ++k) {
         const Member m = b->items[k];
         w.cursor.store(k, std::memory_order_relaxed);
@@ -620,12 +642,12 @@ bool Tickers::Impl::execute(Worker& w, const std::shared_ptr<Batch>& b, size_t l
 bool Tickers::Impl::call(Worker& w, Slot& s, Member m, bool is_stop, TimePoint& start, std::vector<uint32_t>& freed) {
     const TaskId id = make_id(m.slot, m.gen);
     for (;;) {
+        start = call_start(s.timeout);
         const TimePoint deadline = start + s.timeout;
         const uint64_t seq = ++w.seq;
         w.deadline.store(to_ns(deadline), std::memory_order_relaxed);
         w.slot.store(m.slot, std::memory_order_relaxed);
-        w.run_word.store(seq << 2 | kBusy, std::memory_order_seq_cst);
-        notify_timer_if_earlier(to_ns(deadline));
+        w.run_word.store(seq << 2 | kBusy, std::memory_order_release);
 
         RunContext ctx(id, s.task.name, deadline, *clock_, w.cancel, seq);
         TaskResult r;
@@ -636,23 +658,25 @@ bool Tickers::Impl::call(Worker& w, Slot& s, Member m, bool is_stop, TimePoint& 
         } catch (...) {
             r = TaskResult::failure("unknown exception");
         }
-        const TimePoint end = clock_->now();
-        start = end;
+        // The timer writes our sequence into the cancel word when it sees the deadline pass: only then is
+        // the end time worth a clock read (for the log line).
+        const bool overran = w.cancel.load(std::memory_order_relaxed) == seq;
+        const TimePoint end = overran ? clock_->now() : start;
         uint64_t expected = seq << 2 | kBusy;
         if (!w.run_word.compare_exchange_strong(expected, seq << 2 | kIdle, std::memory_order_acq_rel)) {
             // The timer abandoned this call and gave the rest of our slice to others.
             log_->warn("task '{}': abandoned {} returned after {}", s.task.name, is_stop ? "stop call" : "run",
-                       detail::format_elapsed(end - (deadline - s.timeout)));
+                       detail::format_elapsed(clock_->now() - start));
             // The code is no longer executing. Clear RUNNING: a later remove() then frees the slot itself;
             // if it was removed already, free it now. No stop call: an abandoned task gets none.
             const uint64_t prev = s.word.fetch_and(~uint64_t(kRunning), std::memory_order_acq_rel);
             if (flags_of(prev) & kRemoved) freed.push_back(m.slot);
             return false;
         }
-        if (end >= deadline) {
+        if (overran) {
             s.timeouts.store(s.timeouts.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
             log_->error("task '{}': {} took {}, past its timeout of {}", s.task.name, is_stop ? "stop call" : "run",
-                        detail::format_elapsed(end - (deadline - s.timeout)), detail::format_elapsed(s.timeout));
+                        detail::format_elapsed(end - start), detail::format_elapsed(s.timeout));
         }
         if (!r.ok) {
             if (!is_stop) s.failures.store(s.failures.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
@@ -681,12 +705,13 @@ int64_t Tickers::Impl::scan_workers(int64_t now) {
     size_t replacements = 0;
     for (auto& wp : snapshot) {
         Worker& w = *wp;
-        const uint64_t rw = w.run_word.load(std::memory_order_seq_cst);
+        const uint64_t rw = w.run_word.load(std::memory_order_acquire);
         if ((rw & 3) != kBusy) continue;
         const uint64_t seq = rw >> 2;
         const int64_t deadline = w.deadline.load(std::memory_order_relaxed);
         const uint32_t si = w.slot.load(std::memory_order_relaxed);
-        if (w.run_word.load(std::memory_order_acquire) != rw) continue;  // moved on meanwhile
+        std::atomic_thread_fence(std::memory_order_acquire);
+        if (w.run_word.load(std::memory_order_relaxed) != rw) continue;  // moved on meanwhile
         Slot& s = slot(si);
         if (w.cancel_sent.load(std::memory_order_relaxed) != seq) {
             if (now < deadline) {
@@ -843,19 +868,21 @@ void Tickers::Impl::timer_loop() {
             }
             push_batch(std::move(b));
         }
-        const int64_t heap_wake = heap_.empty() ? INT64_MAX : heap_.top().due;
-        planned_wake_.store(heap_wake, std::memory_order_seq_cst);  // before the scan: see notify_timer_if_earlier
-        const int64_t wake = std::min(heap_wake, scan_workers(now));
+        int64_t wake = std::min(heap_.empty() ? INT64_MAX : heap_.top().due, scan_workers(now));
+        // Calls queued or running may start (or have started since the scan) with a deadline as near as
+        // min_timeout_: look again by then. Work arriving while idle kicks us (kick_timer).
+        if (inflight_.load(std::memory_order_acquire) > 0) {
+            const int64_t mt = min_timeout_.load(std::memory_order_relaxed);
+            if (mt != INT64_MAX) wake = std::min(wake, now + mt);
+        }
 
         lk.lock();
         processed_until_ = now;
         idle_cv_.notify_all();
         if (!pending_.empty() || timer_stop_ || timer_kick_) {
             timer_kick_ = false;
-            planned_wake_.store(INT64_MIN, std::memory_order_seq_cst);
             continue;
         }
-        planned_wake_.store(wake, std::memory_order_seq_cst);
         if (wake > to_ns(clock_->now())) {
             if (wake == INT64_MAX)
                 timer_cv_.wait(lk);
@@ -863,7 +890,6 @@ void Tickers::Impl::timer_loop() {
                 clock_->wait_until(lk, timer_cv_, from_ns(wake));
         }
         timer_kick_ = false;
-        planned_wake_.store(INT64_MIN, std::memory_order_seq_cst);  // awake: will scan the workers
     }
     // Keep the schedule of tasks still registered (added during stop()) for the next start(): hand every
     // live member back as a pending add at its cohort's next due time, before the ops not yet applied.
@@ -970,7 +996,10 @@ bool Tickers::Impl::stop(Duration bound) {
         stops->items.erase(std::remove_if(stops->items.begin(), stops->items.end(), abandoned_now), stops->items.end());
         free_slots(direct);
     }
-    if (!stops->items.empty()) push_batch(stops);
+    if (!stops->items.empty()) {
+        push_batch(stops);
+        kick_timer();
+    }
     // Wait for every stop call (abandoned calls count as done: nothing more will come of them).
     const auto until = std::chrono::steady_clock::now() + bound;
     bool clean;
