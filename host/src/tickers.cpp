@@ -186,19 +186,24 @@ private:
 
 }  // namespace
 
-struct Slot {
+// One task. Laid out for the hot path: a run touches only the first cache line (state, callable,
+// timeout, run count, interval); names, the other counters and the timer's bookkeeping live in the second.
+struct alignas(64) Slot {
     std::atomic<uint64_t> word{pack(1, 0)};
     // Written by add() before the ID is published; read-only while the slot holds this task.
-    TickTask task;
-    std::atomic<int64_t> interval_ns{0};  // atomic: the timer may read it for a slot being recycled
-    Duration timeout{0};
+    TaskFn fn;
+    Duration timeout{0};  // effective: the task's own, or the default
     // runs/failures/timeouts are written only by the worker that holds RUNNING (load + store, no RMW).
-    std::atomic<uint64_t> runs{0}, failures{0}, skipped{0}, timeouts{0};
+    std::atomic<uint64_t> runs{0};
+    std::atomic<int64_t> interval_ns{0};  // atomic: the timer may read it for a slot being recycled
+    // --- second line
+    std::string name;
+    std::atomic<uint64_t> failures{0}, skipped{0}, timeouts{0};
     // Timer-private: where this slot sits in its cohort.
     uint32_t cohort = kNoCohort;
     uint32_t pos = 0;
-    uint32_t cohort_gen = 0;
 };
+static_assert(sizeof(Slot) == 128, "two cache lines per task");
 
 // A tick's worth of runs (or a set of stop calls), shared by the workers that claim slices of it.
 struct Batch {
@@ -228,11 +233,12 @@ struct Worker {
 
 // A change for the timer's cohorts, handed over in order: an added task, or a freed slot to drop.
 struct Op {
-    int64_t due;  // add: first due time
+    int64_t due;  // add: first due time; a drop: -1
     uint32_t slot;
     uint32_t gen;
-    bool add;
+    bool add() const { return due >= 0; }
 };
+static_assert(sizeof(Op) == 16, "");
 
 struct Tickers::Impl : std::enable_shared_from_this<Tickers::Impl> {
     explicit Impl(Options o);
@@ -404,9 +410,10 @@ TaskId Tickers::Impl::add(Duration interval, TickTask task, TimePoint first_due)
     }
     Slot& s = slot(i);
     const uint32_t gen = gen_of(s.word.load(std::memory_order_relaxed));
-    s.task = std::move(task);
+    s.fn = std::move(task.fn);
+    s.name = std::move(task.name);
     s.interval_ns.store(interval.count(), std::memory_order_relaxed);
-    s.timeout = s.task.timeout > Duration::zero() ? s.task.timeout : opt_.default_timeout;
+    s.timeout = task.timeout > Duration::zero() ? task.timeout : opt_.default_timeout;
     for (int64_t cur = min_timeout_.load(std::memory_order_relaxed); s.timeout.count() < cur;)
         if (min_timeout_.compare_exchange_weak(cur, s.timeout.count(), std::memory_order_relaxed)) break;
     s.runs.store(0, std::memory_order_relaxed);
@@ -416,7 +423,7 @@ TaskId Tickers::Impl::add(Duration interval, TickTask task, TimePoint first_due)
     s.word.store(pack(gen, kActive), std::memory_order_release);
     ++active_;
     const bool wake = pending_.empty();
-    pending_.push_back({to_ns(first_due), i, gen, true});
+    pending_.push_back({std::max<int64_t>(to_ns(first_due), 0), i, gen});
     lk.unlock();
     // The timer takes everything pending when it wakes, so one notify per burst of adds is enough.
     if (wake) timer_cv_.notify_one();
@@ -438,7 +445,7 @@ bool Tickers::Impl::remove(TaskId id) {
     if (f & kAbandoned) {
         // No stop call. If its stuck call is still going (RUNNING), the worker frees the slot when it
         // returns; if it already returned, nobody else will: free it here.
-        log_->warn("task '{}' removed while abandoned: no stop call will be made", s.task.name);
+        log_->warn("task '{}' removed while abandoned: no stop call will be made", s.name);
         if (!(f & kRunning)) free_slots({i});
         std::lock_guard<std::mutex> lk(mu_);
         stopped_cv_.notify_all();
@@ -464,7 +471,7 @@ void Tickers::Impl::free_slots(const std::vector<uint32_t>& slots) {
     if (slots.empty()) return;
     // The callables are destroyed before waiters are told: whoever wait_stopped() for a task may then
     // rely on holding the last reference to what its callable captured (a plugin library).
-    std::vector<TickTask> dead;
+    std::vector<TaskFn> dead;
     dead.reserve(slots.size());
     {
         std::lock_guard<std::mutex> lk(mu_);
@@ -472,13 +479,13 @@ void Tickers::Impl::free_slots(const std::vector<uint32_t>& slots) {
             Slot& s = slot(i);
             const uint64_t w = s.word.load(std::memory_order_relaxed);
             const uint32_t gen = gen_of(w);
-            dead.push_back(std::move(s.task));
-            s.task = TickTask{};
+            dead.push_back(std::move(s.fn));
+            s.fn = nullptr;
             --active_;
             --removed_unfreed_;
             if (flags_of(w) & kAbandoned) --abandoned_unfreed_;
             // Tell the timer in the same critical section, so its drop comes before any reuse's add.
-            pending_.push_back({0, i, gen, false});
+            pending_.push_back({-1, i, gen});
             if (gen == UINT32_MAX) {
                 s.word.store(pack(gen, kRemoved), std::memory_order_release);  // retired: the ID never comes back
             } else {
@@ -649,10 +656,10 @@ bool Tickers::Impl::call(Worker& w, Slot& s, Member m, bool is_stop, TimePoint& 
         w.slot.store(m.slot, std::memory_order_relaxed);
         w.run_word.store(seq << 2 | kBusy, std::memory_order_release);
 
-        RunContext ctx(id, s.task.name, deadline, *clock_, w.cancel, seq);
+        RunContext ctx(id, s.name, deadline, *clock_, w.cancel, seq);
         TaskResult r;
         try {
-            r = s.task.fn(ctx, is_stop);
+            r = s.fn(ctx, is_stop);
         } catch (const std::exception& e) {
             r = TaskResult::failure(std::string("exception: ") + e.what());
         } catch (...) {
@@ -665,7 +672,7 @@ bool Tickers::Impl::call(Worker& w, Slot& s, Member m, bool is_stop, TimePoint& 
         uint64_t expected = seq << 2 | kBusy;
         if (!w.run_word.compare_exchange_strong(expected, seq << 2 | kIdle, std::memory_order_acq_rel)) {
             // The timer abandoned this call and gave the rest of our slice to others.
-            log_->warn("task '{}': abandoned {} returned after {}", s.task.name, is_stop ? "stop call" : "run",
+            log_->warn("task '{}': abandoned {} returned after {}", s.name, is_stop ? "stop call" : "run",
                        detail::format_elapsed(clock_->now() - start));
             // The code is no longer executing. Clear RUNNING: a later remove() then frees the slot itself;
             // if it was removed already, free it now. No stop call: an abandoned task gets none.
@@ -675,12 +682,12 @@ bool Tickers::Impl::call(Worker& w, Slot& s, Member m, bool is_stop, TimePoint& 
         }
         if (overran) {
             s.timeouts.store(s.timeouts.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-            log_->error("task '{}': {} took {}, past its timeout of {}", s.task.name, is_stop ? "stop call" : "run",
+            log_->error("task '{}': {} took {}, past its timeout of {}", s.name, is_stop ? "stop call" : "run",
                         detail::format_elapsed(end - start), detail::format_elapsed(s.timeout));
         }
         if (!r.ok) {
             if (!is_stop) s.failures.store(s.failures.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-            log_->error("task '{}': {} failed: {}", s.task.name, is_stop ? "stop call" : "run", r.error);
+            log_->error("task '{}': {} failed: {}", s.name, is_stop ? "stop call" : "run", r.error);
         }
         if (is_stop) {
             freed.push_back(m.slot);
@@ -720,7 +727,7 @@ int64_t Tickers::Impl::scan_workers(int64_t now) {
             }
             w.cancel.store(seq, std::memory_order_relaxed);
             w.cancel_sent.store(seq, std::memory_order_relaxed);
-            log_->warn("task '{}': timeout of {} reached; cancellation requested", s.task.name,
+            log_->warn("task '{}': timeout of {} reached; cancellation requested", s.name,
                        detail::format_elapsed(s.timeout));
         }
         const int64_t abandon_at = deadline + opt_.abandon_after.count();
@@ -750,7 +757,7 @@ int64_t Tickers::Impl::scan_workers(int64_t now) {
         if (flags_of(prev) & kRemoved) abandoned_unfreed_.fetch_add(1, std::memory_order_relaxed);
         log_->error("task '{}': ignored its cancellation for {} past its deadline; abandoned (it will not run "
                     "again{}, its code stays loaded, a new worker replaces this one)",
-                    s.task.name, detail::format_elapsed(opt_.abandon_after),
+                    s.name, detail::format_elapsed(opt_.abandon_after),
                     (flags_of(prev) & kRemoved) ? "" : " and gets no stop call");
         std::lock_guard<std::mutex> lk(mu_);
         stopped_cv_.notify_all();
@@ -798,8 +805,8 @@ void Tickers::Impl::drop_member(uint32_t si) {
 void Tickers::Impl::timer_apply(const std::vector<Op>& ops) {
     for (const Op& op : ops) {
         Slot& s = slot(op.slot);
-        if (!op.add) {
-            if (s.cohort != kNoCohort && s.cohort_gen == op.gen) drop_member(op.slot);
+        if (!op.add()) {
+            if (s.cohort != kNoCohort && cohorts_[s.cohort].members[s.pos].gen == op.gen) drop_member(op.slot);
             continue;
         }
         if (s.cohort != kNoCohort) drop_member(op.slot);  // defensive: a stale membership
@@ -807,7 +814,6 @@ void Tickers::Impl::timer_apply(const std::vector<Op>& ops) {
         Cohort& c = cohorts_[id];
         s.cohort = id;
         s.pos = uint32_t(c.members.size());
-        s.cohort_gen = op.gen;
         c.members.push_back({op.slot, op.gen});
     }
 }
@@ -899,7 +905,7 @@ void Tickers::Impl::timer_loop() {
         if (!c.live) continue;
         for (const Member& m : c.members) {
             slot(m.slot).cohort = kNoCohort;
-            keep.push_back({c.due, m.slot, m.gen, true});
+            keep.push_back({c.due, m.slot, m.gen});
         }
     }
     keep.insert(keep.end(), incoming.begin(), incoming.end());
@@ -1012,7 +1018,7 @@ bool Tickers::Impl::stop(Duration bound) {
                 const uint32_t f = flags_of(slot(i).word.load(std::memory_order_acquire));
                 if ((f & kActive) && (f & kRemoved) && !(f & kAbandoned))
                     log_->error("task '{}': still running when the stop bound of {} ran out; left behind",
-                                slot(i).task.name, detail::format_elapsed(bound));
+                                slot(i).name, detail::format_elapsed(bound));
             }
         }
         timer_stop_ = true;
@@ -1068,7 +1074,7 @@ bool Tickers::Impl::stop(Duration bound) {
                 }
                 if (!b->stop) continue;
                 log_->error("task '{}': stop bound ran out before its stop call started; no stop call made",
-                            s.task.name);
+                            s.name);
                 direct.push_back(m.slot);
             }
             inflight_.fetch_sub(int64_t(b->items.size() - std::min(b->next.load(), b->items.size())),
