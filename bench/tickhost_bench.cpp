@@ -6,17 +6,32 @@
 // scheduler: N plain C++ tasks in a Tickers registry (the embedding API), all first due at T0 + I, with the
 // host's real defaults (default timeout, worker count); each run records its lateness. Prints one JSON line
 // (the last line on stdout) with the peers' fields. Logs go to stderr.
+//
+//   tickhost-bench reload [--cycles C]
+//
+// reload: a full Host watching a temporary plugin_dir (inotify, default settle), with the bench plugin at a
+// 10 ms interval. Each cycle: move build A in (drop -> first run), rename build B over it (replace -> first
+// run of the new version), delete it (delete -> stop call done). Milliseconds, p50/p99/max over the cycles.
+//
+//   tickhost-bench idle [--tasks N] [--duration-s D]
+//
+// idle: the full host as operators run it (inotify watcher, default logging and workers) with N tasks
+// (default 1000) at a 1 h interval; counts the process's context switches (all threads) over D seconds
+// (default 5) after start-up. A host with nothing due should not wake up.
 #include <tickhost/config.hpp>
 #include <tickhost/host.hpp>
 #include <tickhost/logging.hpp>
 #include <tickhost/tickers.hpp>
 
+#include <spdlog/sinks/base_sink.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <filesystem>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -43,13 +58,18 @@ struct Args {
     bool no_addremove = false;
     bool addremove_only = false;
     size_t workers = 0;  // 0: the host's default
+    long cycles = 100;
+    bool tasks_set = false;
+    bool duration_set = false;
 };
 
 [[noreturn]] void usage(const char* msg) {
     std::fprintf(stderr,
                  "tickhost-bench: %s\n"
                  "usage: tickhost-bench scheduler --tasks N --interval-ms I --duration-s D [--addremove-n K]\n"
-                 "                                [--no-addremove] [--workers W]\n",
+                 "                                [--no-addremove] [--workers W]\n"
+                 "       tickhost-bench reload [--cycles C]\n"
+                 "       tickhost-bench idle [--tasks N] [--duration-s D]\n",
                  msg);
     std::exit(2);
 }
@@ -64,9 +84,10 @@ Args parse(int argc, char** argv) {
             if (i + 1 >= argc) usage(("missing value for " + k).c_str());
             return argv[++i];
         };
-        if (k == "--tasks") a.tasks = std::atol(val());
+        if (k == "--tasks") a.tasks = std::atol(val()), a.tasks_set = true;
+        else if (k == "--cycles") a.cycles = std::atol(val());
         else if (k == "--interval-ms") a.interval_ms = std::atol(val());
-        else if (k == "--duration-s") a.duration_s = std::atof(val());
+        else if (k == "--duration-s") a.duration_s = std::atof(val()), a.duration_set = true;
         else if (k == "--addremove-n") a.addremove_n = std::atol(val());
         else if (k == "--no-addremove") a.no_addremove = true;
         else if (k == "--addremove-only") a.addremove_only = true;
@@ -209,6 +230,157 @@ int scheduler_mode(const Args& a) {
     return 0;
 }
 
+// ---- reload and idle: the full host ---------------------------------------------------------------------
+
+namespace fs = std::filesystem;
+
+// Catches the bench plugin's "first run <v>" and "stop <v>" lines and when they came.
+class EventSink : public spdlog::sinks::base_sink<std::mutex> {
+public:
+    std::atomic<int64_t> first_a{0}, first_b{0}, stop_a{0}, stop_b{0};
+    void reset() { first_a = first_b = stop_a = stop_b = 0; }
+
+protected:
+    void sink_it_(const spdlog::details::log_msg& msg) override {
+        const std::string_view text(msg.payload.data(), msg.payload.size());
+        const int64_t now = Clock::now().time_since_epoch().count();
+        if (text.find("first run a") != std::string_view::npos) first_a = now;
+        if (text.find("first run b") != std::string_view::npos) first_b = now;
+        if (text.find("stop a") != std::string_view::npos) stop_a = now;
+        if (text.find("stop b") != std::string_view::npos) stop_b = now;
+        if (msg.level >= spdlog::level::warn)
+            std::fprintf(stderr, "%.*s\n", int(msg.payload.size()), msg.payload.data());
+    }
+    void flush_() override {}
+};
+
+struct TempDir {
+    fs::path path;
+    TempDir() {
+        std::string t = (fs::temp_directory_path() / "tickhost-bench-XXXXXX").string();
+        if (!mkdtemp(t.data())) std::abort();
+        path = t;
+    }
+    ~TempDir() {
+        std::error_code ec;
+        fs::remove_all(path, ec);
+    }
+};
+
+struct Percentiles {
+    double p50 = 0, p99 = 0, max = 0;
+};
+Percentiles percentiles(std::vector<double> v) {
+    if (v.empty()) return {};
+    std::sort(v.begin(), v.end());
+    auto at = [&](double q) { return v[std::min(v.size() - 1, size_t(q * double(v.size() - 1) + 0.5))]; };
+    return {at(0.50), at(0.99), v.back()};
+}
+
+// Waits until `ev` is set; returns the ms from `since`, or -1 after 10 s.
+double wait_event(const std::atomic<int64_t>& ev, Clock::time_point since) {
+    const auto give_up = since + 10s;
+    while (ev.load() == 0) {
+        if (Clock::now() > give_up) return -1;
+        std::this_thread::sleep_for(100us);
+    }
+    return double(ev.load() - since.time_since_epoch().count()) / 1e6;
+}
+
+int reload_mode(const Args& a) {
+    auto sink = std::make_shared<EventSink>();
+    tickhost::set_log_sinks({sink}, spdlog::level::info);
+    TempDir tmp;
+    const fs::path dir = tmp.path / "plugins.d", staging = tmp.path / "staging";
+    fs::create_directories(dir);
+    fs::create_directories(staging);
+    tickhost::HostConfig config;  // the defaults operators get: inotify, default settle and workers
+    config.plugin_dir = dir;
+    config.shadow_dir = tmp.path / "shadow";
+    if (a.workers) config.workers = a.workers;
+    config.plugins["bench_tasks"].config.set("interval", std::string("10ms"));
+    tickhost::Host host(config);
+    host.start();
+    std::vector<double> drop, replace, del;
+    const fs::path target = dir / "bench_tasks.so";
+    for (long c = 0; c < a.cycles; ++c) {
+        fs::copy_file(BENCH_PLUGIN_A, staging / "a.so", fs::copy_options::overwrite_existing);
+        fs::copy_file(BENCH_PLUGIN_B, staging / "b.so", fs::copy_options::overwrite_existing);
+        sink->reset();
+        auto t0 = Clock::now();
+        fs::rename(staging / "a.so", target);
+        const double d = wait_event(sink->first_a, t0);
+        t0 = Clock::now();
+        fs::rename(staging / "b.so", target);
+        const double r = wait_event(sink->first_b, t0);
+        t0 = Clock::now();
+        fs::remove(target);
+        const double x = wait_event(sink->stop_b, t0);
+        if (d < 0 || r < 0 || x < 0) {
+            std::fprintf(stderr, "cycle %ld: an event did not come within 10 s (%.1f %.1f %.1f)\n", c, d, r, x);
+            return 1;
+        }
+        drop.push_back(d), replace.push_back(r), del.push_back(x);
+        // Let the unload finish before the next drop.
+        while (!host.plugins().plugins().empty()) std::this_thread::sleep_for(100us);
+    }
+    host.stop();
+    const auto pd = percentiles(drop), pr = percentiles(replace), px = percentiles(del);
+    std::printf(
+        "{\"peer\":\"tickhost\",\"mode\":\"reload\",\"cycles\":%ld,\"drop_to_run_p50_ms\":%.2f,"
+        "\"drop_to_run_p99_ms\":%.2f,\"drop_to_run_max_ms\":%.2f,\"replace_to_run_p50_ms\":%.2f,"
+        "\"replace_to_run_p99_ms\":%.2f,\"replace_to_run_max_ms\":%.2f,\"delete_to_stop_p50_ms\":%.2f,"
+        "\"delete_to_stop_p99_ms\":%.2f,\"delete_to_stop_max_ms\":%.2f,\"interval_ms\":10,\"settle_ms\":%.0f}\n",
+        a.cycles, pd.p50, pd.p99, pd.max, pr.p50, pr.p99, pr.max, px.p50, px.p99, px.max,
+        double(config.settle.count()) / 1e6);
+    return 0;
+}
+
+// Voluntary + involuntary context switches of every thread of this process.
+long context_switches() {
+    long total = 0;
+    std::error_code ec;
+    for (auto& t : fs::directory_iterator("/proc/self/task", ec)) {
+        std::ifstream in(t.path() / "status");
+        std::string line;
+        while (std::getline(in, line))
+            if (line.rfind("voluntary_ctxt_switches:", 0) == 0 || line.rfind("nonvoluntary_ctxt_switches:", 0) == 0)
+                total += std::atol(line.c_str() + line.find(':') + 1);
+    }
+    return total;
+}
+
+int idle_mode(const Args& a) {
+    const long n = a.tasks_set ? a.tasks : 1000;
+    const double seconds = a.duration_set ? a.duration_s : 5;
+    TempDir tmp;
+    const fs::path dir = tmp.path / "plugins.d";
+    fs::create_directories(dir);
+    fs::copy_file(BENCH_PLUGIN_A, dir / "bench_tasks.so");
+    tickhost::HostConfig config;  // inotify watcher, default logging and worker count
+    config.plugin_dir = dir;
+    config.shadow_dir = tmp.path / "shadow";
+    if (a.workers) config.workers = a.workers;
+    config.plugins["bench_tasks"].config.set("tasks", int64_t(n));
+    config.plugins["bench_tasks"].config.set("interval", std::string("1h"));
+    tickhost::Host host(config);
+    host.start();
+    std::this_thread::sleep_for(500ms);  // start-up: loads, the watcher's first rescan
+    const long before = context_switches();
+    const double cpu0 = cpu_s();
+    std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+    const long after = context_switches();
+    const double cpu1 = cpu_s();
+    const int threads = thread_count();
+    const size_t tasks = host.tickers().size();
+    host.stop();
+    // The measuring thread's own sleep counts once: leave it out.
+    std::printf("{\"peer\":\"tickhost\",\"mode\":\"idle\",\"tasks\":%zu,\"duration_s\":%g,\"context_switches\":%ld,"
+                "\"cpu_s\":%.4f,\"threads\":%d}\n",
+                tasks, seconds, std::max(0L, after - before - 1), cpu1 - cpu0, threads);
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -216,5 +388,7 @@ int main(int argc, char** argv) {
     // stdout carries the JSON line; logs go to stderr.
     tickhost::set_log_sinks({std::make_shared<spdlog::sinks::stderr_color_sink_mt>()}, spdlog::level::warn);
     if (a.mode == "scheduler") return a.addremove_only ? addremove_only(a) : scheduler_mode(a);
+    if (a.mode == "reload") return reload_mode(a);
+    if (a.mode == "idle") return idle_mode(a);
     usage(("unknown mode " + a.mode).c_str());
 }
