@@ -350,11 +350,73 @@ TEST(Tickers, FailuresAndExceptionsAreLoggedWithTheTaskName) {
                                             return TaskResult::success();
                                         }});
     f.tickers.start();
-    f.advance(2s, 1s);
+    f.advance(3s, 1s);  // fails at 1 s, sits out 2 s (back-off), fails at 3 s
     EXPECT_EQ(f.tickers.stats(bad)->failures, 2u);
     EXPECT_EQ(f.tickers.stats(thrower)->failures, 2u);
+    EXPECT_EQ(f.tickers.stats(bad)->consecutive_failures, 2u);
     EXPECT_TRUE(f.log.contains("'fails'", "disk full"));
     EXPECT_TRUE(f.log.contains("'throws'", "boom"));
+}
+
+TEST(Tickers, FailingTaskBacksOffExponentiallyAndRecovers) {
+    auto clock = std::make_shared<ManualClock>();
+    Captured log;
+    Tickers::Options o;
+    o.workers = 2;
+    o.clock = clock;
+    o.logger = log.logger;
+    o.backoff_max = 8s;
+    log.logger->set_level(spdlog::level::info);  // what an operator sees by default
+    Tickers t(o);
+    std::atomic<bool> failing{true};
+    std::mutex mu;
+    std::vector<Duration> at;
+    const TimePoint t0 = clock->now();
+    TaskId id = t.add(1s, {"flaky", 0s, [&](RunContext& ctx, bool is_stop) {
+                               if (is_stop) return TaskResult::success();
+                               std::lock_guard<std::mutex> lk(mu);
+                               at.push_back(ctx.clock().now() - t0);
+                               return failing ? TaskResult::failure("upstream down") : TaskResult::success();
+                           }});
+    t.start();
+    auto step = [&](int seconds) {
+        for (int i = 0; i < seconds; ++i) {
+            clock->advance(1s);
+            ASSERT_TRUE(t.wait_idle());
+        }
+    };
+    step(15);
+    // Fails at 1 s; then waits 2, 4, 8 (the cap) ticks: runs at 1, 3, 7, 15.
+    EXPECT_EQ(at, (std::vector<Duration>{1s, 3s, 7s, 15s}));
+    EXPECT_EQ(t.stats(id)->consecutive_failures, 4u);
+    EXPECT_EQ(log.count("run failed: upstream down"), 1u) << "one error line when it starts failing";
+    EXPECT_EQ(log.count("failures in a row"), 1u) << "one warning when the back-off reaches its cap";
+    failing = false;
+    step(10);  // next try at 23 s succeeds; then every second again
+    EXPECT_EQ(at, (std::vector<Duration>{1s, 3s, 7s, 15s, 23s, 24s, 25s}));
+    EXPECT_EQ(t.stats(id)->consecutive_failures, 0u);
+    EXPECT_TRUE(log.contains("flaky", "recovered after 4 failed run(s)"));
+    EXPECT_EQ(log.count("upstream down"), 2u) << "no line per failure at info level";
+}
+
+TEST(Tickers, BackoffCanBeTurnedOff) {
+    auto clock = std::make_shared<ManualClock>();
+    Captured log;
+    Tickers::Options o;
+    o.clock = clock;
+    o.logger = log.logger;
+    o.backoff_max = 0s;
+    Tickers t(o);
+    TaskId id = t.add(1s, {"always", 0s, [](RunContext&, bool is_stop) {
+                               return is_stop ? TaskResult::success() : TaskResult::failure("nope");
+                           }});
+    t.start();
+    for (int i = 0; i < 5; ++i) {
+        clock->advance(1s);
+        ASSERT_TRUE(t.wait_idle());
+    }
+    EXPECT_EQ(t.stats(id)->failures, 5u);
+    EXPECT_EQ(log.count("run failed: nope"), 1u);
 }
 
 TEST(Tickers, RemoveStopsRunsAndCallsStopOnce) {

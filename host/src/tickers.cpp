@@ -198,7 +198,11 @@ struct alignas(64) Slot {
     std::atomic<int64_t> interval_ns{0};  // atomic: the timer may read it for a slot being recycled
     // --- second line
     std::string name;
-    std::atomic<uint64_t> failures{0}, skipped{0}, timeouts{0};
+    std::atomic<uint64_t> skipped{0};
+    std::atomic<uint32_t> failures{0}, timeouts{0};  // saturating
+    // Back-off of a failing task: failures in a row, ticks still to sit out (RUNNING owner only).
+    std::atomic<uint32_t> fail_streak{0};
+    uint32_t sit_out = 0;
     // Timer-private: where this slot sits in its cohort.
     uint32_t cohort = kNoCohort;
     uint32_t pos = 0;
@@ -265,6 +269,13 @@ struct Tickers::Impl : std::enable_shared_from_this<Tickers::Impl> {
     // One call (run or stop) of slot `m`. False if abandoned during it.
     bool call(Worker& w, Slot& s, Member m, bool is_stop, TimePoint& start, std::vector<uint32_t>& freed);
     int64_t scan_workers(int64_t now);
+    // A run failed: count the streak, decide how many ticks to sit out, log changes of state (not every
+    // failure: one broken task must not flood the log).
+    void failed(Slot& s, const std::string& error);
+    static void bump(std::atomic<uint32_t>& c) {  // only the RUNNING owner writes: load + store, saturating
+        const uint32_t v = c.load(std::memory_order_relaxed);
+        if (v != UINT32_MAX) c.store(v + 1, std::memory_order_relaxed);
+    }
     // The start time of a call, for its deadline. A precise clock read costs 30-70 ns on virtual machines
     // (more than the rest of a call); for timeouts of a second or more the coarse clock (a few ms of
     // resolution, never ahead of the precise one) is exact enough: the deadline is early by at most 0.4 %.
@@ -420,6 +431,8 @@ TaskId Tickers::Impl::add(Duration interval, TickTask task, TimePoint first_due)
     s.failures.store(0, std::memory_order_relaxed);
     s.skipped.store(0, std::memory_order_relaxed);
     s.timeouts.store(0, std::memory_order_relaxed);
+    s.fail_streak.store(0, std::memory_order_relaxed);
+    s.sit_out = 0;
     s.word.store(pack(gen, kActive), std::memory_order_release);
     ++active_;
     const bool wake = pending_.empty();
@@ -523,6 +536,28 @@ StopState Tickers::Impl::wait_stopped(TaskId id, Duration bound) {
 }
 
 // ---- workers --------------------------------------------------------------------------------------------
+
+void Tickers::Impl::failed(Slot& s, const std::string& error) {
+    const uint32_t streak = s.fail_streak.load(std::memory_order_relaxed) + 1;
+    s.fail_streak.store(streak, std::memory_order_relaxed);
+    const int64_t interval = s.interval_ns.load(std::memory_order_relaxed);
+    // Exponential: after k failures in a row the next run comes interval * 2^k later, up to backoff_max.
+    const int64_t cap_ticks = opt_.backoff_max.count() > interval ? opt_.backoff_max.count() / interval : 1;
+    const int64_t factor = streak >= 62 ? INT64_MAX : (int64_t(1) << streak);
+    const int64_t ticks = std::min(factor, cap_ticks);
+    const bool capped = ticks == cap_ticks;
+    const bool newly_capped = capped && (streak == 1 || std::min(factor / 2, cap_ticks) < cap_ticks);
+    s.sit_out = opt_.backoff_max.count() > 0 ? uint32_t(std::min<int64_t>(ticks - 1, UINT32_MAX)) : 0;
+    const std::string next = detail::format_elapsed(Duration(interval * (int64_t(s.sit_out) + 1)));
+    if (streak == 1)
+        log_->error("task '{}': run failed: {}{}", s.name, error,
+                    s.sit_out ? "; backing off, next run in " + next : std::string());
+    else if (newly_capped && s.sit_out)
+        log_->warn("task '{}': {} failures in a row (last: {}); retrying every {} until it succeeds", s.name, streak,
+                   error, next);
+    else
+        log_->debug("task '{}': run failed again ({} in a row): {}; next run in {}", s.name, streak, error, next);
+}
 
 TimePoint Tickers::Impl::call_start(Duration timeout) const {
 #if defined(CLOCK_MONOTONIC_COARSE)
@@ -649,6 +684,15 @@ bool Tickers::Impl::execute(Worker& w, const std::shared_ptr<Batch>& b, size_t l
 bool Tickers::Impl::call(Worker& w, Slot& s, Member m, bool is_stop, TimePoint& start, std::vector<uint32_t>& freed) {
     const TaskId id = make_id(m.slot, m.gen);
     for (;;) {
+        if (!is_stop && s.sit_out > 0) {
+            // Backing off after failures: this tick is sat out (and counted as skipped).
+            --s.sit_out;
+            s.skipped.fetch_add(1, std::memory_order_relaxed);
+            const uint64_t prev = s.word.fetch_and(~uint64_t(kRunning), std::memory_order_acq_rel);
+            if (!(flags_of(prev) & kRemoved)) return true;
+            s.word.fetch_or(kRunning, std::memory_order_acq_rel);
+            is_stop = true;
+        }
         start = call_start(s.timeout);
         const TimePoint deadline = start + s.timeout;
         const uint64_t seq = ++w.seq;
@@ -681,13 +725,21 @@ bool Tickers::Impl::call(Worker& w, Slot& s, Member m, bool is_stop, TimePoint& 
             return false;
         }
         if (overran) {
-            s.timeouts.store(s.timeouts.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+            bump(s.timeouts);
             log_->error("task '{}': {} took {}, past its timeout of {}", s.name, is_stop ? "stop call" : "run",
                         detail::format_elapsed(end - start), detail::format_elapsed(s.timeout));
         }
-        if (!r.ok) {
-            if (!is_stop) s.failures.store(s.failures.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-            log_->error("task '{}': {} failed: {}", s.name, is_stop ? "stop call" : "run", r.error);
+        if (is_stop) {
+            if (!r.ok) log_->error("task '{}': stop call failed: {}", s.name, r.error);
+        } else if (!r.ok) {
+            bump(s.failures);
+            failed(s, r.error);
+        } else if (s.fail_streak.load(std::memory_order_relaxed) > 0) {
+            log_->info("task '{}': recovered after {} failed run(s); back to every {}", s.name,
+                       s.fail_streak.load(std::memory_order_relaxed),
+                       detail::format_elapsed(Duration(s.interval_ns.load(std::memory_order_relaxed))));
+            s.fail_streak.store(0, std::memory_order_relaxed);
+            s.sit_out = 0;
         }
         if (is_stop) {
             freed.push_back(m.slot);
@@ -1144,6 +1196,7 @@ std::optional<TaskStats> Tickers::stats(TaskId id) const {
     TaskStats st;
     st.runs = s.runs.load(std::memory_order_relaxed);
     st.failures = s.failures.load(std::memory_order_relaxed);
+    st.consecutive_failures = s.fail_streak.load(std::memory_order_relaxed);
     st.skipped = s.skipped.load(std::memory_order_relaxed);
     st.timeouts = s.timeouts.load(std::memory_order_relaxed);
     return st;

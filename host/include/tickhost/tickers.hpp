@@ -23,6 +23,8 @@
 //    starting one may still begin it); the stop call fn(ctx, true) runs exactly once, after the in-flight
 //    run returned, bounded by the task's timeout. After wait_stopped() says stopped, none of the task's
 //    code runs any more and its callable has been destroyed.
+//  - A failing task backs off: after k failed runs in a row its next run comes interval * 2^k later (up to
+//    Options::backoff_max); a success resets it. The log says so when it starts, caps and recovers.
 //  - IDs: slot index + generation. Slots are reused like the original design's free list; an ID value
 //    never comes back, and a stale ID is refused.
 //  - start() and stop() are idempotent. stop() ends every task (stop calls included) and joins the threads;
@@ -143,6 +145,7 @@ struct TaskStats {
     uint64_t failures = 0;  // runs that returned an error or threw
     uint64_t skipped = 0;   // ticks skipped because the previous run was still going (or the timer was late)
     uint64_t timeouts = 0;  // runs whose deadline passed
+    uint64_t consecutive_failures = 0;  // failed runs in a row (0 after a success); drives the back-off
 };
 
 // How wait_stopped() ended.
@@ -159,6 +162,9 @@ public:
         size_t workers = 0;                              // 0 = std::thread::hardware_concurrency()
         Duration default_timeout = std::chrono::seconds(10);
         Duration abandon_after = std::chrono::seconds(5);  // past the deadline, before a run is abandoned
+        // A task that fails k times in a row next runs interval * 2^k later, at most this much later
+        // (never less often than its own interval); a success resets it. Zero: no back-off.
+        Duration backoff_max = std::chrono::minutes(5);
         std::shared_ptr<Clock> clock;                    // null = SteadyClock
         std::shared_ptr<spdlog::logger> logger;          // null = the "scheduler" logger
     };
