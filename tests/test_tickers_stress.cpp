@@ -46,7 +46,7 @@ TEST(TickersStress, EightThreadsAddAndRemoveWhileItRuns) {
         threads.emplace_back([&, th] {
             std::mt19937 rng{static_cast<unsigned>(th)};
             std::vector<TaskId> mine;
-            while (std::chrono::steady_clock::now() < until) {
+            for (int n = 0; n < 20000 && std::chrono::steady_clock::now() < until; ++n) {
                 auto p = std::make_shared<Probe>();
                 const bool self_remove = rng() % 8 == 0;
                 Tickers* tp = &t;
@@ -68,7 +68,8 @@ TEST(TickersStress, EightThreadsAddAndRemoveWhileItRuns) {
                     all.push_back(p);
                 }
                 mine.push_back(id);
-                if (mine.size() > 50 || rng() % 3 == 0) {
+                std::this_thread::sleep_for(100us);  // spread over the whole window, so tasks get to run
+                if (mine.size() > 200 || rng() % 16 == 0) {
                     size_t k = rng() % mine.size();
                     if (t.remove(mine[k])) ++removed;
                     mine.erase(mine.begin() + long(k));
@@ -87,6 +88,7 @@ TEST(TickersStress, EightThreadsAddAndRemoveWhileItRuns) {
     }
     EXPECT_GT(added.load(), 1000);
     EXPECT_GT(removed.load(), 100);
+    EXPECT_GT(runs, 0);
     std::printf("stress: %ld tasks added, %ld removed by others, %ld removed themselves\n", added.load(),
                 removed.load(), self_removed.load());
 }
