@@ -46,8 +46,8 @@ static const th_task_def tasks[] = {
 };
 
 static const th_plugin_def plugin = {
-    sizeof(th_plugin_def), TH_ABI_MAJOR, TH_ABI_MINOR, "cprobe", "2.1.0", "Keeps a run count in a file",
-    tasks, 1, cprobe_init, NULL,
+    sizeof(th_plugin_def), TH_ABI_MAJOR, TH_ABI_MINOR, "cprobe", "2.1.0", "Keeps a run count in a file", tasks, 1,
+    cprobe_init,           NULL,
 };
 
 TH_EXPORT const th_plugin_def* tickhost_plugin_entry(const th_host_info* info) {
