@@ -7,6 +7,8 @@
 
 #include <sys/wait.h>
 
+#include <tickhost/plugin.h>
+
 #include "test_util.hpp"
 
 namespace fs = std::filesystem;
@@ -168,3 +170,19 @@ TEST(Tools, NewPluginWritesAProjectAndRefusesToOverwrite) {
     ASSERT_EQ(r.status, 0) << r.out;
     EXPECT_TRUE(has(read_file(tmp / "c" / "cprobe.c"), "tickhost_plugin_entry"));
 }
+
+// The layout stated at the top of plugin.h for other languages' bindings is the compiler's.
+#if UINTPTR_MAX == 0xffffffffffffffffu
+#include <cstddef>
+static_assert(sizeof(th_ctx) == 8 && alignof(th_ctx) == 8);
+static_assert(sizeof(th_host_api) == 88 && offsetof(th_host_api, log) == 8 && offsetof(th_host_api, add_task) == 80);
+static_assert(sizeof(th_host_info) == 24 && offsetof(th_host_info, api) == 8 &&
+              offsetof(th_host_info, host_version) == 16);
+static_assert(sizeof(th_task_def) == 48 && offsetof(th_task_def, name) == 8 &&
+              offsetof(th_task_def, default_interval_ns) == 16 && offsetof(th_task_def, run) == 32 &&
+              offsetof(th_task_def, state) == 40);
+static_assert(sizeof(th_plugin_def) == 64 && offsetof(th_plugin_def, abi_major) == 4 &&
+              offsetof(th_plugin_def, abi_minor) == 6 && offsetof(th_plugin_def, name) == 8 &&
+              offsetof(th_plugin_def, tasks) == 32 && offsetof(th_plugin_def, task_count) == 40 &&
+              offsetof(th_plugin_def, init) == 48 && offsetof(th_plugin_def, shutdown) == 56);
+#endif
