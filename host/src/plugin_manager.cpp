@@ -436,8 +436,8 @@ std::pair<Duration, Duration> schedule_of(const PluginSettings& s, const th_task
     const Duration interval = ts && ts->interval ? *ts->interval
                               : s.interval       ? *s.interval
                                                  : Duration(t.default_interval_ns);
-    const Duration timeout = ts && ts->timeout      ? *ts->timeout
-                             : s.timeout            ? *s.timeout
+    const Duration timeout = ts && ts->timeout          ? *ts->timeout
+                             : s.timeout                ? *s.timeout
                              : t.default_timeout_ns > 0 ? Duration(t.default_timeout_ns)
                                                         : default_timeout;
     return {interval, timeout};

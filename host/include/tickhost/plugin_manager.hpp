@@ -85,7 +85,7 @@ struct PluginFileInfo {
 struct TaskCallReport {
     bool called = false;  // false: the call did not happen (see RunOnceReport::stop_state)
     bool ok = false;
-    std::string error;   // the message the task set, as it is logged; empty when ok
+    std::string error;  // the message the task set, as it is logged; empty when ok
     Duration duration{0};
     bool overran = false;  // returned after its deadline (its cancellation flag was set)
 };
@@ -97,7 +97,7 @@ struct RunOnceOptions {
 };
 
 struct RunOnceReport {
-    PluginInfo plugin;  // its `tasks` holds the task that ran, with its resolved interval and timeout
+    PluginInfo plugin;                   // its `tasks` holds the task that ran, with its resolved interval and timeout
     std::vector<std::string> all_tasks;  // every task the plugin has after init, in order
     TaskCallReport run;
     TaskCallReport stop;
