@@ -1,4 +1,7 @@
 // tickhost: runs the task plugins in plugin_dir on their schedules until SIGINT or SIGTERM.
+// `tickhost <subcommand> ...` runs one of the authors' tools instead (cli.hpp, one cmd_*.cpp each).
+#include "cli.hpp"
+
 #include <tickhost/config.hpp>
 #include <tickhost/host.hpp>
 #include <tickhost/logging.hpp>
@@ -24,6 +27,10 @@ namespace {
 
 const char* kUsage = R"(usage: tickhost [--config PATH] [--log-level LEVEL]
        tickhost --help | --version
+       tickhost check [--json] FILE...            load plugin files as the host would; show what they declare
+       tickhost run-once FILE [--task NAME] ...   init, one run, the stop call, unload; show status and logs
+       tickhost new-plugin NAME [--lang cpp|c]    write a ready-to-build plugin project
+       (tickhost <subcommand> --help for its options)
 
 Runs the task plugins found in plugin_dir (see host.toml) on their schedules.
 
@@ -48,6 +55,12 @@ int usage_error(const std::string& msg) {
 }  // namespace
 
 int main(int argc, char** argv) {
+    if (argc > 1) {
+        const std::string cmd = argv[1];
+        if (cmd == "check") return tickhost::app::cmd_check(argc - 1, argv + 1);
+        if (cmd == "run-once") return tickhost::app::cmd_run_once(argc - 1, argv + 1);
+        if (cmd == "new-plugin") return tickhost::app::cmd_new_plugin(argc - 1, argv + 1);
+    }
     std::string config_path = "host.toml";
     std::string log_level;
     for (int i = 1; i < argc; ++i) {

@@ -8,6 +8,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <condition_variable>
 #include <cstring>
 #include <set>
 
@@ -237,9 +238,9 @@ const LoadedPlugin* PluginManager::find_name(const std::string& name, const Load
     return nullptr;
 }
 
-std::optional<LoadError> PluginManager::initialise(LoadedPlugin& p) {
+std::optional<LoadError> PluginManager::initialise(LoadedPlugin& p, const PluginSettings* settings) {
     const th_plugin_def& def = p.lib->def();
-    p.settings = config_.plugin(p.name);
+    p.settings = settings ? *settings : config_.plugin(p.name);
     p.owner.config = &p.settings.config;
     p.tasks.clear();
     p.task_names.clear();
@@ -427,32 +428,43 @@ void PluginManager::apply_config(HostConfig next) {
     reconcile();
 }
 
+namespace {
+// host.toml's task setting, then its plugin setting, then the plugin's own default.
+std::pair<Duration, Duration> schedule_of(const PluginSettings& s, const th_task_def& t, Duration default_timeout) {
+    auto it = s.tasks.find(t.name);
+    const TaskSettings* ts = it == s.tasks.end() ? nullptr : &it->second;
+    const Duration interval = ts && ts->interval ? *ts->interval
+                              : s.interval       ? *s.interval
+                                                 : Duration(t.default_interval_ns);
+    const Duration timeout = ts && ts->timeout          ? *ts->timeout
+                             : s.timeout                ? *s.timeout
+                             : t.default_timeout_ns > 0 ? Duration(t.default_timeout_ns)
+                                                        : default_timeout;
+    return {interval, timeout};
+}
+
+// The adapter between the scheduler and a plugin task: a context for each call, the C call, its status.
+TickTask make_tick_task(const std::shared_ptr<LoadedPlugin>& p, const th_task_def& t, Duration timeout) {
+    auto b = std::make_shared<TaskBinding>();
+    b->owner.plugin = p->name;
+    b->owner.task = t.name;
+    b->owner.logger = p->owner.logger;
+    b->owner.config = &p->settings.config;
+    b->run = t.run;
+    b->state = t.state ? t.state : p->state;
+    b->plugin = p;  // keeps the library mapped for as long as the task exists in the registry
+    return TickTask{p->name + "/" + t.name, timeout, [b](RunContext& rc, bool is_stop) {
+                        th_ctx c = b->ctx.open(&rc.cancel_word(), rc.cancel_value(), steady(rc.deadline()));
+                        th_status st = b->run(b->state, c, is_stop ? 1 : 0);
+                        return run_result(st, b->ctx.close());
+                    }};
+}
+}  // namespace
+
 void PluginManager::start_tasks(const std::shared_ptr<LoadedPlugin>& p) {
     for (auto& t : p->tasks) {
-        auto it = p->settings.tasks.find(t.name);
-        const TaskSettings* ts = it == p->settings.tasks.end() ? nullptr : &it->second;
-        // host.toml's task setting, then its plugin setting, then the plugin's own default.
-        const Duration interval = ts && ts->interval ? *ts->interval
-                                  : p->settings.interval ? *p->settings.interval
-                                                         : Duration(t.default_interval_ns);
-        const Duration timeout = ts && ts->timeout ? *ts->timeout
-                                 : p->settings.timeout ? *p->settings.timeout
-                                 : t.default_timeout_ns > 0 ? Duration(t.default_timeout_ns)
-                                                            : config_.default_timeout;
-        auto b = std::make_shared<TaskBinding>();
-        b->owner.plugin = p->name;
-        b->owner.task = t.name;
-        b->owner.logger = p->owner.logger;
-        b->owner.config = &p->settings.config;
-        b->run = t.run;
-        b->state = t.state ? t.state : p->state;
-        b->plugin = p;  // keeps the library mapped for as long as the task exists in the registry
-        TickTask task{p->name + "/" + t.name, timeout, [b](RunContext& rc, bool is_stop) {
-                          th_ctx c = b->ctx.open(&rc.cancel_word(), rc.cancel_value(), steady(rc.deadline()));
-                          th_status st = b->run(b->state, c, is_stop ? 1 : 0);
-                          return run_result(st, b->ctx.close());
-                      }};
-        p->scheduled.push_back({t.name, interval, timeout, tickers_.add(interval, std::move(task))});
+        const auto [interval, timeout] = schedule_of(p->settings, t, config_.default_timeout);
+        p->scheduled.push_back({t.name, interval, timeout, tickers_.add(interval, make_tick_task(p, t, timeout))});
     }
 }
 
@@ -528,6 +540,120 @@ std::optional<PluginInfo> PluginManager::plugin(const std::string& name) const {
     for (auto& [f, p] : by_file_)
         if (p->name == name) return info_of(*p);
     return std::nullopt;
+}
+
+// ---- authors' tools ------------------------------------------------------------------------------------
+
+std::optional<PluginFileInfo> PluginManager::inspect(const fs::path& file, LoadError* err) {
+    std::lock_guard<std::mutex> lk(mu_);
+    std::string bytes;
+    LoadFailure rf;
+    if (!detail::read_plugin_file(file, &bytes, &rf)) {
+        if (err) *err = to_error(rf);
+        return std::nullopt;
+    }
+    LoadError e;
+    Plugin p = prepare(file, bytes, &e);
+    if (!p) {
+        if (err) *err = e;
+        return std::nullopt;
+    }
+    const th_plugin_def& d = p->lib->def();
+    PluginFileInfo info;
+    info.file = file;
+    info.sha256 = p->lib->sha256();
+    info.name = p->name;
+    info.version = d.version ? d.version : "";
+    info.description = d.description ? d.description : "";
+    info.abi_major = d.abi_major;
+    info.abi_minor = d.abi_minor;
+    info.has_init = d.init != nullptr;
+    info.has_shutdown = d.shutdown != nullptr;
+    for (uint32_t i = 0; i < d.task_count; ++i)
+        info.tasks.push_back(
+            {d.tasks[i].name, Duration(d.tasks[i].default_interval_ns), Duration(d.tasks[i].default_timeout_ns)});
+    return info;  // p goes: unload, shadow copy deleted
+}
+
+std::optional<RunOnceReport> PluginManager::run_once(const fs::path& file, const RunOnceOptions& options,
+                                                     LoadError* err) {
+    std::lock_guard<std::mutex> lk(mu_);
+    auto fail = [&](LoadError e) -> std::optional<RunOnceReport> {
+        if (err) *err = std::move(e);
+        return std::nullopt;
+    };
+    std::string bytes;
+    LoadFailure rf;
+    if (!detail::read_plugin_file(file, &bytes, &rf)) return fail(to_error(rf));
+    LoadError e;
+    Plugin p = prepare(file, bytes, &e);
+    if (!p) return fail(e);
+    PluginSettings settings = config_.plugin(p->name);
+    for (auto& [k, v] : options.config.all()) settings.config.set(k, v);
+    if (auto ie = initialise(*p, &settings)) return fail(*ie);
+
+    RunOnceReport report;
+    const th_task_def* chosen = nullptr;
+    for (auto& t : p->tasks) {
+        report.all_tasks.push_back(t.name);
+        if (!chosen && (options.task.empty() || options.task == t.name)) chosen = &t;
+    }
+    const th_plugin_def& def = p->lib->def();
+    if (!chosen) {
+        if (def.shutdown) def.shutdown(p->state);
+        p->initialised = false;
+        std::string all;
+        for (auto& n : report.all_tasks) all += (all.empty() ? "" : ", ") + n;
+        return fail({TH_E_NOT_FOUND, "TH_E_NOT_FOUND",
+                     "plugin '" + p->name + "' has no task '" + options.task + "' (it has: " + all + ")",
+                     "name one of its tasks"});
+    }
+    auto [interval, timeout] = schedule_of(p->settings, *chosen, config_.default_timeout);
+    if (options.timeout) timeout = *options.timeout;
+
+    // Record what the adapter returns for the run and for the stop call, as the scheduler sees it.
+    struct Record {
+        std::mutex mu;
+        std::condition_variable cv;
+        TaskCallReport run, stop;
+    };
+    auto rec = std::make_shared<Record>();
+    TickTask inner = make_tick_task(p, *chosen, timeout);
+    TickTask task{inner.name, timeout, [fn = std::move(inner.fn), rec](RunContext& rc, bool is_stop) {
+                      const auto t0 = std::chrono::steady_clock::now();
+                      TaskResult r = fn(rc, is_stop);
+                      const Duration took = std::chrono::steady_clock::now() - t0;
+                      {
+                          std::lock_guard<std::mutex> g(rec->mu);
+                          TaskCallReport& c = is_stop ? rec->stop : rec->run;
+                          c = TaskCallReport{true, r.ok, r.error, took, rc.remaining() < Duration(0)};
+                      }
+                      rec->cv.notify_all();
+                      return r;
+                  }};
+    // One run, due now. The interval only has to be long enough that no second run is due before remove().
+    const TaskId id = tickers_.add(std::chrono::hours(24 * 365), std::move(task), tickers_.clock().now());
+    {
+        // The Tickers abandon a run that ignores its cancellation some seconds past its deadline; wait longer.
+        std::unique_lock<std::mutex> g(rec->mu);
+        rec->cv.wait_for(g, timeout + std::chrono::seconds(30), [&] { return rec->run.called; });
+    }
+    tickers_.remove(id);
+    report.stop_state = tickers_.wait_stopped(id, timeout + std::chrono::seconds(30));
+    {
+        std::lock_guard<std::mutex> g(rec->mu);
+        report.run = rec->run;
+        report.stop = rec->stop;
+    }
+    p->scheduled.push_back({chosen->name, interval, timeout, id});
+    report.plugin = info_of(*p);
+    if (report.stop_state == StopState::stopped) {
+        if (def.shutdown) def.shutdown(p->state);
+        p->initialised = false;
+    } else {
+        p->lib->pin();  // its code may still be running: never unmap it
+    }
+    return report;  // the last reference to p goes with the Tickers' copy of the task: unload
 }
 
 }  // namespace tickhost

@@ -62,6 +62,48 @@ struct PluginInfo {
     std::vector<PluginTaskInfo> tasks;
 };
 
+// What a plugin file declares, read by PluginManager::inspect() without initialising the plugin.
+struct PluginFileInfo {
+    struct Task {
+        std::string name;
+        Duration default_interval{0};
+        Duration default_timeout{0};  // 0 = the host's default_timeout
+    };
+    std::filesystem::path file;
+    std::string sha256;
+    std::string name;
+    std::string version;      // empty when the plugin declares none
+    std::string description;  // empty when the plugin declares none
+    uint16_t abi_major = 0;   // the ABI the plugin was built against
+    uint16_t abi_minor = 0;
+    bool has_init = false;  // init may declare more tasks (see run_once) and may refuse the configuration
+    bool has_shutdown = false;
+    std::vector<Task> tasks;  // static tasks, in declaration order
+};
+
+// The outcome of one call of a task's run function (a run, or the stop call).
+struct TaskCallReport {
+    bool called = false;  // false: the call did not happen (see RunOnceReport::stop_state)
+    bool ok = false;
+    std::string error;  // the message the task set, as it is logged; empty when ok
+    Duration duration{0};
+    bool overran = false;  // returned after its deadline (its cancellation flag was set)
+};
+
+struct RunOnceOptions {
+    std::string task;                 // the task to run; empty = the plugin's first task
+    std::optional<Duration> timeout;  // the call's timeout; default: as the host would resolve it
+    PluginValues config;              // merged over [plugins.<name>.config] of the manager's config (wins)
+};
+
+struct RunOnceReport {
+    PluginInfo plugin;                   // its `tasks` holds the task that ran, with its resolved interval and timeout
+    std::vector<std::string> all_tasks;  // every task the plugin has after init, in order
+    TaskCallReport run;
+    TaskCallReport stop;
+    StopState stop_state = StopState::stopped;  // abandoned / timed_out: the plugin stays loaded (pinned)
+};
+
 // True for names the host considers plugin files: the platform suffix (.so / .dll), not hidden, not a
 // temporary or backup name (".x", "x.tmp", "x~", "x.swp").
 bool is_plugin_file_name(const std::filesystem::path& name);
@@ -99,6 +141,21 @@ public:
     // plugin is shut down and unloaded. False if some stop call did not return within `bound`.
     bool unload_all(Duration bound);
 
+    // For authors' tools (`tickhost check`). Loads `file` exactly as load() would — regular-file and ELF
+    // checks, a shadow copy, dlopen RTLD_NOW | RTLD_LOCAL, entry point, ABI negotiation, descriptor checks —
+    // reads its descriptor and unloads it. init is not called and no task runs; the plugin is not added to
+    // plugins() and its name need not be free. Returns the error the host would log otherwise (in *err).
+    std::optional<PluginFileInfo> inspect(const std::filesystem::path& file, LoadError* err);
+    // For authors' tools (`tickhost run-once`). Loads `file` as load() does and initialises it with its
+    // [plugins.<name>] settings (plus options.config), then runs one task once, at once, on the Tickers —
+    // with its deadline and cancellation flag, through the same adapter as scheduled runs — then makes that
+    // task's stop call, shuts the plugin down and unloads it. Nothing else of the plugin is scheduled and it
+    // never appears in plugins(). The Tickers must be started. Blocks until done; a run that ignores its
+    // cancellation is waited for until the Tickers abandon it (then the plugin stays loaded, pinned).
+    // Returns nullopt and *err for a refused file, a failing init, or an unknown task.
+    std::optional<RunOnceReport> run_once(const std::filesystem::path& file, const RunOnceOptions& options,
+                                          LoadError* err);
+
     std::vector<PluginInfo> plugins() const;
     std::optional<PluginInfo> plugin(const std::string& name) const;
     const HostConfig& config() const { return config_; }
@@ -118,7 +175,8 @@ private:
     // Library loaded and checked, no init. Null + *err on failure.
     Plugin prepare(const std::filesystem::path& file, const std::string& bytes, LoadError* err);
     // init with the plugin's settings, then the task checks. On failure the plugin is left uninitialised.
-    std::optional<LoadError> initialise(detail::LoadedPlugin& p);
+    // `settings` (optional) replaces config_.plugin(name).
+    std::optional<LoadError> initialise(detail::LoadedPlugin& p, const PluginSettings* settings = nullptr);
     void start_tasks(const Plugin& p);
     bool stop_plugins(std::vector<Plugin> ps, Duration bound);
     std::optional<LoadError> add_new(const std::filesystem::path& file, const std::string& bytes, const std::string& sha);

@@ -57,6 +57,42 @@
  *
  * What must not outlive the plugin: threads it started, callbacks it handed to other libraries, and
  * thread_local objects with destructors (they pin the library in memory). Stop them in shutdown().
+ *
+ * ------------------------------------------------------------------------------------------------------
+ * For bindings from other languages (any C FFI): everything at the boundary, on LP64 platforms (x86_64,
+ * aarch64 Linux). Other platforms: the platform C ABI's natural layout of the same declarations. All
+ * pointers are plain C data pointers or C-calling-convention function pointers; strings are UTF-8 bytes.
+ *
+ *   type / function        size align  who owns it, how long it lives              called / used on
+ *   th_ctx                    8    8   a value; valid during the call it came with  any thread
+ *   th_status, levels         4    4   int32_t values                               -
+ *   th_host_api              88    8   host; from entry until unload; read-only     any thread
+ *     .struct_size @0 u32, .abi_version @4 u32, .log @8, .is_cancelled @16, .remaining_ns @24,
+ *     .deadline_ns @32, .config_string @40, .config_int @48, .config_bool @56, .config_duration_ns @64,
+ *     .set_error @72, .add_task @80
+ *   th_host_info             24    8   host; valid only during tickhost_plugin_entry loader thread
+ *     .struct_size @0 u32, .abi_version @4 u32, .api @8, .host_version @16 (NUL-terminated, host-owned)
+ *   th_task_def              48    8   plugin; static tasks: until unload; passed   loader thread
+ *                                      to add_task: copied by the host (name too)
+ *     .struct_size @0 u32, .name @8, .default_interval_ns @16 i64, .default_timeout_ns @24 i64, .run @32,
+ *     .state @40
+ *   th_plugin_def            64    8   plugin; returned by the entry, read until     loader thread
+ *                                      unload (a static); never written by the host
+ *     .struct_size @0 u32, .abi_major @4 u16, .abi_minor @6 u16, .name @8, .version @16,
+ *     .description @24, .tasks @32, .task_count @40 u32, .init @48, .shutdown @56
+ *   tickhost_plugin_entry   -      -   exported by the plugin (default visibility)  loader thread, once per load
+ *   init / shutdown         -      -   plugin functions; `state` is the plugin's    loader thread, once each
+ *   run                     -      -   plugin function; `state` as above            a worker thread; runs of
+ *                                                                                   one task never overlap
+ *   th_host_api functions   -      -   host; strings passed in are copied or only   any thread (thread-safe)
+ *                                      read during the call; strings passed out
+ *                                      belong to the host (see each member)
+ *
+ * Memory: the host never frees what the plugin allocated (state, descriptors, names) and the plugin never
+ * frees what the host hands out. Nothing the plugin returns may point to its stack.
+ * Blocking: run may block, but only until its deadline (poll is_cancelled); entry, init and shutdown block
+ * the loader thread (every other load waits), so keep them short. No callback may longjmp or unwind
+ * (exceptions, panics) across the boundary: catch everything inside the plugin.
  */
 #ifndef TICKHOST_PLUGIN_H
 #define TICKHOST_PLUGIN_H
