@@ -171,10 +171,11 @@ TEST(Plugins, HostServicesConfigContextsAndLiteralLogText) {
     h.manager->unload_all(10s);
     const std::string text = read_file(out);
     EXPECT_NE(text.find("init name=alpha count=7 flag=1 wait_ns=250000000 nested=3 wrongtype=no"), std::string::npos) << text;
-    EXPECT_NE(text.find("run remaining_positive=1 cancelled=0 thread_status=0"), std::string::npos) << text;
+    EXPECT_NE(text.find("run due_ok=1 remaining_positive=1 cancelled=0 thread_status=0"), std::string::npos) << text;
+    EXPECT_EQ(text.find("due_ok=0"), std::string::npos) << text;
     EXPECT_NE(text.find("stale set_error=" + std::to_string(TH_E_STALE_CONTEXT) + " is_cancelled=1"), std::string::npos)
         << text;
-    EXPECT_NE(text.find("stop remaining_positive=1"), std::string::npos) << text;
+    EXPECT_NE(text.find("stop due_ok=1 remaining_positive=1"), std::string::npos) << text;
     EXPECT_NE(text.find("extra0 stop"), std::string::npos) << text;
     // Shutdown comes after every stop call.
     EXPECT_EQ(text.substr(text.size() - 9), "shutdown\n") << text;

@@ -175,7 +175,8 @@ TEST(Tools, NewPluginWritesAProjectAndRefusesToOverwrite) {
 #if UINTPTR_MAX == 0xffffffffffffffffu
 #include <cstddef>
 static_assert(sizeof(th_ctx) == 8 && alignof(th_ctx) == 8);
-static_assert(sizeof(th_host_api) == 88 && offsetof(th_host_api, log) == 8 && offsetof(th_host_api, add_task) == 80);
+static_assert(sizeof(th_host_api) == 96 && offsetof(th_host_api, log) == 8 && offsetof(th_host_api, add_task) == 80 &&
+              offsetof(th_host_api, due_ns) == 88);
 static_assert(sizeof(th_host_info) == 24 && offsetof(th_host_info, api) == 8 &&
               offsetof(th_host_info, host_version) == 16);
 static_assert(sizeof(th_task_def) == 48 && offsetof(th_task_def, name) == 8 &&

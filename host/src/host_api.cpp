@@ -14,6 +14,7 @@ struct Entry {
     std::atomic<const std::atomic<uint64_t>*> cancel_word{nullptr};
     std::atomic<uint64_t> cancel_value{0};
     std::atomic<int64_t> deadline_ns{0};
+    std::atomic<int64_t> due_ns{0};
     std::atomic<uint64_t> never{0};  // the cancel word of calls that cannot be cancelled (value 1 never matches)
     std::atomic<bool> error_set{false};
     std::mutex mu;               // guards owner and error (the slow services take it)
@@ -136,6 +137,13 @@ int64_t api_deadline_ns(th_ctx c) {
     return e->gen.load(std::memory_order_acquire) == gen_of(c) ? d : 0;
 }
 
+int64_t api_due_ns(th_ctx c) {
+    Entry* e = live(c);
+    if (!e) return 0;
+    int64_t d = e->due_ns.load(std::memory_order_relaxed);
+    return e->gen.load(std::memory_order_acquire) == gen_of(c) ? d : 0;
+}
+
 int64_t api_remaining_ns(th_ctx c) {
     int64_t d = api_deadline_ns(c);
     return d ? d - now_ns() : 0;
@@ -216,7 +224,7 @@ th_status api_add_task(th_ctx c, const th_task_def* def) {
 const th_host_api kApi = {
     sizeof(th_host_api),   TH_ABI_VERSION,   api_log,           api_is_cancelled,    api_remaining_ns,
     api_deadline_ns,       api_config_string, api_config_int,   api_config_bool,     api_config_duration_ns,
-    api_set_error,         api_add_task,
+    api_set_error,         api_add_task,      api_due_ns,
 };
 
 }  // namespace
@@ -241,7 +249,7 @@ ContextSlot::~ContextSlot() {
 }
 
 th_ctx ContextSlot::open(const std::atomic<uint64_t>* cancel_word, uint64_t cancel_value,
-                         std::chrono::steady_clock::time_point deadline) {
+                         std::chrono::steady_clock::time_point deadline, std::chrono::steady_clock::time_point due) {
     Entry& e = *entry_;
     if (e.error_set.load(std::memory_order_acquire)) {  // left by a late set_error from another thread
         std::lock_guard<std::mutex> lk(e.mu);
@@ -251,6 +259,7 @@ th_ctx ContextSlot::open(const std::atomic<uint64_t>* cancel_word, uint64_t canc
     e.cancel_word.store(cancel_word ? cancel_word : &e.never, std::memory_order_relaxed);
     e.cancel_value.store(cancel_word ? cancel_value : 1, std::memory_order_relaxed);
     e.deadline_ns.store(deadline.time_since_epoch().count(), std::memory_order_relaxed);
+    e.due_ns.store(due.time_since_epoch().count(), std::memory_order_relaxed);
     uint32_t g = e.gen.load(std::memory_order_relaxed) + 1;  // odd: open
     if (g == 0xffffffffu) g = 1;  // wraps after 2^31 calls; a handle that old is long stale
     e.gen.store(g, std::memory_order_release);

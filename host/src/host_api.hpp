@@ -46,7 +46,8 @@ public:
     // Opens a call: returns the handle to pass to the plugin. The call counts as cancelled once
     // *cancel_word == cancel_value (a scheduler worker's word, valid for the registry's life); null: never.
     th_ctx open(const std::atomic<uint64_t>* cancel_word, uint64_t cancel_value,
-                std::chrono::steady_clock::time_point deadline);
+                std::chrono::steady_clock::time_point deadline,
+                std::chrono::steady_clock::time_point due = std::chrono::steady_clock::now());
     // Closes the call: the handle becomes stale. Returns the error message set during the call (if any).
     std::string close();
     // Closes an init call: also detaches the owner's init_tasks/init_names (add_task is refused after).

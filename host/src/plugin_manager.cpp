@@ -454,7 +454,7 @@ TickTask make_tick_task(const std::shared_ptr<LoadedPlugin>& p, const th_task_de
     b->state = t.state ? t.state : p->state;
     b->plugin = p;  // keeps the library mapped for as long as the task exists in the registry
     return TickTask{p->name + "/" + t.name, timeout, [b](RunContext& rc, bool is_stop) {
-                        th_ctx c = b->ctx.open(&rc.cancel_word(), rc.cancel_value(), steady(rc.deadline()));
+                        th_ctx c = b->ctx.open(&rc.cancel_word(), rc.cancel_value(), steady(rc.deadline()), steady(rc.due()));
                         th_status st = b->run(b->state, c, is_stop ? 1 : 0);
                         return run_result(st, b->ctx.close());
                     }};

@@ -267,7 +267,7 @@ struct Tickers::Impl : std::enable_shared_from_this<Tickers::Impl> {
     // Runs items [lo, hi) of `b`. False if this worker was abandoned meanwhile (the thread must end).
     bool execute(Worker& w, const std::shared_ptr<Batch>& b, size_t lo, size_t hi, std::vector<uint32_t>& freed);
     // One call (run or stop) of slot `m`. False if abandoned during it.
-    bool call(Worker& w, Slot& s, Member m, bool is_stop, TimePoint& start, std::vector<uint32_t>& freed);
+    bool call(Worker& w, Slot& s, Member m, bool is_stop, int64_t due, TimePoint& start, std::vector<uint32_t>& freed);
     int64_t scan_workers(int64_t now);
     // A run failed: count the streak, decide how many ticks to sit out, log changes of state (not every
     // failure: one broken task must not flood the log).
@@ -657,7 +657,7 @@ bool Tickers::Impl::execute(Worker& w, const std::shared_ptr<Batch>& b, size_t l
         w.cursor.store(k, std::memory_order_relaxed);
         Slot& s = slot(m.slot);
         if (b->stop) {
-            if (!call(w, s, m, true, start, freed)) return false;
+            if (!call(w, s, m, true, 0, start, freed)) return false;
             continue;
         }
         uint64_t word = s.word.load(std::memory_order_acquire);
@@ -676,12 +676,15 @@ bool Tickers::Impl::execute(Worker& w, const std::shared_ptr<Batch>& b, size_t l
         }
         if (!claimed) continue;
         if (b->missed) s.skipped.fetch_add(b->missed, std::memory_order_relaxed);
-        if (!call(w, s, m, false, start, freed)) return false;
+        if (!call(w, s, m, false, b->due + int64_t(b->missed) * s.interval_ns.load(std::memory_order_relaxed), start,
+                  freed))
+            return false;
     }
     return true;
 }
 
-bool Tickers::Impl::call(Worker& w, Slot& s, Member m, bool is_stop, TimePoint& start, std::vector<uint32_t>& freed) {
+bool Tickers::Impl::call(Worker& w, Slot& s, Member m, bool is_stop, int64_t due, TimePoint& start,
+                         std::vector<uint32_t>& freed) {
     const TaskId id = make_id(m.slot, m.gen);
     for (;;) {
         if (!is_stop && s.sit_out > 0) {
@@ -700,7 +703,7 @@ bool Tickers::Impl::call(Worker& w, Slot& s, Member m, bool is_stop, TimePoint& 
         w.slot.store(m.slot, std::memory_order_relaxed);
         w.run_word.store(seq << 2 | kBusy, std::memory_order_release);
 
-        RunContext ctx(id, s.name, deadline, *clock_, w.cancel, seq);
+        RunContext ctx(id, s.name, is_stop ? start : from_ns(due), deadline, *clock_, w.cancel, seq);
         TaskResult r;
         try {
             r = s.fn(ctx, is_stop);

@@ -101,13 +101,17 @@ using TaskId = uint64_t;
 // call's own sequence number, so a late cancellation of a previous call can never hit the next one.
 class RunContext {
 public:
-    RunContext(TaskId id, const std::string& name, TimePoint deadline, const Clock& clock,
+    RunContext(TaskId id, const std::string& name, TimePoint due, TimePoint deadline, const Clock& clock,
                const std::atomic<uint64_t>& cancel_word, uint64_t cancel_value)
-        : id_(id), name_(name), deadline_(deadline), clock_(clock), cancel_word_(cancel_word), cancel_value_(cancel_value) {}
+        : id_(id), name_(name), due_(due), deadline_(deadline), clock_(clock), cancel_word_(cancel_word),
+          cancel_value_(cancel_value) {}
     TaskId id() const { return id_; }
     const std::string& name() const { return name_; }
     bool cancelled() const { return cancel_word_.load(std::memory_order_relaxed) == cancel_value_; }
     TimePoint deadline() const { return deadline_; }
+    // The tick this run belongs to: first due + k * interval (clock() - due() is its lateness). For a stop
+    // call: when it started.
+    TimePoint due() const { return due_; }
     Duration remaining() const { return deadline_ - clock_.now(); }
     const Clock& clock() const { return clock_; }
     // For bridging to another API (the plugin host services): cancelled() is *cancel_word() == cancel_value().
@@ -118,6 +122,7 @@ public:
 private:
     TaskId id_;
     const std::string& name_;
+    TimePoint due_;
     TimePoint deadline_;
     const Clock& clock_;
     const std::atomic<uint64_t>& cancel_word_;

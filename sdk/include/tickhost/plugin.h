@@ -199,6 +199,12 @@ typedef struct th_host_api {
     /* @since 1.0. From init only: declare one more task (copied by the host). Lets the number of tasks
      * come from config. TH_E_NOT_ALLOWED outside init; TH_E_INVALID_ARGUMENT for a bad definition. */
     th_status (*add_task)(th_ctx ctx, const th_task_def* task);
+
+    /* @since 1.0. The time this run was scheduled for, on the host's monotonic clock, in ns: the tick it
+     * belongs to (run k of a task is due at its first due time + k * interval). now - due is the run's
+     * lateness; label periodic data with it rather than with the time the run happened to start. For init,
+     * shutdown and stop calls: the time the call started. Stale: 0. */
+    int64_t (*due_ns)(th_ctx ctx);
 } th_host_api;
 
 /* ---- What the host tells the plugin at entry ------------------------------------------------------------ */

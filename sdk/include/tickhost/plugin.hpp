@@ -90,6 +90,9 @@ public:
     // True once the deadline passed or the host is stopping: return soon.
     bool is_cancelled() const { return api_->is_cancelled(ctx_) != 0; }
     std::chrono::nanoseconds remaining() const { return std::chrono::nanoseconds(api_->remaining_ns(ctx_)); }
+    // The tick this run belongs to, on the monotonic clock (steady_clock's epoch on Linux): now - due() is
+    // the run's lateness. 0 for a stale context.
+    std::chrono::nanoseconds due() const { return std::chrono::nanoseconds(api_->due_ns(ctx_)); }
 
     std::optional<std::string> config_string(std::string_view key) const {
         const char* out = nullptr;
