@@ -18,7 +18,7 @@ function(field name out_var)
   endif()
   set(${out_var} ${v} PARENT_SCOPE)
 endfunction()
-if(MODE STREQUAL "scheduler")
+if(MODE STREQUAL "scheduler" OR MODE STREQUAL "plugin")
   foreach(f tasks runs expected_runs late_p50_us late_p99_us late_max_us cpu_s rss_peak_kb add_per_s remove_per_s
             stop_ms stops early threads)
     field(${f} ${f})

@@ -7,6 +7,11 @@
 // host's real defaults (default timeout, worker count); each run records its lateness. Prints one JSON line
 // (the last line on stdout) with the peers' fields. Logs go to stderr.
 //
+//   tickhost-bench plugin --tasks N --interval-ms I --duration-s D [--workers W]
+//
+// plugin: the same workload, every task a task of a real plugin (bench_sched.so) loaded by the host and
+// called through the C ABI, so that the ABI's cost per run shows next to scheduler mode.
+//
 //   tickhost-bench reload [--cycles C]
 //
 // reload: a full Host watching a temporary plugin_dir (inotify, default settle), with the bench plugin at a
@@ -68,6 +73,7 @@ struct Args {
                  "tickhost-bench: %s\n"
                  "usage: tickhost-bench scheduler --tasks N --interval-ms I --duration-s D [--addremove-n K]\n"
                  "                                [--no-addremove] [--workers W]\n"
+                 "       tickhost-bench plugin --tasks N --interval-ms I --duration-s D [--workers W]\n"
                  "       tickhost-bench reload [--cycles C]\n"
                  "       tickhost-bench idle [--tasks N] [--duration-s D]\n",
                  msg);
@@ -336,6 +342,60 @@ int reload_mode(const Args& a) {
     return 0;
 }
 
+// The scheduler workload through a real plugin: N tasks of bench_sched.so, declared from its init (their
+// count and interval from its config), loaded by the host's loader from a shadow copy and called through
+// the C ABI. Lateness is now - due (the host's due_ns service); the schedule's anchor is the plugin's load.
+int plugin_mode(const Args& a) {
+    const long N = a.tasks;
+    const auto I = std::chrono::milliseconds(a.interval_ms);
+    Histogram hist;
+    std::atomic<long> stops{0};
+    TempDir tmp;
+    const fs::path dir = tmp.path / "plugins.d";
+    fs::create_directories(dir);
+    fs::copy_file(BENCH_PLUGIN_SCHED, dir / "bench_sched.so");
+    tickhost::HostConfig config;
+    config.plugin_dir = dir;
+    config.shadow_dir = tmp.path / "shadow";
+    config.watch = tickhost::WatchMode::off;  // the workload, not the watcher
+    if (a.workers) config.workers = a.workers;
+    auto& pc = config.plugins["bench_sched"].config;
+    pc.set("tasks", int64_t(N));
+    pc.set("interval", std::to_string(a.interval_ms) + "ms");
+    pc.set("hist", int64_t(reinterpret_cast<intptr_t>(&hist)));
+    pc.set("stops", int64_t(reinterpret_cast<intptr_t>(&stops)));
+    tickhost::Host host(config);
+    const auto T0 = Clock::now();
+    host.start();
+    const double register_ms = std::chrono::duration<double, std::milli>(Clock::now() - T0).count();
+    if (host.plugins().plugins().size() != 1) {
+        std::fprintf(stderr, "the bench plugin did not load\n");
+        return 1;
+    }
+    // The protocol's window, on the plugin's own anchor (its tasks' first due time minus one interval).
+    const auto info = host.plugins().plugin("bench_sched");
+    const auto anchor = Clock::time_point(info->tasks.at(0).first_due.time_since_epoch()) - I;
+    const long K = long(a.duration_s * 1000.0 / double(a.interval_ms));
+    const auto stop_at =
+        anchor + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(a.duration_s)) + I / 2;
+    std::this_thread::sleep_until(stop_at - std::min<Clock::duration>(I / 4, 10ms));
+    const int threads = thread_count();
+    std::this_thread::sleep_until(stop_at);
+    const auto s0 = Clock::now();
+    host.stop();
+    const double stop_ms = std::chrono::duration<double, std::milli>(Clock::now() - s0).count();
+    auto sum = hist.summarize();
+    std::printf(
+        "{\"peer\":\"tickhost\",\"mode\":\"plugin\",\"tasks\":%ld,\"interval_ms\":%ld,\"duration_s\":%g,\"runs\":%llu,"
+        "\"expected_runs\":%ld,\"late_p50_us\":%llu,\"late_p99_us\":%llu,\"late_max_us\":%llu,"
+        "\"cpu_s\":%.3f,\"rss_peak_kb\":%ld,\"add_per_s\":0,\"remove_per_s\":0,\"stop_ms\":%.3f,"
+        "\"stops\":%ld,\"register_ms\":%.1f,\"early\":%llu,\"threads\":%d}\n",
+        N, a.interval_ms, a.duration_s, (unsigned long long)sum.count, N * K, (unsigned long long)sum.p50_us,
+        (unsigned long long)sum.p99_us, (unsigned long long)sum.max_us, cpu_s(), rss_peak_kb(), stop_ms,
+        stops.load(), register_ms, (unsigned long long)sum.early, threads);
+    return 0;
+}
+
 // Voluntary + involuntary context switches of every thread of this process.
 long context_switches() {
     long total = 0;
@@ -389,6 +449,7 @@ int main(int argc, char** argv) {
     tickhost::set_log_sinks({std::make_shared<spdlog::sinks::stderr_color_sink_mt>()}, spdlog::level::warn);
     if (a.mode == "scheduler") return a.addremove_only ? addremove_only(a) : scheduler_mode(a);
     if (a.mode == "reload") return reload_mode(a);
+    if (a.mode == "plugin") return plugin_mode(a);
     if (a.mode == "idle") return idle_mode(a);
     usage(("unknown mode " + a.mode).c_str());
 }

@@ -462,9 +462,14 @@ TickTask make_tick_task(const std::shared_ptr<LoadedPlugin>& p, const th_task_de
 }  // namespace
 
 void PluginManager::start_tasks(const std::shared_ptr<LoadedPlugin>& p) {
+    // One anchor for the whole plugin: its tasks with the same interval come due together, one batch per
+    // tick for all of them (and their first runs follow one interval after the plugin started).
+    const TimePoint anchor = tickers_.clock().now();
     for (auto& t : p->tasks) {
         const auto [interval, timeout] = schedule_of(p->settings, t, config_.default_timeout);
-        p->scheduled.push_back({t.name, interval, timeout, tickers_.add(interval, make_tick_task(p, t, timeout))});
+        p->scheduled.push_back({t.name, interval, timeout,
+                                tickers_.add(interval, make_tick_task(p, t, timeout), anchor + interval),
+                                anchor + interval});
     }
 }
 

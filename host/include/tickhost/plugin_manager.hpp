@@ -50,6 +50,7 @@ struct PluginTaskInfo {
     Duration interval{0};
     Duration timeout{0};
     TaskId id = 0;
+    TimePoint first_due{};  // run k is due at first_due + k * interval (on the scheduler's clock)
 };
 
 struct PluginInfo {
