@@ -623,8 +623,6 @@ TEST(PluginValues, ReadFromAFile) {
     EXPECT_EQ(c.plugin("unknown").config.get_int("port", &port), PluginValues::Lookup::not_found);
 }
 
-}  // namespace
-}  // namespace tickhost
 
 // ---------------------------------------------------------------- untrusted files
 
@@ -646,3 +644,6 @@ TEST(Config, TrustKeysAndSha256Pin) {
     EXPECT_TRUE(load_should_fail("[plugins.a]\nsha256 = \"abc\"\n", "plugins.a.sha256: \"abc\" is not a SHA-256", 2, 10));
     EXPECT_TRUE(load_should_fail("[plugins.a]\nsha265 = \"abc\"\n", "did you mean 'sha256'?", 2, 1));
 }
+
+}  // namespace
+}  // namespace tickhost
