@@ -94,6 +94,18 @@ bool call_bounded(std::function<void()> fn, Duration bound) {
     return returned;
 }
 
+// A plugin whose code may still run (a stuck stop call, an abandoned run, a shutdown that never returned)
+// is never shut down or unloaded: it is kept, with its state, for the life of the process. Held in a list
+// that is never destroyed, so that its state stays reachable for the code that may still use it (and leak
+// checkers see a deliberate keep, not a leak).
+void keep_forever(std::shared_ptr<LoadedPlugin> p) {
+    static std::mutex mu;
+    static auto* kept = new std::vector<std::shared_ptr<LoadedPlugin>>;
+    p->lib->pin();
+    std::lock_guard<std::mutex> lk(mu);
+    kept->push_back(std::move(p));
+}
+
 // What an init call leaves behind, shared with the thread that makes it (which may outlive the wait).
 struct InitCall {
     th_status status = TH_OK;
@@ -549,14 +561,14 @@ bool PluginManager::stop_plugins(std::vector<std::shared_ptr<LoadedPlugin>> ps, 
         }
         if (stuck) {
             clean = false;
-            p->lib->pin();  // its code may still be running: never unmap it
+            keep_forever(p);  // its code may still be running: never unmap it
             continue;
         }
         const auto left = std::max(Duration(until - std::chrono::steady_clock::now()), Duration(std::chrono::milliseconds(100)));
         if (p->initialised && p->lib->def().shutdown && !shutdown(*p, left)) {
             clean = false;
             p->initialised = false;
-            p->lib->pin();
+            keep_forever(p);
             continue;
         }
         p->initialised = false;
