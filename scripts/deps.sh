@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages tickhost needs to build and test, if any is missing.
 # Runs apt-get as root (directly, or through sudo). Safe to run again: it does nothing when all is there.
+# `deps.sh fuzz` also installs clang and libFuzzer (libclang-rt-14-dev) for the fuzz targets (.ci/run).
 set -euo pipefail
 
 PACKAGES=(
@@ -10,6 +11,9 @@ PACKAGES=(
   libspdlog-dev libfmt-dev           # logging
   libgtest-dev libgmock-dev          # tests
 )
+if [ "${1:-}" = "fuzz" ]; then
+  PACKAGES+=(clang libclang-rt-14-dev)  # libFuzzer: /usr/lib/llvm-14/lib/clang/14.0.6/lib/linux/libclang_rt.fuzzer*
+fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -623,5 +623,27 @@ TEST(PluginValues, ReadFromAFile) {
     EXPECT_EQ(c.plugin("unknown").config.get_int("port", &port), PluginValues::Lookup::not_found);
 }
 
+
+// ---------------------------------------------------------------- untrusted files
+
+TEST(Config, TrustKeysDefaultToStrict) {
+    HostConfig c = parse("");
+    EXPECT_FALSE(c.allow_insecure);
+    EXPECT_FALSE(c.allow_symlinks);
+    EXPECT_TRUE(c.plugin("x").sha256.empty());
+}
+
+TEST(Config, TrustKeysAndSha256Pin) {
+    HostConfig c = parse("[host]\nallow_insecure = true\nallow_symlinks = true\n[plugins.a]\nsha256 = \"" +
+                         std::string(64, 'A') + "\"\n");
+    EXPECT_TRUE(c.allow_insecure);
+    EXPECT_TRUE(c.allow_symlinks);
+    EXPECT_EQ(c.plugin("a").sha256, std::string(64, 'a')) << "normalised to lower case";
+    EXPECT_TRUE(load_should_fail("[host]\nallow_insecure = \"yes\"\n", "host.allow_insecure: must be a boolean", 2, 18));
+    EXPECT_TRUE(load_should_fail("[host]\nallow_symlink = true\n", "did you mean 'allow_symlinks'?", 2, 1));
+    EXPECT_TRUE(load_should_fail("[plugins.a]\nsha256 = \"abc\"\n", "plugins.a.sha256: \"abc\" is not a SHA-256", 2, 10));
+    EXPECT_TRUE(load_should_fail("[plugins.a]\nsha265 = \"abc\"\n", "did you mean 'sha256'?", 2, 1));
+}
+
 }  // namespace
 }  // namespace tickhost

@@ -196,3 +196,46 @@ TEST(EndToEnd, SighupAppliesAChangedHostToml) {
     p.signal(SIGTERM);
     EXPECT_EQ(p.wait(), 0) << read_file(d.log);
 }
+
+namespace {
+
+// HostDir plus fx_hostile, whose stop call hangs (ignoring cancellation) until the release file exists.
+struct HangingStopDir : HostDir {
+    fs::path out = tmp / "hostile.out";
+    fs::path release = tmp / "release";
+    explicit HangingStopDir(const std::string& shutdown_timeout) {
+        fs::copy_file(HOSTILE_SO, plugins / "hostile.so");
+        std::string toml = read_file(this->toml);
+        toml.replace(toml.find("shutdown_timeout = \"10s\""), 24, "shutdown_timeout = \"" + shutdown_timeout + "\"");
+        write_file(this->toml, toml + "[plugins.hostile.config]\nbehaviours = \"stop_hangs\"\nout = \"" + out.string() +
+                                   "\"\nrelease = \"" + release.string() + "\"\n");
+    }
+    ~HangingStopDir() { write_file(release, ""); }
+    bool running() const { return read_file(out).find("stop_hangs run") != std::string::npos; }
+};
+
+}  // namespace
+
+TEST(EndToEnd, SigtermWhileAStopCallHangsExitsWithinTheBoundNamingTheTask) {
+    HangingStopDir d("2s");
+    Process p({TICKHOST_EXE, "--config", d.toml.string()}, d.log);
+    ASSERT_TRUE(eventually([&] { return d.running(); }, 20s)) << read_file(d.log);
+    p.signal(SIGTERM);
+    EXPECT_EQ(p.wait(2s + 20s), 1) << read_file(d.log);  // the bound, plus generous slack for a loaded machine
+    const std::string log = read_file(d.log);
+    EXPECT_NE(log.find("task 'stop_hangs' did not finish its stop call within 2s"), std::string::npos) << log;
+    EXPECT_NE(log.find("unloaded plugin 'heartbeat'"), std::string::npos) << "the others still stopped: " << log;
+    EXPECT_EQ(read_file(d.health).rfind("offline", 0), 0u);
+}
+
+TEST(EndToEnd, SecondSigintForcesAnImmediateExit) {
+    HangingStopDir d("1h");
+    Process p({TICKHOST_EXE, "--config", d.toml.string()}, d.log);
+    ASSERT_TRUE(eventually([&] { return d.running(); }, 20s)) << read_file(d.log);
+    p.signal(SIGTERM);
+    ASSERT_TRUE(eventually([&] { return read_file(d.out).find("stop_hangs stop") != std::string::npos; }, 20s))
+        << read_file(d.log);
+    p.signal(SIGINT);
+    EXPECT_EQ(p.wait(20s), 130) << read_file(d.log);
+    EXPECT_NE(read_file(d.log).find("second Interrupt: exiting now"), std::string::npos) << read_file(d.log);
+}

@@ -324,7 +324,8 @@ TEST_P(HotReload, RapidReplaceCyclesLeakNothing) {
     EXPECT_EQ(running, 1);
     EXPECT_EQ(file_count(host->plugins().shadow_dir()), 2u) << "shadow copies left behind";
     EXPECT_EQ(mapped_count(config.shadow_dir), 2u) << "images left mapped";
-    EXPECT_TRUE(eventually([&] { return open_fds() <= fds_before; })) << "file descriptors leaked: " << open_fds() << " > " << fds_before;
+    // Polled: the plugins' own runs open their state files for a moment; a leaked descriptor stays open.
+    EXPECT_TRUE(eventually([&] { return open_fds() <= fds_before; })) << "file descriptors leaked";
     host.reset();
     e = parse_events(events);
     for (auto& [id, n] : e.starts) EXPECT_EQ(e.stops[id], 1) << "every loaded version stopped exactly once";

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <regex>
 
+#include "plugin_harness.hpp"
 #include "test_util.hpp"
 
 using namespace std::chrono_literals;
@@ -22,82 +23,10 @@ using tickhost::test::eventually;
 using tickhost::test::read_file;
 using tickhost::test::TempDir;
 
-namespace {
-
-fs::path fixture(const std::string& name) { return fs::path(FIXTURE_DIR) / (name + ".so"); }
-
-// A plugin_dir in a temp folder, a Tickers and a PluginManager on it, and the log captured.
-struct Harness {
-    TempDir tmp;
-    fs::path dir = tmp / "plugins";
-    HostConfig config;
-    std::shared_ptr<spdlog::sinks::ringbuffer_sink_mt> sink = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(4000);
-    std::unique_ptr<Tickers> tickers;
-    std::unique_ptr<PluginManager> manager;
-
-    Harness() {
-        fs::create_directories(dir);
-        config.plugin_dir = dir;
-        config.shadow_dir = tmp / "shadow";
-        config.workers = 2;
-        config.default_timeout = 5s;
-        config.shutdown_timeout = 10s;
-        tickhost::set_log_sinks({sink}, spdlog::level::debug);
-    }
-    ~Harness() {
-        manager.reset();
-        tickers.reset();
-    }
-    // Copies a built .so into plugin_dir under `as` (default: its own name).
-    fs::path add(const fs::path& so, std::string as = "") {
-        fs::path to = dir / (as.empty() ? so.filename().string() : as);
-        fs::copy_file(so, to, fs::copy_options::overwrite_existing);
-        return to;
-    }
-    tickhost::PluginSettings& plugin(const std::string& name) { return config.plugins[name]; }
-    void start() {
-        Tickers::Options o;
-        o.workers = config.workers;
-        o.default_timeout = config.default_timeout;
-        tickers = std::make_unique<Tickers>(o);
-        manager = std::make_unique<PluginManager>(*tickers, config);
-        tickers->start();
-    }
-    std::optional<LoadError> load(const fs::path& file) {
-        if (!manager) start();
-        return manager->load(file);
-    }
-    bool logged(const std::string& a, const std::string& b = "") const {
-        for (auto& line : sink->last_formatted())
-            if (line.find(a) != std::string::npos && line.find(b) != std::string::npos) return true;
-        return false;
-    }
-    std::string log_text() const {
-        std::string all;
-        for (auto& line : sink->last_formatted()) all += line;
-        return all;
-    }
-};
-
-bool mapped(const fs::path& p) {
-    std::ifstream maps("/proc/self/maps");
-    std::string line;
-    while (std::getline(maps, line))
-        if (line.find(p.string()) != std::string::npos) return true;
-    return false;
-}
-
-// Fails with the expected code and a reason containing `text`; nothing gets loaded.
-void load_should_fail(Harness& h, const fs::path& file, th_status code, const std::string& text) {
-    auto err = h.load(file);
-    ASSERT_TRUE(err.has_value()) << file << " loaded but should not have";
-    EXPECT_EQ(err->code, code) << err->message();
-    EXPECT_NE(err->message().find(text), std::string::npos) << err->message();
-    EXPECT_TRUE(h.logged(file.string(), err->code_name)) << "the log line names the file and the code";
-    EXPECT_TRUE(h.manager->plugins().empty());
-}
-
-}  // namespace
+using tickhost::test::fixture;
+using tickhost::test::Harness;
+using tickhost::test::load_should_fail;
+using tickhost::test::mapped;
 
 TEST(Plugins, HeartbeatGoesOnlineThenOfflineOnUnload) {
     Harness h;

@@ -244,9 +244,9 @@ const std::vector<std::string_view> kTopKeys = {"host", "plugins"};
 const std::vector<std::string_view> kHostKeys = {
     "plugin_dir", "workers",  "default_timeout", "shutdown_timeout", "log_level",
     "log_file",   "log_sink", "log_max_size",    "log_max_files",    "shadow_dir",
-    "watch",      "poll_interval", "settle",
+    "watch",      "poll_interval", "settle", "allow_insecure", "allow_symlinks",
 };
-const std::vector<std::string_view> kPluginKeys = {"enabled", "interval", "timeout", "tasks", "config"};
+const std::vector<std::string_view> kPluginKeys = {"enabled", "interval", "timeout", "tasks", "config", "sha256"};
 const std::vector<std::string_view> kTaskKeys = {"interval", "timeout"};
 const std::vector<std::string_view> kLogLevels = {"trace", "debug", "info", "warn", "error", "critical", "off"};
 const std::vector<std::string_view> kLogSinks = {"console", "file", "rotating"};
@@ -331,6 +331,18 @@ public:
         return *d;
     }
 
+    // 64 hex digits (as `sha256sum` prints them), returned in lower case.
+    std::string sha256(const toml::node& n, const std::string& key) const {
+        std::string s = string(n, key);
+        const bool hex = std::all_of(s.begin(), s.end(), [](char c) {
+            return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+        });
+        if (s.size() != 64 || !hex)
+            fail(n, key, quote(s) + " is not a SHA-256 (64 hex digits; get it with: sha256sum <file>)");
+        std::transform(s.begin(), s.end(), s.begin(), [](char c) { return c >= 'A' && c <= 'F' ? char(c + 32) : c; });
+        return s;
+    }
+
     uint64_t size(const toml::node& n, const std::string& key) const {
         if (const auto* i = n.as_integer()) {
             if (i->get() <= 0) fail(n, key, "must be > 0, got " + std::to_string(i->get()));
@@ -409,6 +421,8 @@ public:
                 }
             } else if (name == "config") {
                 flatten(table(*v, sub), "", sub, ps.config);
+            } else if (name == "sha256") {
+                ps.sha256 = sha256(*v, sub);
             } else {
                 unknown(*k, sub, kPluginKeys);
             }
@@ -454,6 +468,10 @@ public:
                 cfg.poll_interval = duration(*v, key);
             } else if (name == "settle") {
                 cfg.settle = duration(*v, key);
+            } else if (name == "allow_insecure") {
+                cfg.allow_insecure = boolean(*v, key);
+            } else if (name == "allow_symlinks") {
+                cfg.allow_symlinks = boolean(*v, key);
             } else {
                 unknown(*k, key, kHostKeys);
             }

@@ -10,12 +10,16 @@
 #include <cerrno>
 #include <csignal>
 #include <cstddef>
+#include <cstdio>
 #include <cstring>
+#include <mutex>
 #include <set>
+#include <vector>
 
 #include <dlfcn.h>
 #include <elf.h>
 #include <fcntl.h>
+#include <pwd.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -27,6 +31,16 @@ namespace {
 
 std::string errno_text(int e) { return std::strerror(e); }
 
+// "uid 65534 (nobody)", or "uid 1234" for a uid without a name.
+std::string user_name(uid_t uid) {
+    std::string s = "uid " + std::to_string(uid);
+    struct passwd pw {};
+    struct passwd* found = nullptr;
+    char buf[1024];
+    if (getpwuid_r(uid, &pw, buf, sizeof buf, &found) == 0 && found) s += std::string(" (") + found->pw_name + ")";
+    return s;
+}
+
 bool fail(LoadFailure* err, th_status code, std::string reason, std::string hint) {
     if (err) *err = LoadFailure{code, std::move(reason), std::move(hint)};
     return false;
@@ -36,15 +50,63 @@ bool fail(LoadFailure* err, th_status code, std::string reason, std::string hint
 // blocking the loader, fstat on the open descriptor decides (no check-then-open race).
 }  // namespace
 
-bool read_plugin_file(const fs::path& p, std::string* out, LoadFailure* err) {
-    int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
-    if (fd < 0)
-        return fail(err, TH_E_NOT_A_LIBRARY, "cannot open: " + errno_text(errno),
+namespace {
+
+// Refuses what someone other than the host's user (or root) could have written: a file or folder that
+// group/others may write, or that another user owns. The message says which file, its mode or owner, and
+// the command that fixes it.
+bool check_trusted(const fs::path& p, const struct stat& st, const char* what, const FilePolicy& policy,
+                   LoadFailure* err) {
+    if (policy.allow_insecure) return true;
+    const std::string escape = " (or set [host] allow_insecure = true in host.toml)";
+    const uid_t me = geteuid();
+    if (st.st_uid != me && st.st_uid != 0)
+        return fail(err, TH_E_INSECURE_FILE,
+                    std::string(what) + " " + p.string() + " is owned by " + user_name(st.st_uid) +
+                        ", neither the host's user (" + user_name(me) + ") nor root",
+                    "run: chown " + std::to_string(me) + " " + p.string() + escape);
+    if (st.st_mode & (S_IWGRP | S_IWOTH)) {
+        char mode[8];
+        std::snprintf(mode, sizeof mode, "%04o", unsigned(st.st_mode & 07777));
+        const char* who = (st.st_mode & S_IWGRP) && (st.st_mode & S_IWOTH) ? "group and others"
+                          : (st.st_mode & S_IWGRP)                          ? "its group"
+                                                                            : "others";
+        return fail(err, TH_E_INSECURE_FILE,
+                    std::string(what) + " " + p.string() + " has mode " + mode + ": " + who + " may write it",
+                    "run: chmod go-w " + p.string() + escape);
+    }
+    return true;
+}
+
+}  // namespace
+
+bool read_plugin_file(const fs::path& p, std::string* out, LoadFailure* err, const FilePolicy& policy) {
+    // O_NOFOLLOW: a symlink fails to open (ELOOP) instead of being followed to wherever it points.
+    const int follow = policy.allow_symlinks ? 0 : O_NOFOLLOW;
+    int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY | follow);
+    if (fd < 0) {
+        const int e = errno;
+        struct stat lst {};
+        const bool is_link = ::lstat(p.c_str(), &lst) == 0 && S_ISLNK(lst.st_mode);
+        std::error_code ec;
+        const std::string target = is_link ? fs::read_symlink(p, ec).string() : "";
+        if (is_link && e == ELOOP && !policy.allow_symlinks)
+            return fail(err, TH_E_INSECURE_FILE, "it is a symlink (to " + target + "); symlinks are refused",
+                        "copy the file itself into plugin_dir, or set [host] allow_symlinks = true in host.toml");
+        if (is_link && e == ENOENT)
+            return fail(err, TH_E_NOT_A_LIBRARY, "dangling symlink: its target " + target + " does not exist",
+                        "fix or remove the link");
+        return fail(err, TH_E_NOT_A_LIBRARY, "cannot open: " + errno_text(e),
                     "check that the file exists and the host's user can read it");
+    }
     struct stat st {};
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         ::close(fd);
         return fail(err, TH_E_NOT_A_LIBRARY, "not a regular file", "plugin_dir may only hold plugin files");
+    }
+    if (!check_trusted(p, st, "plugin file", policy, err)) {
+        ::close(fd);
+        return false;
     }
     out->clear();
     out->reserve(size_t(st.st_size));
@@ -65,6 +127,14 @@ bool read_plugin_file(const fs::path& p, std::string* out, LoadFailure* err) {
         return fail(err, TH_E_NOT_A_LIBRARY, "the file is empty",
                     "it may still be being written; it is retried when it changes");
     return true;
+}
+
+bool check_plugin_dir(const fs::path& dir, const FilePolicy& policy, LoadFailure* err) {
+    struct stat st {};
+    if (::stat(dir.c_str(), &st) != 0)
+        return fail(err, TH_E_NOT_A_LIBRARY, "cannot stat plugin_dir " + dir.string() + ": " + errno_text(errno),
+                    "create it or fix [host] plugin_dir");
+    return check_trusted(dir, st, "plugin_dir", policy, err);
 }
 
 std::string sha256_hex(const std::string& bytes) { return Sha256::hex_of(bytes); }
@@ -186,6 +256,8 @@ std::string status_name(th_status code) {
     case TH_E_INIT_FAILED: return "TH_E_INIT_FAILED";
     case TH_E_DUPLICATE_NAME: return "TH_E_DUPLICATE_NAME";
     case TH_E_NO_TASKS: return "TH_E_NO_TASKS";
+    case TH_E_INSECURE_FILE: return "TH_E_INSECURE_FILE";
+    case TH_E_CHECKSUM_MISMATCH: return "TH_E_CHECKSUM_MISMATCH";
     default: return "TH_UNKNOWN(" + std::to_string(code) + ")";
     }
 }
@@ -396,8 +468,14 @@ std::shared_ptr<Library> Library::load(const fs::path& source, const std::string
 Library::~Library() {
     if (lib_.is_loaded()) {
         if (pinned_) {
-            // Deliberately leaked: code of this image may still run. Keep the mapping, drop the object.
-            new boost::dll::shared_library(std::move(lib_));
+            // Deliberately kept for the life of the process: code of this image may still run. Held in a
+            // list that is never destroyed, so the mapping stays and leak checkers see it as reachable.
+            static std::mutex kept_mu;
+            static auto* kept = new std::vector<std::unique_ptr<boost::dll::shared_library>>;
+            {
+                std::lock_guard<std::mutex> lk(kept_mu);
+                kept->push_back(std::make_unique<boost::dll::shared_library>(std::move(lib_)));
+            }
             if (log_) log_->warn("{}: kept mapped (its code may still be running); shadow copy {} kept", source_.string(),
                                  shadow_.string());
             return;

@@ -81,8 +81,21 @@ private:
     std::shared_ptr<spdlog::logger> log_;
 };
 
-// Reads a regular file whole (a FIFO or device is refused without blocking). False + err on failure.
-bool read_plugin_file(const std::filesystem::path& p, std::string* out, LoadFailure* err);
+// Who may have put a file there: host.toml's [host] allow_insecure and allow_symlinks.
+struct FilePolicy {
+    bool allow_insecure = false;  // accept files and plugin_dir writable by group/others or owned by another user
+    bool allow_symlinks = false;  // accept a plugin file that is a symlink (its target is checked)
+};
+
+// Reads a regular file whole (a FIFO or device is refused without blocking). The checks are made on the
+// opened descriptor, so what was checked is what is read: a symlink is refused (TH_E_INSECURE_FILE) unless
+// allowed, and a file writable by group/others or owned by neither the host's user nor root is refused
+// (TH_E_INSECURE_FILE, with the chmod/chown line that fixes it) unless insecure files are allowed.
+// False + err on failure.
+bool read_plugin_file(const std::filesystem::path& p, std::string* out, LoadFailure* err,
+                      const FilePolicy& policy = FilePolicy{});
+// The same owner and mode checks for plugin_dir itself. False + err (TH_E_INSECURE_FILE) when refused.
+bool check_plugin_dir(const std::filesystem::path& dir, const FilePolicy& policy, LoadFailure* err);
 std::string sha256_hex(const std::string& bytes);
 
 // Checks a descriptor's ABI version, size and fields, and its static tasks. False + err on failure.

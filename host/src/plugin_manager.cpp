@@ -10,7 +10,9 @@
 #include <algorithm>
 #include <condition_variable>
 #include <cstring>
+#include <functional>
 #include <set>
+#include <thread>
 
 #include <sys/stat.h>
 
@@ -64,6 +66,53 @@ TaskResult run_result(th_status st, std::string err) {
         return TaskResult::failure("returned unknown status " + std::to_string(st) + (err.empty() ? "" : ": " + err));
     }
 }
+
+// Runs `fn` on a thread of its own and waits up to `bound` for it to return. C++ cannot stop a thread: if
+// `fn` does not return in time it is left running, and the caller must keep the plugin's code mapped.
+bool call_bounded(std::function<void()> fn, Duration bound) {
+    struct Done {
+        std::mutex mu;
+        std::condition_variable cv;
+        bool done = false;
+    };
+    auto d = std::make_shared<Done>();
+    std::thread t([d, fn = std::move(fn)] {
+        fn();
+        std::lock_guard<std::mutex> lk(d->mu);
+        d->done = true;
+        d->cv.notify_all();
+    });
+    bool returned;
+    {
+        std::unique_lock<std::mutex> lk(d->mu);
+        returned = d->cv.wait_for(lk, bound, [&] { return d->done; });
+    }
+    if (returned)
+        t.join();
+    else
+        t.detach();  // holds what it needs (shared pointers); ends if the plugin's code ever returns
+    return returned;
+}
+
+// A plugin whose code may still run (a stuck stop call, an abandoned run, a shutdown that never returned)
+// is never shut down or unloaded: it is kept, with its state, for the life of the process. Held in a list
+// that is never destroyed, so that its state stays reachable for the code that may still use it (and leak
+// checkers see a deliberate keep, not a leak).
+void keep_forever(std::shared_ptr<LoadedPlugin> p) {
+    static std::mutex mu;
+    static auto* kept = new std::vector<std::shared_ptr<LoadedPlugin>>;
+    p->lib->pin();
+    std::lock_guard<std::mutex> lk(mu);
+    kept->push_back(std::move(p));
+}
+
+// What an init call leaves behind, shared with the thread that makes it (which may outlive the wait).
+struct InitCall {
+    th_status status = TH_OK;
+    void* state = nullptr;
+    std::vector<th_task_def> declared;
+    std::vector<std::unique_ptr<std::string>> names;
+};
 
 std::chrono::steady_clock::time_point steady(TimePoint t) {
     return std::chrono::steady_clock::time_point(std::chrono::duration_cast<std::chrono::steady_clock::duration>(
@@ -135,7 +184,7 @@ std::optional<LoadError> PluginManager::load(const fs::path& file) {
                       {TH_E_DUPLICATE_NAME, "TH_E_DUPLICATE_NAME", "a plugin is already loaded from this file",
                        "unload it first (or replace the file to upgrade it)"},
                       "");
-    if (struct stat st {}; ::stat(file.c_str(), &st) != 0)
+    if (struct stat st {}; ::lstat(file.c_str(), &st) != 0)
         return refuse(file, "not loaded",
                       {TH_E_NOT_A_LIBRARY, "TH_E_NOT_A_LIBRARY", std::string("cannot open: ") + std::strerror(errno),
                        "check that the file exists and the host's user can read it"},
@@ -171,7 +220,8 @@ std::optional<LoadError> PluginManager::sync_locked(const fs::path& file) {
     auto it = by_file_.find(file);
     Plugin old = it == by_file_.end() ? nullptr : it->second;
     struct stat st {};
-    const bool present = ::stat(file.c_str(), &st) == 0;
+    // lstat: a dangling symlink is there (and refused by name), not silently absent.
+    const bool present = ::lstat(file.c_str(), &st) == 0;
     if (!present) {
         failed_.erase(file);
         if (old) {
@@ -191,7 +241,8 @@ std::optional<LoadError> PluginManager::sync_locked(const fs::path& file) {
     }
     std::string bytes;
     LoadFailure rf;
-    if (!detail::read_plugin_file(file, &bytes, &rf)) {
+    if (!detail::check_plugin_dir(file.parent_path(), policy(), &rf) ||
+        !detail::read_plugin_file(file, &bytes, &rf, policy())) {
         if (old) {
             log_->error("{}: cannot read the new version: {}; plugin '{}' keeps running", file.string(), rf.reason,
                         old->name);
@@ -200,6 +251,11 @@ std::optional<LoadError> PluginManager::sync_locked(const fs::path& file) {
         return refuse(file, "not loaded", to_error(rf), "");
     }
     const std::string sha = detail::sha256_hex(bytes);
+    // A pin on the file's own name is checked before any of its code runs (dlopen runs static constructors).
+    if (auto e = pin_mismatch(file.stem().string(), file, sha)) {
+        if (old) e->hint += "; " + old->name + " keeps running";
+        return refuse(file, old ? "new version refused" : "not loaded", *e, sha);
+    }
     if (old && old->lib->sha256() == sha) {
         log_->debug("{}: content unchanged (sha256 {}); nothing to do", file.string(), sha.substr(0, 12));
         failed_.erase(file);
@@ -222,6 +278,11 @@ PluginManager::Plugin PluginManager::prepare(const fs::path& file, const std::st
         *err = to_error(f);
         return nullptr;
     }
+    // A pin on the name the plugin declares (the file may be named otherwise). Its entry point has run.
+    if (auto e = pin_mismatch(lib->def().name, file, lib->sha256())) {
+        *err = *e;
+        return nullptr;
+    }
     auto p = std::make_shared<LoadedPlugin>();
     p->lib = lib;
     p->file = file;
@@ -231,6 +292,18 @@ PluginManager::Plugin PluginManager::prepare(const fs::path& file, const std::st
     p->ctx = std::make_unique<detail::ContextSlot>(&p->owner);
     return p;
 }
+
+std::optional<LoadError> PluginManager::pin_mismatch(const std::string& name, const fs::path& file,
+                                                    const std::string& sha) const {
+    auto it = config_.plugins.find(name);
+    if (it == config_.plugins.end() || it->second.sha256.empty() || it->second.sha256 == sha) return std::nullopt;
+    return LoadError{TH_E_CHECKSUM_MISMATCH, "TH_E_CHECKSUM_MISMATCH",
+                     "its sha256 is " + sha + " but host.toml pins [plugins." + name + "] sha256 = \"" +
+                         it->second.sha256 + "\"",
+                     "install the file that was pinned, or pin this one (sha256sum " + file.string() + ")"};
+}
+
+detail::FilePolicy PluginManager::policy() const { return {config_.allow_insecure, config_.allow_symlinks}; }
 
 const LoadedPlugin* PluginManager::find_name(const std::string& name, const LoadedPlugin* except) const {
     for (auto& [f, p] : by_file_)
@@ -247,27 +320,38 @@ std::optional<LoadError> PluginManager::initialise(LoadedPlugin& p, const Plugin
     p.scheduled.clear();
     p.state = nullptr;
     for (uint32_t i = 0; i < def.task_count; ++i) p.tasks.push_back(def.tasks[i]);
+    // init runs on a thread of its own, bounded by the plugin's timeout, so that an init that never returns
+    // costs one thread and its memory, not the loader (and with it every later load, reload and stop).
+    const Duration bound = p.settings.timeout ? *p.settings.timeout : config_.default_timeout;
     if (def.init) {
-        std::vector<th_task_def> declared;
-        std::vector<std::unique_ptr<std::string>> names;
-        p.owner.init_tasks = &declared;
-        p.owner.init_names = &names;
-        th_ctx c = p.ctx->open(nullptr, 0, std::chrono::steady_clock::now() + config_.default_timeout);
-        void* state = nullptr;
-        th_status st = def.init(c, &state);
-        std::string err = p.ctx->close_init();
-        if (st != TH_OK)
+        auto call = std::make_shared<InitCall>();
+        p.owner.init_tasks = &call->declared;
+        p.owner.init_names = &call->names;
+        th_ctx c = p.ctx->open(nullptr, 0, std::chrono::steady_clock::now() + bound);
+        const bool returned = call_bounded([call, lib = p.lib, c] { call->status = lib->def().init(c, &call->state); },
+                                           bound);
+        std::string err = p.ctx->close_init();  // from here on its context is stale, add_task refused
+        if (!returned) {
+            p.lib->pin();  // its init may still be running: never unmap it; whatever it allocated is leaked
             return LoadError{TH_E_INIT_FAILED, "TH_E_INIT_FAILED",
-                             "init returned " + detail::status_name(st) + (err.empty() ? "" : ": " + err),
+                             "init did not return within " + format_duration(bound) +
+                                 "; the plugin is refused, its init is left running and its library stays mapped "
+                                 "until the host exits",
+                             "fix the plugin's init (it must return; long work belongs in a task), or raise "
+                             "[plugins." + p.name + "] timeout in host.toml"};
+        }
+        if (call->status != TH_OK)
+            return LoadError{TH_E_INIT_FAILED, "TH_E_INIT_FAILED",
+                             "init returned " + detail::status_name(call->status) + (err.empty() ? "" : ": " + err),
                              "check [plugins." + p.name + ".config] in host.toml and the plugin's documentation"};
-        p.state = state;
-        for (auto& d : declared) p.tasks.push_back(d);
-        for (auto& n : names) p.task_names.push_back(std::move(n));
+        p.state = call->state;
+        for (auto& d : call->declared) p.tasks.push_back(d);
+        for (auto& n : call->names) p.task_names.push_back(std::move(n));
     }
     p.initialised = true;
     // Tasks declared from init get the same checks as static ones.
     auto undo = [&](LoadFailure f) {
-        if (def.shutdown) def.shutdown(p.state);
+        if (def.shutdown && !shutdown(p, bound)) p.lib->pin();
         p.initialised = false;
         return to_error(f);
     };
@@ -493,14 +577,29 @@ bool PluginManager::stop_plugins(std::vector<std::shared_ptr<LoadedPlugin>> ps, 
         }
         if (stuck) {
             clean = false;
-            p->lib->pin();  // its code may still be running: never unmap it
+            keep_forever(p);  // its code may still be running: never unmap it
             continue;
         }
-        if (p->initialised && p->lib->def().shutdown) p->lib->def().shutdown(p->state);
+        const auto left = std::max(Duration(until - std::chrono::steady_clock::now()), Duration(std::chrono::milliseconds(100)));
+        if (p->initialised && p->lib->def().shutdown && !shutdown(*p, left)) {
+            clean = false;
+            p->initialised = false;
+            keep_forever(p);
+            continue;
+        }
         p->initialised = false;
         log_->info("unloaded plugin '{}' ({})", p->name, p->file.filename().string());
     }
     return clean;
+}
+
+bool PluginManager::shutdown(LoadedPlugin& p, Duration bound) {
+    const th_shutdown_fn fn = p.lib->def().shutdown;
+    if (call_bounded([fn, state = p.state, lib = p.lib] { fn(state); }, bound)) return true;
+    log_->error("plugin '{}': shutdown did not return within {}; it is left running and its library stays mapped "
+                "until the host exits",
+                p.name, format_duration(bound));
+    return false;
 }
 
 bool PluginManager::unload(const fs::path& file, Duration bound) {

@@ -602,29 +602,28 @@ void Tickers::Impl::worker_loop(std::shared_ptr<Worker> self) {
     std::vector<uint32_t> freed;
     for (;;) {
         std::shared_ptr<Batch> b;
-        bool own = false;
         {
             std::unique_lock<std::mutex> lk(qmu_);
             qcv_.wait(lk, [&] { return workers_stop_ || self->retired || !queue_.empty() || !stop_pending_.empty(); });
             if (self->retired) break;  // detached by stop()
             if (!stop_pending_.empty()) {
-                // Stop calls queued by remove(): take them all, one wake-up and one free for the lot.
-                b = std::make_shared<Batch>();
-                b->stop = true;
-                b->items.swap(stop_pending_);
-                own = true;
-            } else if (!queue_.empty()) {
-                b = queue_.front();
-            } else {
-                break;  // stopping and drained
+                // Stop calls queued by remove(): one batch for all of them, first in line, shared like any
+                // other so that one slow stop call does not hold up the rest.
+                auto stops = std::make_shared<Batch>();
+                stops->stop = true;
+                stops->items.swap(stop_pending_);
+                queue_.push_front(std::move(stops));
+                if (queue_.front()->items.size() > 1) qcv_.notify_all();
             }
+            if (queue_.empty()) break;  // stopping and drained
+            b = queue_.front();
         }
         const size_t n = b->items.size();
-        if (own) b->next.store(n, std::memory_order_relaxed);
         // Claim slices until the batch is exhausted. Small slices keep both workers busy to the end and
-        // keep what an abandoned call strands short (the timer hands that rest to others anyway).
-        const size_t slice = own ? n : std::clamp<size_t>(n / (nworkers_ * 16), 1, 512);
-        size_t lo = own ? 0 : b->next.fetch_add(slice, std::memory_order_relaxed);
+        // keep what an abandoned call strands short (the timer hands that rest to others anyway). Stop calls
+        // go one at a time: any of them may be slow.
+        const size_t slice = b->stop ? 1 : std::clamp<size_t>(n / (nworkers_ * 16), 1, 512);
+        size_t lo = b->next.fetch_add(slice, std::memory_order_relaxed);
         while (lo < n) {
             const size_t hi = std::min(n, lo + slice);
             const bool alive = execute(*self, b, lo, hi, freed);
@@ -635,12 +634,12 @@ void Tickers::Impl::worker_loop(std::shared_ptr<Worker> self) {
                 return;  // abandoned: the timer settled our slice and gave its rest to the others
             }
             done_items(hi - lo);
-            if (own) break;
             lo = b->next.fetch_add(slice, std::memory_order_relaxed);
         }
-        if (!own) {
+        {
             std::lock_guard<std::mutex> lk(qmu_);
-            if (!queue_.empty() && queue_.front() == b) queue_.pop_front();
+            auto it = std::find(queue_.begin(), queue_.end(), b);
+            if (it != queue_.end()) queue_.erase(it);
         }
     }
     self->exited = true;

@@ -79,9 +79,10 @@ struct PluginSettings {
     std::optional<Duration> timeout;
     std::map<std::string, TaskSettings> tasks;
     PluginValues config;
+    std::string sha256;  // pinned content (64 lowercase hex digits); empty = any content
     bool operator==(const PluginSettings& o) const {
         return enabled == o.enabled && interval == o.interval && timeout == o.timeout && tasks == o.tasks &&
-               config == o.config;
+               config == o.config && sha256 == o.sha256;
     }
 };
 
@@ -105,6 +106,8 @@ struct HostConfig {
     WatchMode watch = WatchMode::automatic;
     Duration poll_interval = std::chrono::seconds(1);  // the polling backend's scan period
     Duration settle = std::chrono::milliseconds(300);  // quiet time before a file seen changing is loaded
+    bool allow_insecure = false;  // load files (and a plugin_dir) writable by group/others or owned by another user
+    bool allow_symlinks = false;  // load plugin files that are symlinks
     std::map<std::string, PluginSettings> plugins;
 
     // Settings for a plugin (defaults when host.toml has no [plugins.<name>]).

@@ -10,7 +10,14 @@
 //
 // Threading: all public functions are serialized by an internal mutex (loads and unloads happen one at a
 // time); plugin code never runs while that mutex is held by another thread's request... except init and
-// shutdown, which are part of the request that called them.
+// shutdown, which are part of the request that called them. Those two run on a thread of their own and
+// are waited for with a bound (init: the plugin's timeout; shutdown: what is left of the stop bound): one
+// that does not return is logged and left running, its plugin refused or abandoned, its library never
+// unmapped, and the manager carries on.
+//
+// Untrusted files: a plugin file or plugin_dir writable by group/others or owned by a user other than the
+// host's or root, and a plugin file that is a symlink, are refused (TH_E_INSECURE_FILE) unless host.toml
+// allows them; [plugins.<name>] sha256 pins a plugin's exact content (TH_E_CHECKSUM_MISMATCH).
 #pragma once
 
 #include <tickhost/config.hpp>
@@ -34,6 +41,7 @@ namespace tickhost {
 namespace detail {
 class ShadowCache;
 struct LoadedPlugin;
+struct FilePolicy;
 }  // namespace detail
 
 // Why a file was not loaded. what() of the log line: "<file>: <code>: <reason>; <hint>".
@@ -183,6 +191,12 @@ private:
     std::optional<LoadError> add_new(const std::filesystem::path& file, const std::string& bytes, const std::string& sha);
     std::optional<LoadError> replace(const Plugin& old, const std::string& bytes, const std::string& sha);
     const detail::LoadedPlugin* find_name(const std::string& name, const detail::LoadedPlugin* except) const;
+    // TH_E_CHECKSUM_MISMATCH if host.toml pins [plugins.<name>] sha256 to other content than `sha`.
+    std::optional<LoadError> pin_mismatch(const std::string& name, const std::filesystem::path& file,
+                                          const std::string& sha) const;
+    detail::FilePolicy policy() const;
+    // Calls the plugin's shutdown, bounded; false (logged) if it did not return within `bound`.
+    bool shutdown(detail::LoadedPlugin& p, Duration bound);
 
     Tickers& tickers_;
     HostConfig config_;

@@ -48,7 +48,10 @@
  *  - Durations are signed 64-bit nanoseconds (int64_t). Times are on the host's monotonic clock.
  *
  * Threading:
- *  - tickhost_plugin_entry, init and shutdown are called on the host's loader thread, one at a time.
+ *  - tickhost_plugin_entry is called on the host's loader thread; init and shutdown on a host thread of their
+ *    own while the loader waits for them, one at a time. Each is bounded: an init that does not return
+ *    within the plugin's timeout refuses the plugin (its library then stays mapped for good, since its code
+ *    may still run), and a shutdown that does not return is left behind the same way.
  *  - A task's run() is called on a worker thread. Runs of one task never overlap; different tasks (of this
  *    plugin or others) may run at the same time on different threads.
  *  - Every th_host_api function is thread-safe and may be called from any thread, including threads the
@@ -142,6 +145,9 @@ typedef int32_t th_status;
 #define TH_E_INIT_FAILED (-106)     /* init returned an error or threw */
 #define TH_E_DUPLICATE_NAME (-107)  /* another loaded plugin has the same name */
 #define TH_E_NO_TASKS (-108)        /* the plugin declared no task */
+#define TH_E_INSECURE_FILE (-109)   /* the file or plugin_dir is writable by group/others, owned by another user,
+                                       or the file is a symlink (see host.toml allow_insecure, allow_symlinks) */
+#define TH_E_CHECKSUM_MISMATCH (-110) /* the file's SHA-256 differs from [plugins.<name>] sha256 in host.toml */
 
 /* ---- Log levels -------------------------------------------------------------------------------------- */
 #define TH_LOG_TRACE 0

@@ -1,0 +1,36 @@
+// Fuzzes host.toml parsing and validation: any text either becomes a HostConfig that satisfies the
+// documented bounds, or a ConfigError that names the file; nothing else may escape, nothing may crash.
+#include <tickhost/config.hpp>
+
+#include <cstdint>
+#include <cstdlib>
+#include <string>
+#include <string_view>
+
+namespace {
+void check(bool ok) {
+    if (!ok) std::abort();
+}
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+    const std::string_view text(reinterpret_cast<const char*>(data), size);
+    try {
+        const tickhost::HostConfig cfg = tickhost::parse_config(text, "/fuzz/host.toml");
+        check(cfg.workers <= 1024);
+        check(cfg.default_timeout.count() > 0 && cfg.shutdown_timeout.count() > 0);
+        check(cfg.poll_interval.count() > 0 && cfg.settle.count() > 0);
+        check(cfg.log_sink == tickhost::LogSink::console || !cfg.log_file.empty());
+        for (auto& [name, p] : cfg.plugins) {
+            check(!name.empty() && name.size() <= 64);
+            check(p.sha256.empty() || p.sha256.size() == 64);
+            check(!p.interval || p.interval->count() > 0);
+            check(!p.timeout || p.timeout->count() > 0);
+        }
+    } catch (const tickhost::ConfigError& e) {
+        check(std::string_view(e.what()).rfind("/fuzz/host.toml:", 0) == 0);
+    }
+    // Durations: whatever parses prints back to the same value.
+    if (auto d = tickhost::parse_duration(text)) check(tickhost::parse_duration(tickhost::format_duration(*d)) == d);
+    return 0;
+}
