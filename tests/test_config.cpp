@@ -647,3 +647,13 @@ TEST(Config, TrustKeysAndSha256Pin) {
 
 }  // namespace
 }  // namespace tickhost
+
+namespace tickhost {
+TEST(ConfigBackoff, DefaultDurationAndOff) {
+    EXPECT_EQ(parse_config("", "host.toml").backoff_max, std::chrono::minutes(5));
+    EXPECT_EQ(parse_config("[host]\nbackoff_max = \"30s\"\n", "host.toml").backoff_max, std::chrono::seconds(30));
+    EXPECT_EQ(parse_config("[host]\nbackoff_max = \"off\"\n", "host.toml").backoff_max, Duration::zero());
+    EXPECT_THROW(parse_config("[host]\nbackoff_max = \"0s\"\n", "host.toml"), ConfigError);
+    EXPECT_THROW(parse_config("[host]\nbackoff_max = \"soon\"\n", "host.toml"), ConfigError);
+}
+}  // namespace tickhost

@@ -244,7 +244,7 @@ const std::vector<std::string_view> kTopKeys = {"host", "plugins"};
 const std::vector<std::string_view> kHostKeys = {
     "plugin_dir", "workers",  "default_timeout", "shutdown_timeout", "log_level",
     "log_file",   "log_sink", "log_max_size",    "log_max_files",    "shadow_dir",
-    "watch",      "poll_interval", "settle", "allow_insecure", "allow_symlinks",
+    "watch",      "poll_interval", "settle", "allow_insecure", "allow_symlinks", "backoff_max",
 };
 const std::vector<std::string_view> kPluginKeys = {"enabled", "interval", "timeout", "tasks", "config", "sha256"};
 const std::vector<std::string_view> kTaskKeys = {"interval", "timeout"};
@@ -468,6 +468,12 @@ public:
                 cfg.poll_interval = duration(*v, key);
             } else if (name == "settle") {
                 cfg.settle = duration(*v, key);
+            } else if (name == "backoff_max") {
+                // "off" turns the back-off of failing tasks off; otherwise a duration.
+                if (auto s = v->value<std::string>(); s && *s == "off")
+                    cfg.backoff_max = Duration::zero();
+                else
+                    cfg.backoff_max = duration(*v, key);
             } else if (name == "allow_insecure") {
                 cfg.allow_insecure = boolean(*v, key);
             } else if (name == "allow_symlinks") {

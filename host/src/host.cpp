@@ -9,6 +9,7 @@ Tickers::Options scheduler_options(const HostConfig& c) {
     Tickers::Options o;
     o.workers = c.workers;
     o.default_timeout = c.default_timeout;
+    o.backoff_max = c.backoff_max;
     return o;
 }
 

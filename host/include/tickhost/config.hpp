@@ -106,6 +106,8 @@ struct HostConfig {
     WatchMode watch = WatchMode::automatic;
     Duration poll_interval = std::chrono::seconds(1);  // the polling backend's scan period
     Duration settle = std::chrono::milliseconds(300);  // quiet time before a file seen changing is loaded
+    // A task failing k times in a row next runs interval * 2^k later, at most this much later; 0 = off.
+    Duration backoff_max = std::chrono::minutes(5);
     bool allow_insecure = false;  // load files (and a plugin_dir) writable by group/others or owned by another user
     bool allow_symlinks = false;  // load plugin files that are symlinks
     std::map<std::string, PluginSettings> plugins;
