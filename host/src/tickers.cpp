@@ -482,33 +482,27 @@ bool Tickers::Impl::remove(TaskId id) {
 
 void Tickers::Impl::free_slots(const std::vector<uint32_t>& slots) {
     if (slots.empty()) return;
-    // The callables are destroyed before waiters are told: whoever wait_stopped() for a task may then
-    // rely on holding the last reference to what its callable captured (a plugin library).
-    std::vector<TaskFn> dead;
-    dead.reserve(slots.size());
-    {
-        std::lock_guard<std::mutex> lk(mu_);
-        for (uint32_t i : slots) {
-            Slot& s = slot(i);
-            const uint64_t w = s.word.load(std::memory_order_relaxed);
-            const uint32_t gen = gen_of(w);
-            dead.push_back(std::move(s.fn));
-            s.fn = nullptr;
-            --active_;
-            --removed_unfreed_;
-            if (flags_of(w) & kAbandoned) --abandoned_unfreed_;
-            // Tell the timer in the same critical section, so its drop comes before any reuse's add.
-            pending_.push_back({-1, i, gen});
-            if (gen == UINT32_MAX) {
-                s.word.store(pack(gen, kRemoved), std::memory_order_release);  // retired: the ID never comes back
-            } else {
-                s.word.store(pack(gen + 1, 0), std::memory_order_release);
-                free_.push_back(i);
-            }
+    // The callables are destroyed first, outside any lock (the slots are still ours: nobody else touches
+    // them until their new word is published), and before waiters are told: whoever wait_stopped() for a
+    // task may then rely on holding the last reference to what its callable captured (a plugin library).
+    for (uint32_t i : slots) slot(i).fn = nullptr;
+    std::lock_guard<std::mutex> lk(mu_);
+    for (uint32_t i : slots) {
+        Slot& s = slot(i);
+        const uint64_t w = s.word.load(std::memory_order_relaxed);
+        const uint32_t gen = gen_of(w);
+        --active_;
+        removed_unfreed_.fetch_sub(1, std::memory_order_relaxed);
+        if (flags_of(w) & kAbandoned) abandoned_unfreed_.fetch_sub(1, std::memory_order_relaxed);
+        // Tell the timer in the same critical section, so its drop comes before any reuse's add.
+        pending_.push_back({-1, i, gen});
+        if (gen == UINT32_MAX) {
+            s.word.store(pack(gen, kRemoved), std::memory_order_release);  // retired: the ID never comes back
+        } else {
+            s.word.store(pack(gen + 1, 0), std::memory_order_release);
+            free_.push_back(i);
         }
     }
-    dead.clear();
-    std::lock_guard<std::mutex> lk(mu_);
     stopped_cv_.notify_all();
     if (pending_.size() >= 4096) timer_cv_.notify_one();  // drops pile up while the timer sleeps: let it sort them
 }
