@@ -10,6 +10,7 @@ PACKAGES=(
   libtomlplusplus-dev                # host.toml
   libspdlog-dev libfmt-dev           # logging
   libgtest-dev libgmock-dev          # tests
+  libbenchmark-dev                   # bench/: tickhost-micro (Google Benchmark)
 )
 if [ "${1:-}" = "fuzz" ]; then
   PACKAGES+=(clang libclang-rt-14-dev)  # libFuzzer: /usr/lib/llvm-14/lib/clang/14.0.6/lib/linux/libclang_rt.fuzzer*
