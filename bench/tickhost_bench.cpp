@@ -183,6 +183,40 @@ bool run_addremove_child(const Args& a, double& add_per_s, double& remove_per_s)
     return pclose(f) == 0 && ok;
 }
 
+// The protocol's window: sleep until `stop_at` (sampling the thread count just before it), then stop
+// everything with `stop` and time it.
+struct Window {
+    int threads = 0;
+    double stop_ms = 0;
+};
+template <typename Stop>
+Window run_window(Clock::time_point stop_at, Clock::duration interval, Stop stop) {
+    Window w;
+    std::this_thread::sleep_until(stop_at - std::min<Clock::duration>(interval / 4, 10ms));
+    w.threads = thread_count();
+    std::this_thread::sleep_until(stop_at);
+    const auto s0 = Clock::now();
+    stop();
+    w.stop_ms = std::chrono::duration<double, std::milli>(Clock::now() - s0).count();
+    return w;
+}
+
+// The peers' JSON line for a run of N tasks.
+void print_runs(const char* mode, const Args& a, const Histogram& hist, double add_per_s, double remove_per_s,
+                const Window& w, long stops, double register_ms, size_t workers) {
+    const long K = long(a.duration_s * 1000.0 / double(a.interval_ms));
+    const auto sum = hist.summarize();
+    std::printf(
+        "{\"peer\":\"tickhost\",\"mode\":\"%s\",\"tasks\":%ld,\"interval_ms\":%ld,\"duration_s\":%g,\"runs\":%llu,"
+        "\"expected_runs\":%ld,\"late_p50_us\":%llu,\"late_p99_us\":%llu,\"late_max_us\":%llu,"
+        "\"cpu_s\":%.3f,\"rss_peak_kb\":%ld,\"add_per_s\":%.0f,\"remove_per_s\":%.0f,\"stop_ms\":%.3f,"
+        "\"stops\":%ld,\"register_ms\":%.1f,\"early\":%llu,\"addremove_n\":%ld,\"threads\":%d,\"workers\":%zu}\n",
+        mode, a.tasks, a.interval_ms, a.duration_s, (unsigned long long)sum.count, a.tasks * K,
+        (unsigned long long)sum.p50_us, (unsigned long long)sum.p99_us, (unsigned long long)sum.max_us, cpu_s(),
+        rss_peak_kb(), add_per_s, remove_per_s, w.stop_ms, stops, register_ms, (unsigned long long)sum.early,
+        add_per_s > 0 ? a.addremove_n : 0L, w.threads, workers);
+}
+
 int scheduler_mode(const Args& a) {
     double add_per_s = 0, remove_per_s = 0;
     if (!a.no_addremove && !run_addremove_child(a, add_per_s, remove_per_s))
@@ -212,27 +246,13 @@ int scheduler_mode(const Args& a) {
               T0 + I);
     }
     const double register_ms = std::chrono::duration<double, std::milli>(Clock::now() - T0).count();
-    const long K = long(a.duration_s * 1000.0 / double(a.interval_ms));
     const auto stop_at = T0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(a.duration_s)) + I / 2;
     t.start();
-    std::this_thread::sleep_until(stop_at - std::min<Clock::duration>(I / 4, 10ms));
-    const int threads = thread_count();
-    std::this_thread::sleep_until(stop_at);
-    const auto s0 = Clock::now();
-    t.stop();
-    wait_for(stops, N);
-    const double stop_ms = std::chrono::duration<double, std::milli>(Clock::now() - s0).count();
-
-    auto sum = hist.summarize();
-    std::printf(
-        "{\"peer\":\"tickhost\",\"tasks\":%ld,\"interval_ms\":%ld,\"duration_s\":%g,\"runs\":%llu,"
-        "\"expected_runs\":%ld,\"late_p50_us\":%llu,\"late_p99_us\":%llu,\"late_max_us\":%llu,"
-        "\"cpu_s\":%.3f,\"rss_peak_kb\":%ld,\"add_per_s\":%.0f,\"remove_per_s\":%.0f,\"stop_ms\":%.3f,"
-        "\"stops\":%ld,\"register_ms\":%.1f,\"early\":%llu,\"addremove_n\":%ld,\"threads\":%d,\"workers\":%zu}\n",
-        N, a.interval_ms, a.duration_s, (unsigned long long)sum.count, N * K, (unsigned long long)sum.p50_us,
-        (unsigned long long)sum.p99_us, (unsigned long long)sum.max_us, cpu_s(), rss_peak_kb(), add_per_s,
-        remove_per_s, stop_ms, stops.load(), register_ms, (unsigned long long)sum.early,
-        a.no_addremove ? 0L : a.addremove_n, threads, t.worker_count());
+    const Window w = run_window(stop_at, I, [&] {
+        t.stop();
+        wait_for(stops, N);
+    });
+    print_runs("scheduler", a, hist, add_per_s, remove_per_s, w, stops.load(), register_ms, t.worker_count());
     return 0;
 }
 
@@ -375,24 +395,10 @@ int plugin_mode(const Args& a) {
     // The protocol's window, on the plugin's own anchor (its tasks' first due time minus one interval).
     const auto info = host.plugins().plugin("bench_sched");
     const auto anchor = Clock::time_point(info->tasks.at(0).first_due.time_since_epoch()) - I;
-    const long K = long(a.duration_s * 1000.0 / double(a.interval_ms));
     const auto stop_at =
         anchor + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(a.duration_s)) + I / 2;
-    std::this_thread::sleep_until(stop_at - std::min<Clock::duration>(I / 4, 10ms));
-    const int threads = thread_count();
-    std::this_thread::sleep_until(stop_at);
-    const auto s0 = Clock::now();
-    host.stop();
-    const double stop_ms = std::chrono::duration<double, std::milli>(Clock::now() - s0).count();
-    auto sum = hist.summarize();
-    std::printf(
-        "{\"peer\":\"tickhost\",\"mode\":\"plugin\",\"tasks\":%ld,\"interval_ms\":%ld,\"duration_s\":%g,\"runs\":%llu,"
-        "\"expected_runs\":%ld,\"late_p50_us\":%llu,\"late_p99_us\":%llu,\"late_max_us\":%llu,"
-        "\"cpu_s\":%.3f,\"rss_peak_kb\":%ld,\"add_per_s\":0,\"remove_per_s\":0,\"stop_ms\":%.3f,"
-        "\"stops\":%ld,\"register_ms\":%.1f,\"early\":%llu,\"threads\":%d}\n",
-        N, a.interval_ms, a.duration_s, (unsigned long long)sum.count, N * K, (unsigned long long)sum.p50_us,
-        (unsigned long long)sum.p99_us, (unsigned long long)sum.max_us, cpu_s(), rss_peak_kb(), stop_ms,
-        stops.load(), register_ms, (unsigned long long)sum.early, threads);
+    const Window w = run_window(stop_at, I, [&] { host.stop(); });
+    print_runs("plugin", a, hist, 0, 0, w, stops.load(), register_ms, host.tickers().worker_count());
     return 0;
 }
 
