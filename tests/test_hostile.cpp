@@ -442,3 +442,16 @@ TEST(HostileRun, StopCallThatHangsIsBoundedAndNamed) {
     EXPECT_TRUE(h.logged("unloaded plugin 'heartbeat'")) << "the other plugins still stop: " << h.log_text();
     EXPECT_EQ(read_file(h.health).rfind("offline", 0), 0u);
 }
+
+TEST(HostileRun, ShutdownThatHangsIsBoundedKeptMappedAndNamed) {
+    RunHarness h("overrun,shutdown_hangs");
+    h.load_both();
+    ASSERT_TRUE(eventually([&] { return h.count("overrun run") >= 1; }));
+    const auto shadow = h.manager->plugin("hostile")->shadow;
+    EXPECT_FALSE(h.manager->unload_all(1s)) << "a shutdown that never returns makes the stop unclean";
+    EXPECT_EQ(h.count("shutdown hanging"), 1u) << h.events();
+    EXPECT_TRUE(h.logged("plugin 'hostile': shutdown did not return within")) << h.log_text();
+    EXPECT_TRUE(h.logged("unloaded plugin 'heartbeat'")) << "the other plugins still stop: " << h.log_text();
+    EXPECT_EQ(read_file(h.health).rfind("offline", 0), 0u);
+    EXPECT_TRUE(mapped(shadow)) << "its code may still run: the library must stay mapped";
+}
