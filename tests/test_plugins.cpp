@@ -271,3 +271,32 @@ TEST(Plugins, TheHeadersOwnExamplesBuildLoadAndRun) {
     EXPECT_TRUE(h.logged("[plugin.minimal] [tick] stopping"));
     EXPECT_TRUE(h.logged("[plugin.greeter] [greet] goodbye, readers"));
 }
+
+// A Go runtime can neither be unloaded nor started twice in one process (this test owns that for its
+// process: ctest runs each test on its own).
+TEST(Plugins, GoRuntimePluginsAreNeverReplacedUnloadedOrLoadedTwice) {
+    Harness h;
+    const fs::path file = h.add(fixture("fx_gofake_v1"), "gofake.so");
+    ASSERT_FALSE(h.load(file)) << h.log_text();
+    const auto info = h.manager->plugin("gofake");
+    ASSERT_TRUE(info);
+    // Replacing it in place is refused with what to do; the running version stays.
+    fs::copy_file(fixture("fx_gofake_v2"), file, fs::copy_options::overwrite_existing);
+    auto err = h.manager->sync(file);
+    ASSERT_TRUE(err);
+    EXPECT_EQ(err->code, TH_E_NOT_ALLOWED);
+    EXPECT_NE(err->message().find("Go runtime"), std::string::npos) << err->message();
+    EXPECT_NE(err->message().find("restart the host"), std::string::npos) << err->message();
+    EXPECT_EQ(h.manager->plugin("gofake")->sha256, info->sha256);
+    // Removing it stops its tasks but keeps the image mapped.
+    fs::remove(file);
+    EXPECT_FALSE(h.manager->sync(file));
+    EXPECT_FALSE(h.manager->plugin("gofake"));
+    EXPECT_TRUE(mapped(info->shadow)) << "a Go runtime must never be unmapped";
+    EXPECT_TRUE(h.logged("a Go runtime cannot be unloaded")) << h.log_text();
+    // Bringing it back would start a second runtime: refused.
+    h.add(fixture("fx_gofake_v1"), "gofake.so");
+    err = h.manager->sync(file);
+    ASSERT_TRUE(err);
+    EXPECT_NE(err->message().find("one already runs in this process"), std::string::npos) << err->message();
+}

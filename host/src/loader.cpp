@@ -235,6 +235,11 @@ void make_private_dir(const fs::path& dir) {
 
 std::atomic<uint64_t> g_copy_counter{0};
 
+// A Go runtime (a c-shared Go library) can neither be unloaded nor started twice in one process: the first
+// one loaded is the only one, for the life of the process.
+std::mutex g_go_mu;
+std::string g_go_loaded_from;
+
 }  // namespace
 
 std::string status_name(th_status code) {
@@ -429,6 +434,17 @@ std::shared_ptr<Library> Library::load(const fs::path& source, const std::string
     // Go's c-shared libraries carry their build info section and its magic.
     lib->go_runtime_ = bytes.find(".go.buildinfo") != std::string::npos ||
                        bytes.find("\xff Go buildinf:") != std::string::npos;
+    std::unique_lock<std::mutex> go_lock(g_go_mu, std::defer_lock);
+    if (lib->go_runtime_) {
+        go_lock.lock();  // held until the outcome is known, so two loads cannot both start a runtime
+        if (!g_go_loaded_from.empty()) {
+            fail(err, TH_E_NOT_ALLOWED,
+                 "it contains a Go runtime, and one already runs in this process (loaded from " + g_go_loaded_from +
+                     "); a second Go runtime cannot start",
+                 "restart the host to load or upgrade a Go plugin");
+            return nullptr;
+        }
+    }
     lib->shadow_ = cache.make_copy(bytes, source, lib->sha256_, err);
     if (lib->shadow_.empty()) return nullptr;
 
@@ -448,6 +464,10 @@ std::shared_ptr<Library> Library::load(const fs::path& source, const std::string
              "make sure it is a shared library built for this machine with all its dependencies installed "
              "(if it is still being copied, it is retried when it changes)");
         return nullptr;  // ~Library deletes the shadow copy
+    }
+    if (lib->go_runtime_) {
+        g_go_loaded_from = source.string();  // its runtime started with dlopen: it stays, whatever follows
+        lib->pinned_ = true;
     }
     if (!lib->lib_.has(TH_ENTRY_SYMBOL)) {
         fail(err, TH_E_NO_ENTRY, "it does not export " TH_ENTRY_SYMBOL,
@@ -476,8 +496,10 @@ Library::~Library() {
                 std::lock_guard<std::mutex> lk(kept_mu);
                 kept->push_back(std::make_unique<boost::dll::shared_library>(std::move(lib_)));
             }
-            if (log_) log_->warn("{}: kept mapped (its code may still be running); shadow copy {} kept", source_.string(),
-                                 shadow_.string());
+            if (log_)
+                log_->warn("{}: kept mapped ({}); shadow copy {} kept", source_.string(),
+                           go_runtime_ ? "a Go runtime cannot be unloaded" : "its code may still be running",
+                           shadow_.string());
             return;
         }
         lib_.unload();
