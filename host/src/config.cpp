@@ -1,5 +1,6 @@
 // host.toml -> validated HostConfig (see config.hpp for the contract).
 #include "tickhost/config.hpp"
+#include "tickhost/tickers.hpp"
 
 #include <algorithm>
 #include <cerrno>
@@ -245,6 +246,7 @@ const std::vector<std::string_view> kHostKeys = {
     "plugin_dir", "workers",  "default_timeout", "shutdown_timeout", "log_level",
     "log_file",   "log_sink", "log_max_size",    "log_max_files",    "shadow_dir",
     "watch",      "poll_interval", "settle", "allow_insecure", "allow_symlinks", "backoff_max",
+    "max_plugin_size", "max_tasks_per_plugin",
 };
 const std::vector<std::string_view> kPluginKeys = {"enabled", "interval", "timeout", "tasks", "config", "sha256"};
 const std::vector<std::string_view> kTaskKeys = {"interval", "timeout"};
@@ -328,6 +330,8 @@ public:
             fail(n, key, quote(s) + " is not a duration (write it with a unit: \"250ms\", \"10s\", \"5m\", \"1h\")");
         }
         if (d->count() <= 0) fail(n, key, "must be > 0, got " + quote(s));
+        if (*d > max_duration)
+            fail(n, key, quote(s) + " is longer than the longest duration tickhost accepts, 8760h (365 days)");
         return *d;
     }
 
@@ -478,6 +482,10 @@ public:
                 cfg.allow_insecure = boolean(*v, key);
             } else if (name == "allow_symlinks") {
                 cfg.allow_symlinks = boolean(*v, key);
+            } else if (name == "max_plugin_size") {
+                cfg.max_plugin_size = size(*v, key);
+            } else if (name == "max_tasks_per_plugin") {
+                cfg.max_tasks_per_plugin = static_cast<uint32_t>(integer_in(*v, key, 1, 10000000));
             } else {
                 unknown(*k, key, kHostKeys);
             }

@@ -3,6 +3,8 @@
 #include "host_api.hpp"
 #include "sha256.hpp"
 
+#include <tickhost/tickers.hpp>
+
 #include <spdlog/spdlog.h>
 
 #include <atomic>
@@ -27,6 +29,9 @@
 namespace fs = std::filesystem;
 
 namespace tickhost::detail {
+
+static_assert(max_duration.count() == TH_MAX_DURATION_NS, "plugin.h and the scheduler state one maximum");
+
 namespace {
 
 std::string errno_text(int e) { return std::strerror(e); }
@@ -263,6 +268,9 @@ std::string status_name(th_status code) {
     case TH_E_NO_TASKS: return "TH_E_NO_TASKS";
     case TH_E_INSECURE_FILE: return "TH_E_INSECURE_FILE";
     case TH_E_CHECKSUM_MISMATCH: return "TH_E_CHECKSUM_MISMATCH";
+    case TH_E_FILE_TOO_LARGE: return "TH_E_FILE_TOO_LARGE";
+    case TH_E_TOO_MANY_TASKS: return "TH_E_TOO_MANY_TASKS";
+    case TH_E_ENTRY_TIMEOUT: return "TH_E_ENTRY_TIMEOUT";
     default: return "TH_UNKNOWN(" + std::to_string(code) + ")";
     }
 }

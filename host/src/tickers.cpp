@@ -402,9 +402,8 @@ TaskId Tickers::Impl::add(Duration interval, TickTask task, TimePoint first_due)
     if (task.timeout < Duration::zero()) throw std::invalid_argument("tickers: task '" + task.name + "': timeout must be >= 0");
     if (!task.fn) throw std::invalid_argument("tickers: task '" + task.name + "' has no function");
     // Far beyond any useful schedule, and keeps due/deadline arithmetic clear of int64 overflow.
-    constexpr Duration kMaxPeriod = std::chrono::hours(24 * 365 * 100);
-    if (interval > kMaxPeriod || task.timeout > kMaxPeriod)
-        throw std::invalid_argument("tickers: task '" + task.name + "': interval and timeout must be under 100 years");
+    if (interval > max_duration || task.timeout > max_duration)
+        throw std::invalid_argument("tickers: task '" + task.name + "': interval and timeout must be at most 365 days");
     constexpr int64_t kLatest = INT64_MAX / 2;  // keeps due + interval and deadlines clear of overflow
     if (to_ns(first_due) > kLatest) first_due = from_ns(kLatest);
 

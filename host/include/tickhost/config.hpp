@@ -110,6 +110,8 @@ struct HostConfig {
     Duration backoff_max = std::chrono::minutes(5);
     bool allow_insecure = false;  // load files (and a plugin_dir) writable by group/others or owned by another user
     bool allow_symlinks = false;  // load plugin files that are symlinks
+    uint64_t max_plugin_size = 256ull * 1024 * 1024;  // larger plugin files are refused (TH_E_FILE_TOO_LARGE)
+    uint32_t max_tasks_per_plugin = 100000;  // static + add_task; more refuses the plugin (TH_E_TOO_MANY_TASKS)
     std::map<std::string, PluginSettings> plugins;
 
     // Settings for a plugin (defaults when host.toml has no [plugins.<name>]).
@@ -117,7 +119,7 @@ struct HostConfig {
 };
 
 // Reads and validates a host.toml. Throws ConfigError (syntax, wrong type, unknown key with a "did you
-// mean" suggestion, zero or negative duration, ...). Relative paths resolve against the file's folder.
+// mean" suggestion, a duration that is not positive or longer than max_duration (365 days), ...). Relative paths resolve against the file's folder.
 HostConfig load_config(const std::filesystem::path& file);
 // Same, from text; `source` is used for messages and to resolve relative paths.
 HostConfig parse_config(std::string_view toml_text, const std::filesystem::path& source);

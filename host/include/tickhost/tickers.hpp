@@ -52,6 +52,10 @@ namespace tickhost {
 using Duration = std::chrono::nanoseconds;
 using TimePoint = std::chrono::time_point<std::chrono::steady_clock, std::chrono::nanoseconds>;
 
+// The longest interval or timeout anything accepts (plugin.h's TH_MAX_DURATION_NS): 365 days. Keeps every
+// due-time and deadline computation far from int64 overflow.
+inline constexpr Duration max_duration = std::chrono::hours(24 * 365);
+
 // Time source of a Tickers. The default is std::chrono::steady_clock; tests inject a ManualClock.
 class Clock {
 public:

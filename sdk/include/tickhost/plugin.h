@@ -148,6 +148,15 @@ typedef int32_t th_status;
 #define TH_E_INSECURE_FILE (-109)   /* the file or plugin_dir is writable by group/others, owned by another user,
                                        or the file is a symlink (see host.toml allow_insecure, allow_symlinks) */
 #define TH_E_CHECKSUM_MISMATCH (-110) /* the file's SHA-256 differs from [plugins.<name>] sha256 in host.toml */
+/* Added in host 1.1.0 (values only; the ABI stays 1.0, and a 1.0 host never returns them). */
+#define TH_E_FILE_TOO_LARGE (-111)  /* the file is larger than [host] max_plugin_size (default 256 MiB) */
+#define TH_E_TOO_MANY_TASKS (-112)  /* static tasks + add_task exceed [host] max_tasks_per_plugin (default 100000) */
+#define TH_E_ENTRY_TIMEOUT (-113)   /* tickhost_plugin_entry did not return within the plugin's timeout */
+
+/* The longest interval or timeout the host accepts anywhere (static descriptors, add_task, host.toml):
+ * 365 days, in ns. A longer or non-positive interval is a bad value (TH_E_BAD_DESCRIPTOR in a descriptor,
+ * TH_E_INVALID_ARGUMENT from add_task, a file:line:column error in host.toml). */
+#define TH_MAX_DURATION_NS INT64_C(31536000000000000)
 
 /* ---- Log levels -------------------------------------------------------------------------------------- */
 #define TH_LOG_TRACE 0
