@@ -1,9 +1,11 @@
 // Tests for host.toml parsing and validation (host/src/config.cpp).
 #include "tickhost/config.hpp"
+#include "tickhost/tickers.hpp"
 
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <random>
 #include <string>
@@ -656,4 +658,58 @@ TEST(ConfigBackoff, DefaultDurationAndOff) {
     EXPECT_THROW(parse_config("[host]\nbackoff_max = \"0s\"\n", "host.toml"), ConfigError);
     EXPECT_THROW(parse_config("[host]\nbackoff_max = \"soon\"\n", "host.toml"), ConfigError);
 }
+// ---------------------------------------------------------------- issue 10: bounds
+TEST(Config, EveryDurationHasTheOneMaximumOf365Days) {
+    // Exactly the maximum is fine, a nanosecond more is not, and "1000000h" is named with its place.
+    EXPECT_EQ(parse("[host]\ndefault_timeout = \"8760h\"\n").default_timeout, max_duration);
+    const char* keys[] = {"default_timeout", "shutdown_timeout", "poll_interval", "settle", "backoff_max"};
+    for (const char* key : keys) {
+        SCOPED_TRACE(key);
+        EXPECT_TRUE(load_should_fail(std::string("[host]\n") + key + " = \"1000000h\"\n",
+                                     std::string("host.") + key + ": \"1000000h\" is longer than the longest duration "
+                                                                  "tickhost accepts, 8760h (365 days)",
+                                     2, uint32_t(std::strlen(key) + 4)));
+        EXPECT_TRUE(load_should_fail(std::string("[host]\n") + key + " = \"8760h1ns\"\n", "8760h (365 days)", 2,
+                                     uint32_t(std::strlen(key) + 4)));
+    }
+    EXPECT_TRUE(load_should_fail("[plugins.a]\ninterval = \"1000000h\"\n", "plugins.a.interval", 2, 12));
+    EXPECT_TRUE(load_should_fail("[plugins.a]\ntimeout = \"9000h\"\n", "plugins.a.timeout", 2, 11));
+    EXPECT_TRUE(load_should_fail("[plugins.a.tasks.t]\ninterval = \"9000h\"\n", "plugins.a.tasks.t.interval", 2, 12));
+    EXPECT_TRUE(load_should_fail("[plugins.a.tasks.t]\ntimeout = \"9000h\"\n", "plugins.a.tasks.t.timeout", 2, 11));
+}
+
+TEST(Config, PluginValueDurationsAboveTheMaximumAreTheWrongType) {
+    HostConfig c = parse("[plugins.a.config]\nok = \"8760h\"\nlong = \"8761h\"\n");
+    Duration d{};
+    EXPECT_EQ(c.plugin("a").config.get_duration("ok", &d), PluginValues::Lookup::ok);
+    EXPECT_EQ(d, max_duration);
+    EXPECT_EQ(c.plugin("a").config.get_duration("long", &d), PluginValues::Lookup::wrong_type);
+}
+
+TEST(Config, MaxPluginSizeAndMaxTasksPerPlugin) {
+    HostConfig d = parse("");
+    EXPECT_EQ(d.max_plugin_size, 256u * 1024 * 1024);
+    EXPECT_EQ(d.max_tasks_per_plugin, 100000u);
+    HostConfig c = parse("[host]\nmax_plugin_size = \"1GiB\"\nmax_tasks_per_plugin = 10\n");
+    EXPECT_EQ(c.max_plugin_size, 1024ull * 1024 * 1024);
+    EXPECT_EQ(c.max_tasks_per_plugin, 10u);
+    EXPECT_TRUE(load_should_fail("[host]\nmax_plugin_size = 0\n", "host.max_plugin_size: must be > 0", 2, 19));
+    EXPECT_TRUE(load_should_fail("[host]\nmax_tasks_per_plugin = 0\n", "host.max_tasks_per_plugin: must be 1..10000000",
+                                 2, 24));
+    EXPECT_TRUE(load_should_fail("[host]\nmax_tasks_per_plugin = 10000001\n", "must be 1..10000000", 2, 24));
+    EXPECT_TRUE(load_should_fail("[host]\nmax_task_per_plugin = 5\n", "max_tasks_per_plugin", 2, 1));
+}
+
+TEST(Config, LoadConfigKeepsAnAbsoluteSource) {
+    TempDir dir;
+    dir.write("host.toml", "[host]\nworkers = 1\n");
+    const fs::path cwd = fs::current_path();
+    fs::current_path(dir.path());
+    HostConfig c = load_config("host.toml");
+    fs::current_path(cwd);
+    EXPECT_TRUE(c.source.is_absolute()) << c.source;
+    EXPECT_EQ(c.source, dir.path() / "host.toml");
+    EXPECT_TRUE(c.plugin_dir.is_absolute()) << c.plugin_dir;
+}
+
 }  // namespace tickhost

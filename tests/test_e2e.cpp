@@ -6,6 +6,7 @@
 #include <fstream>
 #include <regex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <fcntl.h>
@@ -238,4 +239,132 @@ TEST(EndToEnd, SecondSigintForcesAnImmediateExit) {
     p.signal(SIGINT);
     EXPECT_EQ(p.wait(20s), 130) << read_file(d.log);
     EXPECT_NE(read_file(d.log).find("second Interrupt: exiting now"), std::string::npos) << read_file(d.log);
+}
+
+// ---- issue 10: what a plugin or an operator can do to the process must not stop, kill or wedge it ------
+
+namespace {
+
+// Sets an environment variable for the children started while it lives.
+struct ScopedEnv {
+    std::string name;
+    ScopedEnv(std::string n, const std::string& value) : name(std::move(n)) { setenv(name.c_str(), value.c_str(), 1); }
+    ~ScopedEnv() { unsetenv(name.c_str()); }
+};
+
+bool has(const fs::path& log, const std::string& text) { return read_file(log).find(text) != std::string::npos; }
+
+// HostDir plus fx_meddler with the given [plugins.meddler.config] lines.
+struct MeddlerDir : HostDir {
+    explicit MeddlerDir(const std::string& config) {
+        fs::copy_file(MEDDLER_SO, plugins / "meddler.so");
+        write_file(toml, read_file(toml) + "[plugins.meddler.config]\n" + config);
+    }
+    bool beating() const { return has(log, "meddler tick"); }
+};
+
+}  // namespace
+
+TEST(EndToEnd, APluginThatIgnoresTheStopSignalsDoesNotSilenceTheHost) {
+    MeddlerDir d("signals = \"ignore\"\n");
+    Process p({TICKHOST_EXE, "--config", d.toml.string()}, d.log);
+    ASSERT_TRUE(eventually([&] { return d.beating(); }, 20s)) << read_file(d.log);
+    std::this_thread::sleep_for(300ms);  // its runs set SIG_IGN again and again
+    p.signal(SIGHUP);
+    ASSERT_TRUE(eventually([&] { return has(d.log, "SIGHUP received"); }, 10s)) << read_file(d.log);
+    p.signal(SIGTERM);
+    EXPECT_EQ(p.wait(), 0) << read_file(d.log);
+    EXPECT_TRUE(has(d.log, "a plugin set")) << "the change is named: " << read_file(d.log);
+}
+
+TEST(EndToEnd, APluginThatUnblocksTheSignalsWithItsOwnHandlerDoesNotSilenceTheHost) {
+    MeddlerDir d("signals = \"handler\"\n");
+    Process p({TICKHOST_EXE, "--config", d.toml.string()}, d.log);
+    ASSERT_TRUE(eventually([&] { return d.beating(); }, 20s)) << read_file(d.log);
+    std::this_thread::sleep_for(300ms);
+    p.signal(SIGTERM);
+    EXPECT_EQ(p.wait(), 0) << read_file(d.log);
+    EXPECT_TRUE(has(d.log, "stopped cleanly")) << read_file(d.log);
+}
+
+TEST(EndToEnd, APluginsChdirAndUmaskBreakNeitherReloadsNorLaterLoads) {
+    MeddlerDir d("chdir = \"/\"\numask = true\n");
+    fs::remove(d.plugins / "counter_c.so");
+    // A relative --config, resolved against the working directory the host started in.
+    Process p({TICKHOST_EXE, "--config", "host.toml"}, d.log, d.tmp.path());
+    ASSERT_TRUE(eventually([&] { return d.beating(); }, 20s)) << read_file(d.log);
+    write_file(d.toml, read_file(d.toml) + "[plugins.counter_c]\ninterval = \"20ms\"\n");
+    p.signal(SIGHUP);
+    ASSERT_TRUE(eventually([&] { return has(d.log, "configuration reloaded"); }, 10s)) << read_file(d.log);
+    EXPECT_FALSE(has(d.log, "cannot read")) << read_file(d.log);
+    // Shadow copies made after the plugin's umask(0777) are still loadable.
+    fs::copy_file(COUNTER_C_SO, d.plugins / "counter_c.so");
+    ASSERT_TRUE(eventually([&] { return has(d.log, "loaded plugin 'counter_c'"); }, 20s)) << read_file(d.log);
+    p.signal(SIGTERM);
+    EXPECT_EQ(p.wait(), 0) << read_file(d.log);
+}
+
+TEST(EndToEnd, SigtermIsAnsweredAtOnceWhileAReloadWaitsBehindASlowRemoval) {
+    HangingStopDir d("1h");
+    Process p({TICKHOST_EXE, "--config", d.toml.string()}, d.log);
+    ASSERT_TRUE(eventually([&] { return d.running(); }, 20s)) << read_file(d.log);
+    // Removing the file makes the watcher wait for the hanging stop call (bound: 1 h) inside the manager.
+    fs::remove(d.plugins / "hostile.so");
+    ASSERT_TRUE(eventually([&] { return read_file(d.out).find("stop_hangs stop") != std::string::npos; }, 20s))
+        << read_file(d.log);
+    p.signal(SIGHUP);  // queued behind the removal
+    ASSERT_TRUE(eventually([&] { return has(d.log, "SIGHUP received"); }, 10s)) << read_file(d.log);
+    p.signal(SIGTERM);
+    EXPECT_TRUE(eventually([&] { return has(d.log, "Terminated received: stopping"); }, 5s)) << read_file(d.log);
+    p.signal(SIGTERM);
+    EXPECT_EQ(p.wait(10s), 130) << read_file(d.log);
+}
+
+// The structural rule of issue 10: a failure on any event path (start, a plugin_dir event, a host.toml
+// event, a reload) is named, the host keeps running, and no plugin is left with part of its tasks.
+// TICKHOST_FAULT makes the test-only fault points (host/src/fault.hpp) throw.
+TEST(EndToEnd, AFailureOnEveryEventPathIsNamedAndTheHostKeepsRunning) {
+    struct Case {
+        std::string fault;
+        std::string named;  // what the log must say
+    };
+    const std::vector<Case> cases = {
+        {"start", "loading plugin_dir failed: injected fault at start"},
+        {"watch.plugin_dir", "failed: injected fault at watch.plugin_dir"},
+        {"watch.config", "host.toml event failed: injected fault at watch.config"},
+        {"reload", "failed: injected fault at reload"},
+    };
+    for (const Case& c : cases) {
+        SCOPED_TRACE(c.fault);
+        HostDir d;
+        ScopedEnv env("TICKHOST_FAULT", c.fault);
+        Process p({TICKHOST_EXE, "--config", d.toml.string()}, d.log);
+        // The plugins run (after a failed start step, the watcher's first rescan loads them).
+        ASSERT_TRUE(eventually([&] { return read_file(d.health).rfind("online", 0) == 0; }, 20s)) << read_file(d.log);
+        fs::copy_file(MEDDLER_SO, d.plugins / "meddler.so");               // a plugin_dir event
+        write_file(d.toml, read_file(d.toml) + "[plugins.hello.config]\nwho = \"x\"\n");  // a host.toml event
+        p.signal(SIGHUP);                                                     // a reload
+        ASSERT_TRUE(eventually([&] { return has(d.log, c.named); }, 20s)) << read_file(d.log);
+        const std::string before = read_file(d.health);
+        ASSERT_TRUE(eventually([&] { return read_file(d.health) != before; }, 10s)) << "stopped beating";
+        p.signal(SIGTERM);
+        EXPECT_EQ(p.wait(), 0) << read_file(d.log);
+    }
+}
+
+TEST(EndToEnd, APluginWhoseTasksFailToStartHasNoneOfThemScheduled) {
+    HostDir d;
+    const fs::path count = d.tmp / "count";
+    write_file(d.toml, read_file(d.toml) + "[plugins.counter_c]\ninterval = \"20ms\"\n[plugins.counter_c.config]\n"
+                                           "tasks = 3\npath = \"" + count.string() + "\"\n");
+    ScopedEnv env("TICKHOST_FAULT", "start_tasks:counter_c");
+    Process p({TICKHOST_EXE, "--config", d.toml.string()}, d.log);
+    ASSERT_TRUE(eventually([&] { return read_file(d.health).rfind("online", 0) == 0; }, 20s)) << read_file(d.log);
+    ASSERT_TRUE(eventually([&] { return has(d.log, "injected fault at start_tasks:counter_c"); }, 10s))
+        << read_file(d.log);
+    std::this_thread::sleep_for(500ms);  // 25 intervals of counter_c
+    for (int i = 0; i < 3; ++i) EXPECT_FALSE(fs::exists(count.string() + "." + std::to_string(i))) << i;
+    EXPECT_FALSE(has(d.log, "loaded plugin 'counter_c'")) << read_file(d.log);
+    p.signal(SIGTERM);
+    EXPECT_EQ(p.wait(), 0) << read_file(d.log);
 }

@@ -86,12 +86,24 @@ int cmd_run_once(int argc, char** argv) {
                 return usage_error("run-once",
                                    "--timeout: '" + timeout_text + "' is not a positive duration (e.g. 500ms, 10s)",
                                    kRunOnceUsage);
+            if (*d > max_duration)
+                return usage_error("run-once",
+                                   "--timeout: '" + timeout_text +
+                                       "' is longer than the longest duration tickhost accepts, 8760h (365 days)",
+                                   kRunOnceUsage);
             options.timeout = *d;
         } else if (option_value(argc, argv, i, "--set", "-s", &v, &missing)) {
             const auto eq = v.find('=');
             if (missing || eq == std::string::npos || eq == 0)
                 return usage_error("run-once", "--set needs KEY=VALUE", kRunOnceUsage);
-            options.config.set(v.substr(0, eq), parse_value(v.substr(eq + 1)));
+            const std::string value = v.substr(eq + 1);
+            // A value written as a duration is bounded like every duration (the plugin may schedule with it).
+            if (auto d = parse_duration(value); d && *d > max_duration)
+                return usage_error("run-once",
+                                   "--set " + v.substr(0, eq) + ": '" + value +
+                                       "' is longer than the longest duration tickhost accepts, 8760h (365 days)",
+                                   kRunOnceUsage);
+            options.config.set(v.substr(0, eq), parse_value(value));
         } else if (a.size() > 1 && a[0] == '-') {
             return usage_error("run-once", "unknown option '" + a + "'", kRunOnceUsage);
         } else if (file.empty()) {

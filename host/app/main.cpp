@@ -5,15 +5,18 @@
 #include <tickhost/config.hpp>
 #include <tickhost/host.hpp>
 #include <tickhost/logging.hpp>
+#include <tickhost/signals.hpp>
 
 #include <spdlog/spdlog.h>
 
 #include <atomic>
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
 #include <iostream>
+#include <memory>
 #include <string>
 #include <thread>
 
@@ -108,59 +111,94 @@ int main(int argc, char** argv) {
     auto log = tickhost::get_logger("host");
 
     // Block the signals we handle before any thread exists, so that every thread inherits the mask and
-    // only sigwait below sees them (no async-signal-safety puzzles).
+    // only this thread's sigtimedwait below sees them (no async-signal-safety puzzles). The guard keeps a
+    // plugin from silencing them (SIG_IGN, a handler of its own): see <tickhost/signals.hpp>.
     sigset_t sigs;
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGINT);
     sigaddset(&sigs, SIGTERM);
     sigaddset(&sigs, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+    tickhost::guard_signals({SIGINT, SIGTERM, SIGHUP});
 
     std::unique_ptr<tickhost::Host> host;
     try {
         host = std::make_unique<tickhost::Host>(config);
-        log->info("tickhost {} starting: config {}, plugin_dir {}, {} worker(s)", TICKHOST_VERSION,
-                  config.source.string(), config.plugin_dir.string(), host->tickers().worker_count());
-        host->start();
     } catch (const std::exception& e) {
         log->critical("cannot start: {}", e.what());
         tickhost::flush_logs();
         return 1;
     }
+    log->info("tickhost {} starting: config {}, plugin_dir {}, {} worker(s)", TICKHOST_VERSION, config.source.string(),
+              config.plugin_dir.string(), host->tickers().worker_count());
 
-    int sig = 0;
-    for (;;) {
-        if (sigwait(&sigs, &sig) != 0) continue;
-        if (sig == SIGHUP) {
-            log->info("SIGHUP received: reloading {}", config.source.string());
-            host->reload_config();
-            continue;
+    // This thread only ever waits for signals: starting, reloading and stopping run on threads of their own,
+    // so a signal is answered at once whatever the plugins are doing (a second SIGINT/SIGTERM always exits).
+    std::atomic<bool> start_failed{false};
+    std::thread starter([&] {
+        try {
+            host->start();
+        } catch (const std::exception& e) {
+            log->critical("cannot start: {}", e.what());
+            start_failed = true;
         }
-        break;
-    }
-    log->info("{} received: stopping (stop calls, then unload; bound {})", strsignal(sig),
-              tickhost::format_duration(config.shutdown_timeout));
+        tickhost::restore_guarded_signals();
+    });
 
-    // Stop on another thread so that a second signal can still cut it short.
     std::atomic<bool> done{false};
     bool clean = false;
-    std::thread stopper([&] {
-        clean = host->stop();
-        done = true;
-    });
-    const timespec poll{0, 50 * 1000 * 1000};
-    while (!done) {
+    std::thread stopper;
+    int first = 0;
+    auto begin_stop = [&](const char* why) {
+        log->info("{}: stopping (stop calls, then unload; bound {})", why,
+                  tickhost::format_duration(config.shutdown_timeout));
+        host->plugins().set_stopping(true);  // a start in progress skips the plugins it has not loaded yet
+        stopper = std::thread([&] {
+            starter.join();  // a start in progress ends first (the manager skips what is left of it)
+            clean = host->stop();
+            done = true;
+        });
+    };
+    // The whole stop is bounded by shutdown_timeout; past it (and a moment for the log), exit 1.
+    std::chrono::steady_clock::time_point stop_deadline{};
+    const timespec tick{0, 100 * 1000 * 1000};
+    for (;;) {
         siginfo_t info;
-        int s = sigtimedwait(&sigs, &info, &poll);
-        if (s == SIGINT || s == SIGTERM) {
-            log->warn("second {}: exiting now without waiting for stop calls", strsignal(s));
+        const int s = sigtimedwait(&sigs, &info, &tick);
+        tickhost::restore_guarded_signals();
+        if (s == SIGHUP) {
+            if (!first) {
+                log->info("SIGHUP received: reloading {}", config.source.string());
+                host->request_reload();
+            }
+        } else if (s == SIGINT || s == SIGTERM) {
+            if (first) {
+                log->warn("second {}: exiting now without waiting for stop calls", strsignal(s));
+                tickhost::flush_logs();
+                std::_Exit(130);
+            }
+            first = s;
+            begin_stop((std::string(strsignal(s)) + " received").c_str());
+            stop_deadline = std::chrono::steady_clock::now() + config.shutdown_timeout + std::chrono::seconds(1);
+        } else if (start_failed && !first) {
+            first = -1;
+            begin_stop("the host could not start");
+            stop_deadline = std::chrono::steady_clock::now() + config.shutdown_timeout + std::chrono::seconds(1);
+        }
+        if (first && done) break;
+        if (first && std::chrono::steady_clock::now() > stop_deadline) {
+            log->error(
+                "the stop did not finish within shutdown_timeout ({}); exiting 1 with plugin code still "
+                "running (named above)",
+                tickhost::format_duration(config.shutdown_timeout));
             tickhost::flush_logs();
-            std::_Exit(130);
+            std::_Exit(1);
         }
     }
     stopper.join();
-    if (!clean) {
-        log->error("stopped, but some task did not finish within shutdown_timeout (named above); exiting 1");
+    if (!clean || start_failed) {
+        if (!clean)
+            log->error("stopped, but some task did not finish within shutdown_timeout (named above); exiting 1");
         tickhost::flush_logs();
         std::_Exit(1);  // code of a stuck plugin may still run: skip static destructors
     }

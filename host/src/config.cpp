@@ -705,7 +705,7 @@ PluginValues::Lookup PluginValues::get_duration(std::string_view key, Duration* 
     const std::string* s = std::get_if<std::string>(v);
     if (!s) return Lookup::wrong_type;
     std::optional<Duration> d = parse_duration(*s);
-    if (!d) return Lookup::wrong_type;
+    if (!d || *d > max_duration) return Lookup::wrong_type;  // longer than any interval or timeout may be
     if (out) *out = *d;
     return Lookup::ok;
 }
@@ -757,7 +757,10 @@ HostConfig load_config(const fs::path& file) {
     int err = std::ferror(f) ? (errno != 0 ? errno : EIO) : 0;
     std::fclose(f);
     if (err != 0) throw ConfigError(file.string(), 0, 0, "", "cannot read " + name + ": " + std::strerror(err));
-    return parse_config(text, file);
+    // Absolute: the host keeps this path (to reload it, to watch its folder) and a plugin may chdir().
+    std::error_code ec;
+    const fs::path abs = fs::absolute(file, ec);
+    return parse_config(text, ec ? file : abs);
 }
 
 }  // namespace tickhost

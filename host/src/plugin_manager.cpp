@@ -152,6 +152,7 @@ size_t PluginManager::load_directory() {
 }
 
 void PluginManager::reconcile() {
+    if (stopping_) return;
     std::lock_guard<std::mutex> lk(mu_);
     const fs::path& dir = config_.plugin_dir;
     std::error_code ec;
@@ -173,11 +174,27 @@ void PluginManager::reconcile() {
     std::vector<fs::path> gone;
     for (auto& [f, p] : by_file_)
         if (!std::binary_search(files.begin(), files.end(), f)) gone.push_back(f);
-    for (auto& f : gone) sync_locked(f);
-    for (auto& f : files) sync_locked(f);
+    for (auto& f : gone) sync_guarded(f);
+    for (auto& f : files) sync_guarded(f);
 }
 
-std::optional<LoadError> PluginManager::load(const fs::path& file) {
+std::optional<LoadError> PluginManager::sync_guarded(const fs::path& file) {
+    if (stopping_) return std::nullopt;
+    // One file's unexpected failure (an exception from a library, an allocation) must not end the host or
+    // keep the other files from loading: it is named, and the file is tried again when it changes.
+    try {
+        return sync_locked(file);
+    } catch (const std::exception& e) {
+        LoadError err{TH_E_NOT_A_LIBRARY, "TH_E_NOT_A_LIBRARY", std::string("unexpected error: ") + e.what(),
+                      "it is tried again when the file changes (or on SIGHUP)"};
+        log_->error("{}: {}", file.string(), err.message());
+        return err;
+    }
+}
+
+std::optional<LoadError> PluginManager::load(const fs::path& file_in) {
+    // Absolute before any plugin code runs: a plugin may chdir().
+    const fs::path file = fs::absolute(file_in);
     std::lock_guard<std::mutex> lk(mu_);
     if (by_file_.count(file))
         return refuse(file, "not loaded",
@@ -189,12 +206,12 @@ std::optional<LoadError> PluginManager::load(const fs::path& file) {
                       {TH_E_NOT_A_LIBRARY, "TH_E_NOT_A_LIBRARY", std::string("cannot open: ") + std::strerror(errno),
                        "check that the file exists and the host's user can read it"},
                       "");
-    return sync_locked(file);
+    return sync_guarded(file);
 }
 
 std::optional<LoadError> PluginManager::sync(const fs::path& file) {
     std::lock_guard<std::mutex> lk(mu_);
-    return sync_locked(file);
+    return sync_guarded(fs::absolute(file));
 }
 
 bool PluginManager::retry_worthy(const fs::path& file) const {
@@ -469,6 +486,7 @@ std::optional<LoadError> PluginManager::replace(const Plugin& old, const std::st
 }
 
 void PluginManager::apply_config(HostConfig next) {
+    if (stopping_) return;
     {
         std::lock_guard<std::mutex> lk(mu_);
         auto restart_needed = [&](const char* key, bool changed) {

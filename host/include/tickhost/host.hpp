@@ -18,8 +18,11 @@
 #include <tickhost/watcher.hpp>
 
 #include <atomic>
+#include <condition_variable>
+#include <cstdint>
 #include <memory>
 #include <mutex>
+#include <thread>
 
 namespace tickhost {
 
@@ -34,13 +37,23 @@ public:
     Host& operator=(const Host&) = delete;
 
     // Starts the scheduler, loads plugin_dir, and (unless [host] watch = "off") starts watching plugin_dir
-    // for added, replaced and removed plugin files and host.toml for changes. Idempotent.
+    // for added, replaced and removed plugin files and host.toml for changes. Idempotent. A plugin file
+    // that cannot be loaded is logged and skipped; an error of the load step as a whole is logged and the
+    // watcher's first rescan tries again. Throws only when the host itself cannot run (its threads).
     void start();
-    // Re-reads host.toml (config().source) and applies it (see PluginManager::apply_config). An invalid file
-    // is logged with file:line:column and the running configuration stays. Returns true if applied.
+    // Re-reads host.toml (config().source) and applies it (see PluginManager::apply_config) on the caller's
+    // thread. An invalid file is logged with file:line:column and the running configuration stays. Returns
+    // true if applied. Never throws: a failure is logged with its cause.
     bool reload_config();
-    // Unloads every plugin (their stop calls first) and stops the scheduler, within shutdown_timeout.
-    // Returns false if something did not stop in time (it is named in the log). Idempotent.
+    // Asks for reload_config() on the host's own reload thread and returns at once (safe from a signal
+    // loop). Requests that arrive while a reload runs coalesce into one more reload of the latest file.
+    void request_reload();
+    // Number of reloads finished (applied or refused) since start, for callers of request_reload().
+    uint64_t reloads_done() const { return reloads_done_.load(); }
+    // Unloads every plugin (their stop calls first) and stops the scheduler. shutdown_timeout bounds the
+    // whole stop, the time spent ending the watchers and a reload in progress included. Returns false if
+    // something did not stop in time (it is named in the log). Idempotent. Call it from the thread that
+    // called start(), or after start() returned.
     bool stop();
 
     Tickers& tickers() { return *tickers_; }
@@ -55,6 +68,14 @@ private:
     std::unique_ptr<DirectoryWatcher> config_watch_;
     std::atomic<DirectoryWatcher*> plugin_watch_ptr_{nullptr};  // for the watcher's own handler
     std::mutex reload_mu_;
+    // request_reload(): a flag and a thread, so that any burst of requests ends in one reload of the latest file.
+    void reload_loop();
+    std::thread reload_thread_;
+    std::mutex rq_mu_;
+    std::condition_variable rq_cv_;
+    bool rq_pending_ = false;
+    bool rq_stop_ = false;
+    std::atomic<uint64_t> reloads_done_{0};
     bool started_ = false;
     bool stopped_ = false;
 };

@@ -24,6 +24,7 @@
 #include <tickhost/plugin.h>
 #include <tickhost/tickers.hpp>
 
+#include <atomic>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -165,6 +166,10 @@ public:
     std::optional<RunOnceReport> run_once(const std::filesystem::path& file, const RunOnceOptions& options,
                                           LoadError* err);
 
+    // While on, every load, sync, reconcile and apply_config returns at once without changing anything:
+    // Host::stop turns it on first, so that a watcher event or a reload in flight does not delay the stop.
+    void set_stopping(bool on) { stopping_ = on; }
+
     std::vector<PluginInfo> plugins() const;
     std::optional<PluginInfo> plugin(const std::string& name) const;
     const HostConfig& config() const { return config_; }
@@ -179,6 +184,7 @@ private:
         bool duplicate = false;  // refused for a name in use: retried when that plugin goes
     };
     std::optional<LoadError> sync_locked(const std::filesystem::path& file);
+    std::optional<LoadError> sync_guarded(const std::filesystem::path& file);  // sync_locked, catching everything
     std::optional<LoadError> refuse(const std::filesystem::path& file, const std::string& what, LoadError e,
                                     const std::string& sha256);
     // Library loaded and checked, no init. Null + *err on failure.
@@ -203,6 +209,7 @@ private:
     std::shared_ptr<spdlog::logger> log_;
     std::unique_ptr<detail::ShadowCache> cache_;
     mutable std::mutex mu_;
+    std::atomic<bool> stopping_{false};
     std::map<std::filesystem::path, Plugin> by_file_;
     std::map<std::filesystem::path, Failure> failed_;  // last failed content per file, not to repeat errors
 };
