@@ -402,3 +402,32 @@ TEST_P(HotReload, ConfigReloadAppliesValidChangesAndRefusesInvalidOnes) {
 
 INSTANTIATE_TEST_SUITE_P(Backends, HotReload, ::testing::Values(WatchMode::inotify, WatchMode::poll),
                          [](const auto& info) { return info.param == WatchMode::inotify ? "inotify" : "poll"; });
+
+// A burst of reload requests (SIGHUPs, host.toml events) ends in few reloads, the last of the latest file.
+TEST(ReloadQueue, ABurstOfRequestsCoalescesIntoAReloadOfTheLatestFile) {
+    TempDir tmp;
+    fs::path toml = tmp / "host.toml";
+    const fs::path dir = tmp / "plugins.d";
+    fs::create_directories(dir);
+    auto write_toml = [&](const std::string& interval) {
+        write_file(toml, "[host]\nplugin_dir = \"plugins.d\"\nshadow_dir = \"shadow\"\nworkers = 2\nwatch = \"off\"\n"
+                         "[plugins.other]\ninterval = \"" + interval + "\"\n[plugins.other.config]\nstate = \"" +
+                             (tmp / "state").string() + "\"\n");
+    };
+    write_toml("10ms");
+    fs::copy_file(fixture("fx_versioned_other"), dir / "other.so");
+    Host host(tickhost::load_config(toml));
+    host.start();
+    ASSERT_TRUE(host.plugins().plugin("other"));
+    // The new file lands whole (rename), then 200 requests come at once; each returns at once.
+    const fs::path final_toml = toml;
+    toml = tmp / "host.toml.new";
+    write_toml("30ms");
+    fs::rename(toml, final_toml);
+    for (int i = 0; i < 200; ++i) host.request_reload();
+    ASSERT_TRUE(eventually([&] { return host.plugins().plugin("other")->tasks.at(0).interval == 30ms; }));
+    ASSERT_TRUE(eventually([&] { return host.reloads_done() >= 1; }));
+    std::this_thread::sleep_for(200ms);  // let a coalesced follow-up reload finish, if one is queued
+    EXPECT_LE(host.reloads_done(), 3u) << "200 requests should coalesce";
+    EXPECT_TRUE(host.stop());
+}
