@@ -53,11 +53,24 @@ static th_status count_run(void* state, th_ctx ctx, int32_t is_stop) {
     struct counter_task* t = (struct counter_task*)state;
     if (is_stop) {
         char msg[64];
-        snprintf(msg, sizeof msg, "%s stopped after %lu runs", t->name, t->runs);
+        snprintf(msg, sizeof msg, "%s stopped after %lu run%s", t->name, t->runs, t->runs == 1 ? "" : "s");
         say(ctx, TH_LOG_INFO, msg);
         return write_count(ctx, t, "stopped ");
     }
     t->runs++;
+    if (t->runs == 1) {
+        char msg[4200];
+        if (t->file[0])
+            snprintf(msg, sizeof msg, "%s: first run; counting in %s (each run is logged at debug level)", t->name,
+                     t->file);
+        else
+            snprintf(msg, sizeof msg, "%s: first run (each run is logged at debug level)", t->name);
+        say(ctx, TH_LOG_INFO, msg);
+    } else {
+        char msg[64];
+        snprintf(msg, sizeof msg, "%s: run %lu", t->name, t->runs);
+        say(ctx, TH_LOG_DEBUG, msg);
+    }
     return write_count(ctx, t, "");
 }
 

@@ -48,7 +48,13 @@ public:
         if (!is_stop) ++runs_;
         replace_file(path_, std::string(is_stop ? "offline " : "online ") + std::to_string(runs_) + " " +
                                 std::to_string(unix_ms()) + "\n");
-        if (is_stop) ctx.info("offline after " + std::to_string(runs_) + " beats");
+        const std::string beats = std::to_string(runs_) + (runs_ == 1 ? " beat" : " beats");
+        if (is_stop)
+            ctx.info("offline after " + beats + " (" + path_ + " says offline)");
+        else if (runs_ == 1)
+            ctx.info("online: " + path_ + " is rewritten on every beat (each beat is logged at debug level)");
+        else
+            ctx.debug("online, " + beats);
         return tickhost::Status::ok;
     }
 

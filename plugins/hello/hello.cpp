@@ -14,7 +14,7 @@ public:
 
     void greet(tickhost::Context& ctx, bool is_stop) {
         if (is_stop) {
-            ctx.info("goodbye, " + who_ + ", after " + std::to_string(runs_) + " greetings");
+            ctx.info("goodbye, " + who_ + ", after " + std::to_string(runs_) + (runs_ == 1 ? " greeting" : " greetings"));
             return;
         }
         ctx.info("hello, " + who_ + " #" + std::to_string(++runs_));
