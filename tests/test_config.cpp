@@ -8,6 +8,8 @@
 #include <cstring>
 #include <fstream>
 #include <random>
+#include <regex>
+#include <sstream>
 #include <string>
 #include <unistd.h>
 
@@ -60,6 +62,13 @@ private:
 }
 
 HostConfig parse(const std::string& text) { return parse_config(text, "host.toml"); }
+
+std::string read_text(const fs::path& p) {
+    std::ifstream in(p);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+}
 
 fs::path cwd_path(const std::string& rel) { return (fs::current_path() / rel).lexically_normal(); }
 
@@ -710,6 +719,62 @@ TEST(Config, LoadConfigKeepsAnAbsoluteSource) {
     EXPECT_TRUE(c.source.is_absolute()) << c.source;
     EXPECT_EQ(c.source, dir.path() / "host.toml");
     EXPECT_TRUE(c.plugin_dir.is_absolute()) << c.plugin_dir;
+}
+
+// ---------------------------------------------------------------- the documented keys
+// Every key the parser accepts is in the README's table and in the bundled host.toml (with a valid value:
+// its commented-out defaults are uncommented and parsed).
+TEST(ConfigDocs, ReadmeTableAndBundledHostTomlShowEveryKey) {
+    const std::string readme = read_text(fs::path(SOURCE_DIR) / "README.md");
+    const std::string bundled = read_text(fs::path(SOURCE_DIR) / "host.toml");
+    ASSERT_FALSE(readme.empty());
+    ASSERT_FALSE(bundled.empty());
+    std::vector<std::string> lines;
+    for (size_t at = 0, nl; at < readme.size(); at = nl + 1) {
+        nl = readme.find('\n', at);
+        if (nl == std::string::npos) nl = readme.size();
+        lines.push_back(readme.substr(at, nl - at));
+    }
+    auto in_table = [&](const std::string& row_prefix, std::string_view key) {
+        for (const auto& l : lines)
+            if (l.rfind(row_prefix, 0) == 0 && l.substr(0, l.find(" | ")).find(std::string(key)) != std::string::npos)
+                return true;
+        return false;
+    };
+    auto in_file = [&](std::string_view key) {
+        const std::regex line("(^|\n)(# )?" + std::string(key) + " = ");
+        return std::regex_search(bundled, line);
+    };
+    for (auto k : config_keys(ConfigTable::host)) {
+        EXPECT_TRUE(in_table("| `[host]", k)) << "README's table lacks [host] " << k;
+        EXPECT_TRUE(in_file(k)) << "host.toml lacks [host] " << k;
+    }
+    for (auto k : config_keys(ConfigTable::plugin)) {
+        if (k == "tasks") {
+            EXPECT_TRUE(in_table("| `[plugins.<name>.tasks.<task>]", "")) << "README's table lacks the task table";
+            EXPECT_NE(bundled.find("[plugins.counter_c.tasks."), std::string::npos) << "host.toml lacks a task table";
+        } else if (k == "config") {
+            EXPECT_TRUE(in_table("| `[plugins.<name>.config]", "")) << "README's table lacks the config table";
+            EXPECT_NE(bundled.find(".config]"), std::string::npos);
+        } else {
+            EXPECT_TRUE(in_table("| `[plugins.<name>]", k)) << "README's table lacks [plugins.<name>] " << k;
+            EXPECT_TRUE(in_file(k)) << "host.toml lacks [plugins.<name>] " << k;
+        }
+    }
+    for (auto k : config_keys(ConfigTable::task))
+        EXPECT_TRUE(in_table("| `[plugins.<name>.tasks.<task>]", k)) << "README's table lacks the task key " << k;
+
+    // As shipped, and with every commented-out key (and table) uncommented: both parse.
+    EXPECT_NO_THROW(parse_config(bundled, fs::path(SOURCE_DIR) / "host.toml"));
+    const std::string all = std::regex_replace(bundled, std::regex("(^|\n)# (\\[|[a-z_]+ = )"), "$1$2");
+    const std::string no_pin = std::regex_replace(all, std::regex("\nsha256 = [^\n]*"), "");
+    try {
+        HostConfig c = parse_config(no_pin, fs::path(SOURCE_DIR) / "host.toml");
+        EXPECT_EQ(c.max_tasks_per_plugin, 100000u);
+        EXPECT_TRUE(c.plugin("counter_c").tasks.count("count1"));
+    } catch (const std::exception& e) {
+        ADD_FAILURE() << "host.toml with every key uncommented: " << e.what() << "\n" << no_pin;
+    }
 }
 
 }  // namespace tickhost

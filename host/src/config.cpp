@@ -552,6 +552,14 @@ fs::path resolve(const fs::path& folder, const fs::path& p) {
 
 }  // namespace
 
+const std::vector<std::string_view>& config_keys(ConfigTable table) {
+    switch (table) {
+    case ConfigTable::host: return kHostKeys;
+    case ConfigTable::plugin: return kPluginKeys;
+    default: return kTaskKeys;
+    }
+}
+
 // ---------------------------------------------------------------- durations
 
 std::optional<Duration> parse_duration(std::string_view text) {

@@ -118,6 +118,11 @@ struct HostConfig {
     const PluginSettings& plugin(const std::string& name) const;
 };
 
+// The keys host.toml accepts in [host], in [plugins.<name>] and in [plugins.<name>.tasks.<task>] (the
+// tests keep the README's table and the bundled host.toml in step with these).
+enum class ConfigTable { host, plugin, task };
+const std::vector<std::string_view>& config_keys(ConfigTable table);
+
 // Reads and validates a host.toml. Throws ConfigError (syntax, wrong type, unknown key with a "did you
 // mean" suggestion, a duration that is not positive or longer than max_duration (365 days), ...). Relative paths resolve against the file's folder.
 HostConfig load_config(const std::filesystem::path& file);
