@@ -13,20 +13,22 @@ string(REGEX REPLACE ".*TH_ABI_MAJOR ([0-9]+).*" "\\1" TICKHOST_ABI_MAJOR "${abi
 string(REGEX REPLACE ".*TH_ABI_MINOR ([0-9]+).*" "\\1" TICKHOST_ABI_MINOR "${abi_lines}")
 
 # SDK: header-only (the C ABI header, the C++ layer, the generated version header).
-install(TARGETS tickhost_sdk EXPORT tickhostTargets)
+install(TARGETS tickhost_sdk EXPORT tickhostSdkTargets)
 install(DIRECTORY ${PROJECT_SOURCE_DIR}/sdk/include/tickhost ${TICKHOST_GENERATED_INCLUDE_DIR}/tickhost
         DESTINATION ${CMAKE_INSTALL_INCLUDEDIR} FILES_MATCHING PATTERN "*.h" PATTERN "*.hpp")
 
 # Host library: static on purpose. Its C++ API (std::function, std::string, spdlog types) is source-stable
 # within 1.x but makes no binary promise, so a shared libtickhost.so.1 would promise what we cannot keep;
 # the only binary-stable interface is the plugin C ABI. Embedding applications link it into themselves.
-install(TARGETS tickhost_host EXPORT tickhostTargets ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR})
+install(TARGETS tickhost_host EXPORT tickhostHostTargets ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR})
 install(DIRECTORY ${PROJECT_SOURCE_DIR}/host/include/tickhost DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}
         FILES_MATCHING PATTERN "*.hpp")
 
 install(TARGETS tickhost RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 
-install(EXPORT tickhostTargets NAMESPACE tickhost:: DESTINATION ${TICKHOST_CMAKE_DIR} FILE tickhostTargets.cmake)
+# Two export sets, so that find_package(tickhost COMPONENTS sdk) needs none of the host's dependencies.
+install(EXPORT tickhostSdkTargets NAMESPACE tickhost:: DESTINATION ${TICKHOST_CMAKE_DIR} FILE tickhostSdkTargets.cmake)
+install(EXPORT tickhostHostTargets NAMESPACE tickhost:: DESTINATION ${TICKHOST_CMAKE_DIR} FILE tickhostHostTargets.cmake)
 configure_package_config_file(${CMAKE_CURRENT_LIST_DIR}/tickhostConfig.cmake.in
                               ${PROJECT_BINARY_DIR}/package/tickhostConfig.cmake
                               INSTALL_DESTINATION ${TICKHOST_CMAKE_DIR})
@@ -51,6 +53,9 @@ endif()
 configure_file(${CMAKE_CURRENT_LIST_DIR}/tickhost-sdk.pc.in ${PROJECT_BINARY_DIR}/package/tickhost-sdk.pc @ONLY)
 install(FILES ${PROJECT_BINARY_DIR}/package/tickhost-sdk.pc DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig)
 
-install(FILES ${PROJECT_SOURCE_DIR}/docs/writing-plugins.md ${PROJECT_SOURCE_DIR}/docs/embedding.md
+install(FILES ${PROJECT_SOURCE_DIR}/README.md ${PROJECT_SOURCE_DIR}/docs/writing-plugins.md
+              ${PROJECT_SOURCE_DIR}/docs/embedding.md ${PROJECT_SOURCE_DIR}/docs/security.md
               ${PROJECT_SOURCE_DIR}/CHANGELOG.md
         DESTINATION ${CMAKE_INSTALL_DOCDIR})
+# Every key with its default (its plugin_dir points at the source tree's example build: adapt it).
+install(FILES ${PROJECT_SOURCE_DIR}/host.toml DESTINATION ${CMAKE_INSTALL_DOCDIR}/examples)

@@ -3,6 +3,7 @@
 #   install     cmake --install into a temp prefix
 #   cpp_plugin  the guide's greeter project (find_package(tickhost) + tickhost_add_plugin), out of tree
 #   c_plugin    a C plugin built by a plain Makefile with pkg-config only
+#   sdk_only    find_package(tickhost COMPONENTS sdk) with none of the host's dependencies, a C-only project
 #   new_plugin  `tickhost new-plugin` (C++ and C) builds and passes `tickhost check` and `run-once` as generated
 #   embed       the embedding guide's application: its own task next to a plugin directory, then SIGTERM
 #   host        the installed `tickhost` checks, runs once, and hosts the plugins built above
@@ -40,7 +41,10 @@ install)
     for f in bin/tickhost include/tickhost/plugin.h include/tickhost/plugin.hpp include/tickhost/version.h \
              include/tickhost/host.hpp lib/libtickhost.a lib/cmake/tickhost/tickhostConfig.cmake \
              lib/cmake/tickhost/tickhostConfigVersion.cmake lib/cmake/tickhost/TickhostPlugin.cmake \
-             lib/pkgconfig/tickhost-sdk.pc share/doc/tickhost/writing-plugins.md share/doc/tickhost/embedding.md; do
+             lib/pkgconfig/tickhost-sdk.pc share/doc/tickhost/writing-plugins.md share/doc/tickhost/embedding.md \
+             share/doc/tickhost/README.md share/doc/tickhost/security.md share/doc/tickhost/CHANGELOG.md \
+             share/doc/tickhost/examples/host.toml lib/cmake/tickhost/tickhostSdkTargets.cmake \
+             lib/cmake/tickhost/tickhostHostTargets.cmake; do
         [ -e "$P/$f" ] || fail "not installed: $f"
     done
     tickhost --version | grep -q "plugin ABI" || fail "installed tickhost --version"
@@ -60,6 +64,35 @@ c_plugin)
     [ "$(pkg-config --modversion tickhost-sdk)" = "$TH_VERSION" ] || fail "pkg-config --modversion"
     (cd "$d" && make -s -f "$TH_SRC/c_plugin/Makefile" VPATH="$TH_SRC/c_plugin" CC="$TH_CC") || fail "make"
     [ -f "$d/cprobe.so" ] || fail "cprobe.so not built"
+    ;;
+sdk_only)
+    # A C plugin author's project needs the SDK component only: none of the host's dependencies, no C++.
+    d=$TH_WORK/sdk && rm -rf "$d" && mkdir -p "$d/src"
+    cp "$TH_SRC/c_plugin/cprobe.c" "$d/src/"
+    printf '%s\n' 'cmake_minimum_required(VERSION 3.20)' 'project(sdk_only LANGUAGES C)' \
+        'find_package(tickhost 1.0 CONFIG REQUIRED COMPONENTS sdk)' \
+        'if(TARGET tickhost::host)' '  message(FATAL_ERROR "COMPONENTS sdk brought tickhost::host")' 'endif()' \
+        'tickhost_add_plugin(cprobe SOURCES cprobe.c)' >"$d/src/CMakeLists.txt"
+    nodeps=(-DCMAKE_DISABLE_FIND_PACKAGE_spdlog=ON -DCMAKE_DISABLE_FIND_PACKAGE_tomlplusplus=ON
+            -DCMAKE_DISABLE_FIND_PACKAGE_fmt=ON -DCMAKE_DISABLE_FIND_PACKAGE_Threads=ON)
+    "$TH_CMAKE" -S "$d/src" -B "$d/build" -G "$TH_GENERATOR" -DCMAKE_PREFIX_PATH="$P" -DCMAKE_C_COMPILER="$TH_CC" \
+        "${nodeps[@]}" >"$d/configure.log" 2>&1 || { cat "$d/configure.log"; fail "sdk component needed more"; }
+    "$TH_CMAKE" --build "$d/build" >"$d/build.log" 2>&1 || { cat "$d/build.log"; fail "sdk-only build"; }
+    tickhost check "$d/build/cprobe.so" >"$d/check.txt" || { cat "$d/check.txt"; fail "check the sdk-only plugin"; }
+    # The host component says what it misses, and that a plugin needs only the SDK.
+    mkdir -p "$d/host"
+    printf '%s\n' 'cmake_minimum_required(VERSION 3.20)' 'project(host_wanted LANGUAGES C CXX)' \
+        'find_package(tickhost 1.0 CONFIG REQUIRED COMPONENTS host)' >"$d/host/CMakeLists.txt"
+    "$TH_CMAKE" -S "$d/host" -B "$d/host/build" -DCMAKE_PREFIX_PATH="$P" "${nodeps[@]}" >"$d/host.log" 2>&1 &&
+        fail "COMPONENTS host passed without spdlog"
+    has "$d/host.log" "COMPONENTS sdk" || { cat "$d/host.log"; fail "no hint for the missing host dependencies"; }
+    # Plain find_package(tickhost) still means everything.
+    mkdir -p "$d/all"
+    printf '%s\n' 'cmake_minimum_required(VERSION 3.20)' 'project(all LANGUAGES C CXX)' \
+        'find_package(tickhost 1.0 CONFIG REQUIRED)' \
+        'if(NOT TARGET tickhost::host OR NOT TARGET tickhost::sdk)' '  message(FATAL_ERROR "targets missing")' 'endif()' \
+        >"$d/all/CMakeLists.txt"
+    "$TH_CMAKE" -S "$d/all" -B "$d/all/build" -DCMAKE_PREFIX_PATH="$P" >"$d/all.log" 2>&1 || { cat "$d/all.log"; fail "find_package(tickhost)"; }
     ;;
 new_plugin)
     d=$TH_WORK/new && rm -rf "$d" && mkdir -p "$d" && cd "$d"
