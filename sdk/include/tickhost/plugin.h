@@ -69,10 +69,10 @@
  *   type / function        size align  who owns it, how long it lives              called / used on
  *   th_ctx                    8    8   a value; valid during the call it came with  any thread
  *   th_status, levels         4    4   int32_t values                               -
- *   th_host_api              88    8   host; from entry until unload; read-only     any thread
+ *   th_host_api              96    8   host; from entry until unload; read-only     any thread
  *     .struct_size @0 u32, .abi_version @4 u32, .log @8, .is_cancelled @16, .remaining_ns @24,
  *     .deadline_ns @32, .config_string @40, .config_int @48, .config_bool @56, .config_duration_ns @64,
- *     .set_error @72, .add_task @80
+ *     .set_error @72, .add_task @80, .due_ns @88
  *   th_host_info             24    8   host; valid only during tickhost_plugin_entry loader thread
  *     .struct_size @0 u32, .abi_version @4 u32, .api @8, .host_version @16 (NUL-terminated, host-owned)
  *   th_task_def              48    8   plugin; static tasks: until unload; passed   loader thread
