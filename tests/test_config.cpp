@@ -467,7 +467,7 @@ TEST(ConfigError, UnreadableFile) {
         FAIL() << "no error";
     } catch (const ConfigError& e) {
         std::string file = (dir.path() / "missing" / "host.toml").string();
-        EXPECT_EQ(std::string(e.what()), file + ":0:0: cannot read host.toml: No such file or directory");
+        EXPECT_EQ(std::string(e.what()), file + ": cannot read host.toml: No such file or directory");
         EXPECT_EQ(e.line(), 0u);
         EXPECT_EQ(e.column(), 0u);
     }
@@ -475,7 +475,7 @@ TEST(ConfigError, UnreadableFile) {
         load_config(dir.path());  // a folder, not a file
         FAIL() << "no error";
     } catch (const ConfigError& e) {
-        EXPECT_NE(std::string(e.what()).find(":0:0: cannot read "), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find(dir.path().string() + ": cannot read "), std::string::npos) << e.what();
         EXPECT_NE(std::string(e.what()).find("Is a directory"), std::string::npos) << e.what();
     }
 }

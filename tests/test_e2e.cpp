@@ -149,6 +149,33 @@ TEST(EndToEnd, HelpVersionAndBadArguments) {
         EXPECT_NE(read_file(tmp / "bad.log").find("unknown argument '--frobnicate'"), std::string::npos);
     }
     {
+        Process p({TICKHOST_EXE, "--confg", "x"}, tmp / "near.log");
+        EXPECT_EQ(p.wait(), 2);
+        EXPECT_NE(read_file(tmp / "near.log").find("did you mean '--config'?"), std::string::npos) << read_file(tmp / "near.log");
+    }
+    {
+        Process p({TICKHOST_EXE, "chek", "x.so"}, tmp / "sub.log");
+        EXPECT_EQ(p.wait(), 2);
+        EXPECT_NE(read_file(tmp / "sub.log").find("unknown subcommand 'chek'; did you mean 'check'?"), std::string::npos)
+            << read_file(tmp / "sub.log");
+    }
+    {
+        Process p({TICKHOST_EXE, "help"}, tmp / "help2.log");
+        EXPECT_EQ(p.wait(), 0);
+        EXPECT_NE(read_file(tmp / "help2.log").find("usage: tickhost"), std::string::npos);
+        Process q({TICKHOST_EXE, "help", "run-once"}, tmp / "help3.log");
+        EXPECT_EQ(q.wait(), 0);
+        EXPECT_NE(read_file(tmp / "help3.log").find("usage: tickhost run-once"), std::string::npos) << read_file(tmp / "help3.log");
+    }
+    {
+        // A bad --log-level is a command-line error, not a host.toml one.
+        Process p({TICKHOST_EXE, "--log-level", "verbose"}, tmp / "level.log");
+        EXPECT_EQ(p.wait(), 2);
+        const std::string out = read_file(tmp / "level.log");
+        EXPECT_NE(out.find("--log-level: 'verbose' is not a level"), std::string::npos) << out;
+        EXPECT_EQ(out.substr(0, out.find('\n')).find("host.toml"), std::string::npos) << out;
+    }
+    {
         Process p({TICKHOST_EXE, "--config", (tmp / "nope.toml").string()}, tmp / "missing.log");
         EXPECT_EQ(p.wait(), 2);
         EXPECT_NE(read_file(tmp / "missing.log").find("nope.toml"), std::string::npos);

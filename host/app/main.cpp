@@ -9,6 +9,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <csignal>
@@ -19,6 +20,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <pthread.h>
 
@@ -29,7 +31,7 @@
 namespace {
 
 const char* kUsage = R"(usage: tickhost [--config PATH] [--log-level LEVEL]
-       tickhost --help | --version
+       tickhost --help | --version | help [SUBCOMMAND]
        tickhost check [--json] FILE...            load plugin files as the host would; show what they declare
        tickhost run-once FILE [--task NAME] ...   init, one run, the stop call, unload; show status and logs
        tickhost new-plugin NAME [--lang cpp|c]    write a ready-to-build plugin project
@@ -55,6 +57,32 @@ int usage_error(const std::string& msg) {
     return 2;
 }
 
+size_t edit_distance(const std::string& a, const std::string& b) {
+    std::vector<size_t> row(b.size() + 1);
+    for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+    for (size_t i = 1; i <= a.size(); ++i) {
+        size_t diag = row[0];
+        row[0] = i;
+        for (size_t j = 1; j <= b.size(); ++j) {
+            const size_t up = row[j];
+            row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
+            diag = up;
+        }
+    }
+    return row[b.size()];
+}
+
+// "; did you mean 'check'?" for a near miss among `known`, else "".
+std::string did_you_mean(const std::string& word, std::initializer_list<const char*> known) {
+    std::string best;
+    size_t best_d = 3;  // at most two edits away
+    for (const char* k : known) {
+        const size_t d = edit_distance(word, k);
+        if (d < best_d) best_d = d, best = k;
+    }
+    return best.empty() ? "" : "; did you mean '" + best + "'?";
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -63,6 +91,24 @@ int main(int argc, char** argv) {
         if (cmd == "check") return tickhost::app::cmd_check(argc - 1, argv + 1);
         if (cmd == "run-once") return tickhost::app::cmd_run_once(argc - 1, argv + 1);
         if (cmd == "new-plugin") return tickhost::app::cmd_new_plugin(argc - 1, argv + 1);
+        if (cmd == "help") {
+            // `tickhost help` and `tickhost help SUBCOMMAND`, as git and systemctl users expect.
+            if (argc == 2) {
+                std::fputs(kUsage, stdout);
+                return 0;
+            }
+            const std::string sub = argv[2];
+            char help[] = "--help";
+            char* sub_argv[] = {argv[2], help, nullptr};
+            if (sub == "check") return tickhost::app::cmd_check(2, sub_argv);
+            if (sub == "run-once") return tickhost::app::cmd_run_once(2, sub_argv);
+            if (sub == "new-plugin") return tickhost::app::cmd_new_plugin(2, sub_argv);
+            return usage_error("help: no subcommand '" + sub + "'" +
+                               did_you_mean(sub, {"check", "run-once", "new-plugin"}));
+        }
+        if (!cmd.empty() && cmd[0] != '-')
+            return usage_error("unknown subcommand '" + cmd + "'" +
+                               did_you_mean(cmd, {"check", "run-once", "new-plugin", "help"}));
     }
     std::string config_path = "host.toml";
     std::string log_level;
@@ -92,10 +138,18 @@ int main(int argc, char** argv) {
         } else if (a.rfind("--log-level=", 0) == 0) {
             log_level = a.substr(12);
         } else {
-            return usage_error("unknown argument '" + a + "'");
+            return usage_error("unknown argument '" + a + "'" +
+                               did_you_mean(a.substr(0, a.find('=')),
+                                            {"--config", "--log-level", "--help", "--version"}));
         }
     }
 
+    if (!log_level.empty()) {
+        static const char* const levels[] = {"trace", "debug", "info", "warn", "error", "critical", "off"};
+        if (std::find(std::begin(levels), std::end(levels), log_level) == std::end(levels))
+            return usage_error("--log-level: '" + log_level +
+                               "' is not a level (use trace, debug, info, warn, error, critical or off)");
+    }
     tickhost::HostConfig config;
     try {
         config = tickhost::load_config(config_path);

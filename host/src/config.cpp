@@ -18,7 +18,9 @@ namespace tickhost {
 namespace fs = std::filesystem;
 
 ConfigError::ConfigError(std::string file, uint32_t line, uint32_t column, std::string key, std::string message)
-    : std::runtime_error(file + ":" + std::to_string(line) + ":" + std::to_string(column) + ": " + message),
+    // file:line:column when the place is known; just the file otherwise (it could not be read at all).
+    : std::runtime_error(file + (line ? ":" + std::to_string(line) + ":" + std::to_string(column) : std::string()) +
+                         ": " + message),
       file_(std::move(file)),
       line_(line),
       column_(column),
