@@ -70,7 +70,9 @@ namespace detail {
 template <typename P>
 th_status plugin_init(th_ctx ctx, void** state);
 }
-using TaskFn = std::function<Status(Context&, bool is_stop)>;
+// A task added from init with Context::add_task. (Named PluginTaskFn so that <tickhost/plugin.hpp> and the
+// host's <tickhost/tickers.hpp>, whose TaskFn is the scheduler's own callable, fit in one translation unit.)
+using PluginTaskFn = std::function<Status(Context&, bool is_stop)>;
 
 // Handle to the host services for the current call (init, run or stop). Cheap to copy; valid only during
 // the call it was given to (afterwards every service answers TH_E_STALE_CONTEXT, is_cancelled() true).
@@ -120,7 +122,7 @@ public:
 
     // From init only: declare a task whose code is `fn` (the plugin object keeps it alive).
     // Throws std::runtime_error if the host refuses it.
-    inline void add_task(std::string name, std::chrono::nanoseconds interval, TaskFn fn,
+    inline void add_task(std::string name, std::chrono::nanoseconds interval, PluginTaskFn fn,
                          std::chrono::nanoseconds timeout = std::chrono::nanoseconds(0));
 
     th_ctx raw() const { return ctx_; }
@@ -147,7 +149,7 @@ private:
     friend class Context;
     struct DynamicTask {
         std::string name;
-        TaskFn fn;
+        PluginTaskFn fn;
     };
     std::vector<std::unique_ptr<DynamicTask>> dynamic_tasks_;
 
@@ -178,7 +180,7 @@ inline th_status Plugin::dynamic_run(void* state, th_ctx ctx, int32_t is_stop) {
     }
 }
 
-inline void Context::add_task(std::string name, std::chrono::nanoseconds interval, TaskFn fn,
+inline void Context::add_task(std::string name, std::chrono::nanoseconds interval, PluginTaskFn fn,
                               std::chrono::nanoseconds timeout) {
     if (!plugin_) throw std::logic_error("tickhost::Context::add_task is only allowed during init");
     auto task = std::make_unique<Plugin::DynamicTask>();
