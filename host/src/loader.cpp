@@ -248,31 +248,9 @@ std::string g_go_loaded_from;
 }  // namespace
 
 std::string status_name(th_status code) {
-    switch (code) {
-    case TH_OK: return "TH_OK";
-    case TH_ERROR: return "TH_ERROR";
-    case TH_CANCELLED: return "TH_CANCELLED";
-    case TH_E_STALE_CONTEXT: return "TH_E_STALE_CONTEXT";
-    case TH_E_NOT_FOUND: return "TH_E_NOT_FOUND";
-    case TH_E_WRONG_TYPE: return "TH_E_WRONG_TYPE";
-    case TH_E_INVALID_ARGUMENT: return "TH_E_INVALID_ARGUMENT";
-    case TH_E_NOT_ALLOWED: return "TH_E_NOT_ALLOWED";
-    case TH_E_NOT_A_LIBRARY: return "TH_E_NOT_A_LIBRARY";
-    case TH_E_NO_ENTRY: return "TH_E_NO_ENTRY";
-    case TH_E_ENTRY_NULL: return "TH_E_ENTRY_NULL";
-    case TH_E_ABI_MAJOR: return "TH_E_ABI_MAJOR";
-    case TH_E_ABI_MINOR_TOO_NEW: return "TH_E_ABI_MINOR_TOO_NEW";
-    case TH_E_BAD_DESCRIPTOR: return "TH_E_BAD_DESCRIPTOR";
-    case TH_E_INIT_FAILED: return "TH_E_INIT_FAILED";
-    case TH_E_DUPLICATE_NAME: return "TH_E_DUPLICATE_NAME";
-    case TH_E_NO_TASKS: return "TH_E_NO_TASKS";
-    case TH_E_INSECURE_FILE: return "TH_E_INSECURE_FILE";
-    case TH_E_CHECKSUM_MISMATCH: return "TH_E_CHECKSUM_MISMATCH";
-    case TH_E_FILE_TOO_LARGE: return "TH_E_FILE_TOO_LARGE";
-    case TH_E_TOO_MANY_TASKS: return "TH_E_TOO_MANY_TASKS";
-    case TH_E_ENTRY_TIMEOUT: return "TH_E_ENTRY_TIMEOUT";
-    default: return "TH_UNKNOWN(" + std::to_string(code) + ")";
-    }
+    const char* name = th_status_name(code);  // plugin.h: one list of names for plugins and the host
+    if (std::strcmp(name, "TH_UNKNOWN") == 0) return "TH_UNKNOWN(" + std::to_string(code) + ")";
+    return name;
 }
 
 // ---- ShadowCache ----------------------------------------------------------------------------------------

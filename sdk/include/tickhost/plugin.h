@@ -135,7 +135,7 @@ typedef int32_t th_status;
 #define TH_E_INVALID_ARGUMENT (-4) /* null pointer, bad struct_size, bad value */
 #define TH_E_NOT_ALLOWED (-5)     /* e.g. add_task outside init */
 
-/* Load errors (named by the host when it refuses a plugin; see th_status_name in the host). */
+/* Load errors (named by the host when it refuses a plugin; th_status_name below names every code). */
 #define TH_E_NOT_A_LIBRARY (-100)   /* the loader refused the file (dlerror text is logged) */
 #define TH_E_NO_ENTRY (-101)        /* tickhost_plugin_entry is not exported */
 #define TH_E_ENTRY_NULL (-102)      /* the entry returned NULL */
@@ -272,6 +272,37 @@ typedef struct th_plugin_def {
  * valid until unload (a static), or NULL to refuse loading. */
 typedef const th_plugin_def* (*th_entry_fn)(const th_host_info* info);
 TH_EXPORT const th_plugin_def* tickhost_plugin_entry(const th_host_info* info);
+
+/* The name of a status code ("TH_E_STALE_CONTEXT"), as the host writes it in its log; "TH_UNKNOWN" for a
+ * value this header does not define. A header function, not part of the host API table: any plugin (or
+ * tool) can call it, in every host version. The returned string is static. */
+static inline const char* th_status_name(th_status s) {
+    switch (s) {
+    case TH_OK: return "TH_OK";
+    case TH_ERROR: return "TH_ERROR";
+    case TH_CANCELLED: return "TH_CANCELLED";
+    case TH_E_STALE_CONTEXT: return "TH_E_STALE_CONTEXT";
+    case TH_E_NOT_FOUND: return "TH_E_NOT_FOUND";
+    case TH_E_WRONG_TYPE: return "TH_E_WRONG_TYPE";
+    case TH_E_INVALID_ARGUMENT: return "TH_E_INVALID_ARGUMENT";
+    case TH_E_NOT_ALLOWED: return "TH_E_NOT_ALLOWED";
+    case TH_E_NOT_A_LIBRARY: return "TH_E_NOT_A_LIBRARY";
+    case TH_E_NO_ENTRY: return "TH_E_NO_ENTRY";
+    case TH_E_ENTRY_NULL: return "TH_E_ENTRY_NULL";
+    case TH_E_ABI_MAJOR: return "TH_E_ABI_MAJOR";
+    case TH_E_ABI_MINOR_TOO_NEW: return "TH_E_ABI_MINOR_TOO_NEW";
+    case TH_E_BAD_DESCRIPTOR: return "TH_E_BAD_DESCRIPTOR";
+    case TH_E_INIT_FAILED: return "TH_E_INIT_FAILED";
+    case TH_E_DUPLICATE_NAME: return "TH_E_DUPLICATE_NAME";
+    case TH_E_NO_TASKS: return "TH_E_NO_TASKS";
+    case TH_E_INSECURE_FILE: return "TH_E_INSECURE_FILE";
+    case TH_E_CHECKSUM_MISMATCH: return "TH_E_CHECKSUM_MISMATCH";
+    case TH_E_FILE_TOO_LARGE: return "TH_E_FILE_TOO_LARGE";
+    case TH_E_TOO_MANY_TASKS: return "TH_E_TOO_MANY_TASKS";
+    case TH_E_ENTRY_TIMEOUT: return "TH_E_ENTRY_TIMEOUT";
+    default: return "TH_UNKNOWN";
+    }
+}
 
 #ifdef __cplusplus
 } /* extern "C" */
