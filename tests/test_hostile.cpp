@@ -183,6 +183,10 @@ const BadInput kBadInputs[] = {
     {"IntervalNegative", [](Harness& h) { return bad(h, "interval_negative"); }, TH_E_BAD_DESCRIPTOR,
      "default interval -1000000000 ns is not positive"},
     {"MissingRunFunction", [](Harness& h) { return bad(h, "no_run"); }, TH_E_BAD_DESCRIPTOR, "run is NULL"},
+    {"IntervalAboveTheMaximum", [](Harness& h) { return bad(h, "interval_above_max"); }, TH_E_BAD_DESCRIPTOR,
+     "task 'forever': default interval 31536000000000001 ns is longer than the maximum, 31536000000000000 ns"},
+    {"TimeoutAboveTheMaximum", [](Harness& h) { return bad(h, "timeout_above_max"); }, TH_E_BAD_DESCRIPTOR,
+     "task 'patient': default timeout 31536000000000001 ns is longer than the maximum, 31536000000000000 ns"},
     {"UnresolvedSymbol", [](Harness& h) { return bad(h, "unresolved"); }, TH_E_NOT_A_LIBRARY,
      "undefined symbol: tickhost_fixture_symbol_nobody_defines"},
     // init.
@@ -417,16 +421,16 @@ TEST(HostileRun, HostServicesAfterTheRunOrFromAnotherThreadAreRefusedNotACrash) 
     EXPECT_TRUE(h.manager->unload_all(10s));
 }
 
-TEST(HostileRun, HugeInvalidUtf8AndFormatDirectiveMessagesArePrintedLiterally) {
+TEST(HostileRun, HugeInvalidUtf8AndFormatDirectiveMessagesAreOneEscapedCappedRecordEach) {
     RunHarness h("loud");
     h.load_both();
     ASSERT_TRUE(eventually([&] { return h.logged("[loud] directives"); })) << h.log_text();
     EXPECT_TRUE(h.logged("[plugin.hostile] [loud] directives {} {0} %s %n %d literal")) << h.log_text();
-    EXPECT_TRUE(h.logged("[plugin.hostile] [loud] bad utf-8: \xff\xfe\xc3\x28 end"));
-    bool huge = false;
-    for (auto& line : h.sink->last_formatted())
-        huge = huge || line.find(std::string(1 << 20, 'x')) != std::string::npos;
-    EXPECT_TRUE(huge) << "the 1 MiB message arrives whole";
+    EXPECT_TRUE(h.logged("[plugin.hostile] [loud] bad utf-8: \\xff\\xfe\\xc3( end")) << h.log_text();
+    // The 1 MiB message: its first 4096 bytes, then what was cut, counted.
+    EXPECT_TRUE(
+        h.logged("[plugin.hostile] [loud] " + std::string(4096, 'x') + " \xe2\x80\xa6 (1044480 bytes truncated)"))
+        << "the 1 MiB message is capped";
     EXPECT_TRUE(h.others_keep_their_schedule());
     EXPECT_TRUE(h.manager->unload_all(10s));
 }

@@ -1,5 +1,7 @@
 #include "host_api.hpp"
 
+#include "loader.hpp"
+
 #include <spdlog/spdlog.h>
 
 #include <cstring>
@@ -17,14 +19,82 @@ struct Entry {
     std::atomic<int64_t> due_ns{0};
     std::atomic<uint64_t> never{0};  // the cancel word of calls that cannot be cancelled (value 1 never matches)
     std::atomic<bool> error_set{false};
+    // The level of the owner's logger when the call opened: log() below it returns without a lock.
+    std::atomic<int> log_level{spdlog::level::trace};
     std::mutex mu;               // guards owner and error (the slow services take it)
     CtxOwner* owner = nullptr;
     std::string error;
 };
 
-namespace {
+std::string escape_plugin_text(std::string_view in, size_t cap) {
+    static constexpr char kHex[] = "0123456789abcdef";
+    const size_t limit = std::min(in.size(), cap);
+    std::string out;
+    out.reserve(limit + 32);
+    auto byte_escape = [&](unsigned char c) {
+        out += "\\x";
+        out += kHex[c >> 4];
+        out += kHex[c & 15];
+    };
+    size_t i = 0;
+    while (i < limit) {
+        const unsigned char c = static_cast<unsigned char>(in[i]);
+        if (c >= 0x20 && c < 0x7f) {  // printable ASCII: copy the whole run
+            size_t j = i + 1;
+            while (j < limit && static_cast<unsigned char>(in[j]) >= 0x20 && static_cast<unsigned char>(in[j]) < 0x7f)
+                ++j;
+            out.append(in.data() + i, j - i);
+            i = j;
+            continue;
+        }
+        if (c < 0x80) {  // C0 control or DEL
+            if (c == '\n')
+                out += "\\n";
+            else if (c == '\r')
+                out += "\\r";
+            else if (c == '\t')
+                out += "\\t";
+            else
+                byte_escape(c);
+            ++i;
+            continue;
+        }
+        // A multi-byte sequence: lead byte, length, and the checks that refuse overlong forms and surrogates.
+        size_t n = 0;
+        uint32_t cp = 0;
+        if (c >= 0xc2 && c <= 0xdf)
+            n = 2, cp = c & 0x1f;
+        else if (c >= 0xe0 && c <= 0xef)
+            n = 3, cp = c & 0x0f;
+        else if (c >= 0xf0 && c <= 0xf4)
+            n = 4, cp = c & 0x07;
+        bool valid = n > 0 && i + n <= in.size();
+        for (size_t k = 1; valid && k < n; ++k) {
+            const unsigned char cc = static_cast<unsigned char>(in[i + k]);
+            valid = (cc & 0xc0) == 0x80;
+            cp = (cp << 6) | (cc & 0x3f);
+        }
+        if (valid && n == 3) valid = cp >= 0x800 && (cp < 0xd800 || cp > 0xdfff);
+        if (valid && n == 4) valid = cp >= 0x10000 && cp <= 0x10ffff;
+        if (!valid) {
+            byte_escape(c);
+            ++i;
+            continue;
+        }
+        if (i + n > limit) break;                          // a whole character that crosses the cap: cut before it
+        if (cp <= 0x9f || cp == 0x2028 || cp == 0x2029) {  // C1 controls (0x9b is CSI), line separators
+            out += "\\u";
+            for (int shift = 12; shift >= 0; shift -= 4) out += kHex[(cp >> shift) & 15];
+        } else {
+            out.append(in.data() + i, n);
+        }
+        i += n;
+    }
+    if (i < in.size()) out += " \xe2\x80\xa6 (" + std::to_string(in.size() - i) + " bytes truncated)";
+    return out;
+}
 
-constexpr size_t kMaxError = 4096;
+namespace {
 
 // Entries live in fixed segments that are never freed: a stale or invented handle always finds memory,
 // and a lookup takes no lock (is_cancelled is on the plugins' hot path).
@@ -105,22 +175,33 @@ spdlog::level::level_enum to_level(int32_t level) {
 
 // ---- the services -------------------------------------------------------------------------------------
 
+// Every service catches everything: nothing the host does may throw into the plugin's C frames.
+
 void api_log(th_ctx c, int32_t level, const char* msg, size_t len) {
-    if (!msg) len = 0;
-    with_owner(c, [&](CtxOwner& o, Entry&) {
-        auto lvl = to_level(level);
-        if (!o.logger->should_log(lvl)) return TH_OK;
-        std::string_view text(msg ? msg : "", len);
-        // The text is an argument, never a format string: "{}" and "%s" print literally.
-        if (o.task.empty())
-            o.logger->log(lvl, "{}", text);
-        else
-            o.logger->log(lvl, "[{}] {}", o.task, text);
-        return TH_OK;
-    });
+    try {
+        Entry* e = live(c);
+        if (!e) return;
+        const auto lvl = to_level(level);
+        // Below the level seen when the call opened: one compare, no lock, no copy.
+        if (int(lvl) < e->log_level.load(std::memory_order_relaxed)) return;
+        if (!msg) len = 0;
+        with_owner(c, [&](CtxOwner& o, Entry&) {
+            if (!o.logger || !o.logger->should_log(lvl)) return TH_OK;
+            // One record per call: the text is escaped (no line breaks, no terminal controls, no invalid
+            // UTF-8) and capped. It is an argument, never a format string: "{}" and "%s" print literally.
+            const std::string text = escape_plugin_text(std::string_view(msg ? msg : "", len));
+            if (o.task.empty())
+                o.logger->log(lvl, "{}", text);
+            else
+                o.logger->log(lvl, "[{}] {}", o.task, text);
+            return TH_OK;
+        });
+    } catch (...) {
+        // Out of memory, or a sink that threw: the message is lost, the plugin is not.
+    }
 }
 
-int32_t api_is_cancelled(th_ctx c) {
+int32_t api_is_cancelled(th_ctx c) {  // no allocation, no lock: cannot throw
     Entry* e = live(c);
     if (!e) return 1;
     const std::atomic<uint64_t>* word = e->cancel_word.load(std::memory_order_acquire);
@@ -152,14 +233,18 @@ int64_t api_remaining_ns(th_ctx c) {
 template <typename T, typename Get>
 th_status config_lookup(th_ctx c, const char* key, size_t key_len, T* out, Get get) {
     if (!key || !out) return TH_E_INVALID_ARGUMENT;
-    return with_owner(c, [&](CtxOwner& o, Entry&) -> th_status {
-        if (!o.config) return TH_E_NOT_FOUND;
-        switch (get(*o.config, std::string_view(key, key_len), out)) {
-        case PluginValues::Lookup::ok: return TH_OK;
-        case PluginValues::Lookup::not_found: return TH_E_NOT_FOUND;
-        default: return TH_E_WRONG_TYPE;
-        }
-    });
+    try {
+        return with_owner(c, [&](CtxOwner& o, Entry&) -> th_status {
+            if (!o.config) return TH_E_NOT_FOUND;
+            switch (get(*o.config, std::string_view(key, key_len), out)) {
+            case PluginValues::Lookup::ok: return TH_OK;
+            case PluginValues::Lookup::not_found: return TH_E_NOT_FOUND;
+            default: return TH_E_WRONG_TYPE;
+            }
+        });
+    } catch (...) {
+        return TH_ERROR;  // the host could not answer (out of memory); nothing was written
+    }
 }
 
 th_status api_config_string(th_ctx c, const char* key, size_t key_len, const char** out, size_t* out_len) {
@@ -197,28 +282,55 @@ th_status api_config_duration_ns(th_ctx c, const char* key, size_t key_len, int6
 
 th_status api_set_error(th_ctx c, const char* msg, size_t len) {
     if (!msg && len) return TH_E_INVALID_ARGUMENT;
-    return with_owner(c, [&](CtxOwner&, Entry& e) {
-        e.error.assign(msg ? msg : "", std::min(len, kMaxError));
-        e.error_set.store(true, std::memory_order_relaxed);
-        return TH_OK;
-    });
+    try {
+        if (!live(c)) return TH_E_STALE_CONTEXT;
+        // Escaped and capped here, once: the message is printed in the host's lines about the call.
+        std::string text = escape_plugin_text(std::string_view(msg ? msg : "", len));
+        return with_owner(c, [&](CtxOwner&, Entry& e) {
+            e.error = std::move(text);
+            e.error_set.store(true, std::memory_order_relaxed);
+            return TH_OK;
+        });
+    } catch (...) {
+        return TH_ERROR;  // out of memory: the previous message (if any) stays
+    }
 }
 
 th_status api_add_task(th_ctx c, const th_task_def* def) {
     if (!def) return TH_E_INVALID_ARGUMENT;
-    return with_owner(c, [&](CtxOwner& o, Entry&) -> th_status {
-        if (!o.init_tasks) return TH_E_NOT_ALLOWED;
-        if (def->struct_size < offsetof(th_task_def, state) + sizeof(void*)) return TH_E_INVALID_ARGUMENT;
-        if (!def->name || !def->run) return TH_E_INVALID_ARGUMENT;
-        // Copy: the plugin's definition (and its name) need not outlive this call.
-        o.init_names->push_back(std::make_unique<std::string>(def->name));
-        th_task_def copy{};
-        std::memcpy(&copy, def, sizeof(th_task_def));
-        copy.struct_size = sizeof(th_task_def);
-        copy.name = o.init_names->back()->c_str();
-        o.init_tasks->push_back(copy);
-        return TH_OK;
-    });
+    try {
+        return with_owner(c, [&](CtxOwner& o, Entry&) -> th_status {
+            if (!o.init) return TH_E_NOT_ALLOWED;
+            InitDeclarations& d = *o.init;
+            // struct_size first: nothing past the plugin's own struct is read.
+            if (def->struct_size < offsetof(th_task_def, state) + sizeof(void*)) return TH_E_INVALID_ARGUMENT;
+            th_task_def copy{};
+            std::memcpy(&copy, def, sizeof(th_task_def));
+            if (!copy.name) return TH_E_INVALID_ARGUMENT;
+            // Bounded read: the name need not be terminated within its 64 bytes.
+            const size_t n = strnlen(copy.name, 65);
+            if (n == 0 || n > 64) return TH_E_INVALID_ARGUMENT;
+            auto name = std::make_unique<std::string>(copy.name, n);
+            copy.struct_size = sizeof(th_task_def);
+            copy.name = name->c_str();
+            // The checks a static task gets: printable name, run, 0 < interval <= max, 0 <= timeout <= max.
+            if (!validate_task(copy, nullptr)) return TH_E_INVALID_ARGUMENT;
+            if (d.seen.count(*name)) return TH_E_INVALID_ARGUMENT;  // unique within the plugin
+            if (d.static_count + d.tasks.size() >= d.cap) {
+                ++d.refused_over_cap;
+                return TH_E_TOO_MANY_TASKS;
+            }
+            // Copied: the plugin's definition (and its name) need not outlive this call.
+            d.tasks.reserve(d.tasks.size() + 1);
+            d.names.reserve(d.names.size() + 1);
+            d.seen.insert(*name);
+            d.tasks.push_back(copy);
+            d.names.push_back(std::move(name));
+            return TH_OK;
+        });
+    } catch (...) {
+        return TH_ERROR;  // out of memory: the task was not added
+    }
 }
 
 const th_host_api kApi = {
@@ -229,7 +341,7 @@ const th_host_api kApi = {
 
 }  // namespace
 
-ContextSlot::ContextSlot(CtxOwner* owner) : index_(Table::get().allocate()) {
+ContextSlot::ContextSlot(CtxOwner* owner) : index_(Table::get().allocate()), owner_(owner) {
     entry_ = Table::get().find(index_);
     std::lock_guard<std::mutex> lk(entry_->mu);
     entry_->owner = owner;
@@ -260,6 +372,9 @@ th_ctx ContextSlot::open(const std::atomic<uint64_t>* cancel_word, uint64_t canc
     e.cancel_value.store(cancel_word ? cancel_value : 1, std::memory_order_relaxed);
     e.deadline_ns.store(deadline.time_since_epoch().count(), std::memory_order_relaxed);
     e.due_ns.store(due.time_since_epoch().count(), std::memory_order_relaxed);
+    // The logger's level for this call (a level changed while the call runs applies from the next call).
+    e.log_level.store(owner_ && owner_->logger ? int(owner_->logger->level()) : int(spdlog::level::off),
+                      std::memory_order_relaxed);
     uint32_t g = e.gen.load(std::memory_order_relaxed) + 1;  // odd: open
     if (g == 0xffffffffu) g = 1;  // wraps after 2^31 calls; a handle that old is long stale
     e.gen.store(g, std::memory_order_release);
@@ -287,10 +402,7 @@ std::string ContextSlot::close_init() {
     std::lock_guard<std::mutex> lk(e.mu);
     uint32_t g = e.gen.load(std::memory_order_relaxed);
     if (g & 1) e.gen.store(g + 1, std::memory_order_release);
-    if (e.owner) {
-        e.owner->init_tasks = nullptr;
-        e.owner->init_names = nullptr;
-    }
+    if (e.owner) e.owner->init = nullptr;
     std::string err;
     err.swap(e.error);
     e.error_set.store(false, std::memory_order_relaxed);

@@ -326,7 +326,9 @@ bool valid_plugin_name(const char* name) {
 }
 
 bool validate_task(const th_task_def& t, LoadFailure* err) {
-    const std::string where = t.name ? "task '" + std::string(t.name).substr(0, 64) + "'" : "a task";
+    // Names reach log lines: the part shown here is escaped like any plugin text.
+    const std::string where =
+        t.name ? "task '" + escape_plugin_text(std::string_view(t.name, strnlen(t.name, 64))) + "'" : "a task";
     constexpr size_t v1_size = offsetof(th_task_def, state) + sizeof(void*);
     if (t.struct_size < v1_size)
         return fail(err, TH_E_BAD_DESCRIPTOR,
@@ -335,24 +337,36 @@ bool validate_task(const th_task_def& t, LoadFailure* err) {
                     "set struct_size = sizeof(th_task_def)");
     if (!t.name || !*t.name)
         return fail(err, TH_E_BAD_DESCRIPTOR, "a task has no name", "give every task a name");
-    size_t len = std::strlen(t.name);
+    const size_t len = strnlen(t.name, 65);
     if (len > 64) return fail(err, TH_E_BAD_DESCRIPTOR, where + ": name longer than 64 bytes", "shorten it");
-    for (const char* c = t.name; *c; ++c)
-        if (static_cast<unsigned char>(*c) < 0x21 || static_cast<unsigned char>(*c) == 0x7f)
-            return fail(err, TH_E_BAD_DESCRIPTOR, where + ": name has spaces or control characters",
-                        "use printable characters only");
+    // Printable: no space, no control character (C0, DEL, C1), valid UTF-8 (escaping would change it).
+    const std::string_view name(t.name, len);
+    if (name.find(' ') != std::string_view::npos || escape_plugin_text(name) != name)
+        return fail(err, TH_E_BAD_DESCRIPTOR, where + ": name has spaces, control characters or invalid UTF-8",
+                    "use printable characters only");
     if (!t.run) return fail(err, TH_E_BAD_DESCRIPTOR, where + ": run is NULL", "set the task's run function");
+    const std::string max = std::to_string(TH_MAX_DURATION_NS) + " ns (TH_MAX_DURATION_NS, 365 days)";
     if (t.default_interval_ns <= 0)
         return fail(err, TH_E_BAD_DESCRIPTOR,
                     where + ": default interval " + std::to_string(t.default_interval_ns) + " ns is not positive",
                     "declare an interval > 0");
+    if (t.default_interval_ns > TH_MAX_DURATION_NS)
+        return fail(err, TH_E_BAD_DESCRIPTOR,
+                    where + ": default interval " + std::to_string(t.default_interval_ns) +
+                        " ns is longer than the maximum, " + max,
+                    "declare an interval of at most 365 days");
     if (t.default_timeout_ns < 0)
         return fail(err, TH_E_BAD_DESCRIPTOR, where + ": default timeout is negative",
                     "use 0 for the host's default, or a positive value");
+    if (t.default_timeout_ns > TH_MAX_DURATION_NS)
+        return fail(err, TH_E_BAD_DESCRIPTOR,
+                    where + ": default timeout " + std::to_string(t.default_timeout_ns) +
+                        " ns is longer than the maximum, " + max,
+                    "declare a timeout of at most 365 days (0 for the host's default)");
     return true;
 }
 
-bool validate_descriptor(const th_plugin_def* def, LoadFailure* err) {
+bool validate_descriptor(const th_plugin_def* def, LoadFailure* err, uint32_t max_tasks) {
     // The first three members are fixed for every ABI version: read them before anything else.
     if (def->abi_major != TH_ABI_MAJOR)
         return fail(err, TH_E_ABI_MAJOR,
@@ -378,9 +392,11 @@ bool validate_descriptor(const th_plugin_def* def, LoadFailure* err) {
     if (def->task_count > 0 && !def->tasks)
         return fail(err, TH_E_BAD_DESCRIPTOR, "task_count is " + std::to_string(def->task_count) + " but tasks is NULL",
                     "point tasks at the array of th_task_def");
-    if (def->task_count > 4096)
-        return fail(err, TH_E_BAD_DESCRIPTOR, "task_count " + std::to_string(def->task_count) + " is implausible",
-                    "declare at most 4096 tasks");
+    if (def->task_count > max_tasks)
+        return fail(err, TH_E_TOO_MANY_TASKS,
+                    "it declares " + std::to_string(def->task_count) + " static tasks; at most " +
+                        std::to_string(max_tasks) + " are allowed ([host] max_tasks_per_plugin)",
+                    "declare fewer tasks, or raise [host] max_tasks_per_plugin in host.toml");
     if (def->task_count == 0 && !def->init)
         return fail(err, TH_E_NO_TASKS, "the plugin declares no task and has no init to declare them",
                     "declare at least one task");

@@ -99,8 +99,11 @@ bool check_plugin_dir(const std::filesystem::path& dir, const FilePolicy& policy
 std::string sha256_hex(const std::string& bytes);
 
 // Checks a descriptor's ABI version, size and fields, and its static tasks. False + err on failure.
-bool validate_descriptor(const th_plugin_def* def, LoadFailure* err);
-// Checks one task definition (static or declared from init). `where` names it in the message.
+// More than `max_tasks` static tasks: TH_E_TOO_MANY_TASKS. The default is the largest [host]
+// max_tasks_per_plugin host.toml accepts; the plugin manager checks the configured cap before init.
+bool validate_descriptor(const th_plugin_def* def, LoadFailure* err, uint32_t max_tasks = 10000000);
+// Checks one task definition (static or declared from init): struct_size, a printable name of 1..64 bytes,
+// run, 0 < interval <= TH_MAX_DURATION_NS, 0 <= timeout <= TH_MAX_DURATION_NS. False + err (may be null).
 bool validate_task(const th_task_def& t, LoadFailure* err);
 // [A-Za-z0-9_-]{1,64}
 bool valid_plugin_name(const char* name);

@@ -1,12 +1,14 @@
 #include <tickhost/logging.hpp>
 #include <tickhost/plugin_manager.hpp>
 
+#include "fault.hpp"
 #include "host_api.hpp"
 #include "loader.hpp"
 #include "time_format.hpp"
 
 #include <spdlog/spdlog.h>
 
+#include <cxxabi.h>
 #include <algorithm>
 #include <condition_variable>
 #include <cstring>
@@ -110,8 +112,8 @@ void keep_forever(std::shared_ptr<LoadedPlugin> p) {
 struct InitCall {
     th_status status = TH_OK;
     void* state = nullptr;
-    std::vector<th_task_def> declared;
-    std::vector<std::unique_ptr<std::string>> names;
+    detail::InitDeclarations declared;  // what add_task recorded
+    std::string thrown;                 // the text of an exception init let cross the C ABI
 };
 
 std::chrono::steady_clock::time_point steady(TimePoint t) {
@@ -336,18 +338,60 @@ std::optional<LoadError> PluginManager::initialise(LoadedPlugin& p, const Plugin
     p.task_names.clear();
     p.scheduled.clear();
     p.state = nullptr;
+    const size_t cap = config_.max_tasks_per_plugin;
+    const std::string cap_hint = "declare fewer tasks (check [plugins." + p.name +
+                                 ".config]), or raise [host] max_tasks_per_plugin in host.toml";
+    if (def.task_count > cap)
+        return LoadError{TH_E_TOO_MANY_TASKS, "TH_E_TOO_MANY_TASKS",
+                         "it declares " + std::to_string(def.task_count) +
+                             " static tasks; [host] max_tasks_per_plugin is " + std::to_string(cap),
+                         cap_hint};
     for (uint32_t i = 0; i < def.task_count; ++i) p.tasks.push_back(def.tasks[i]);
     // init runs on a thread of its own, bounded by the plugin's timeout, so that an init that never returns
     // costs one thread and its memory, not the loader (and with it every later load, reload and stop).
     const Duration bound = p.settings.timeout ? *p.settings.timeout : config_.default_timeout;
     if (def.init) {
         auto call = std::make_shared<InitCall>();
-        p.owner.init_tasks = &call->declared;
-        p.owner.init_names = &call->names;
-        th_ctx c = p.ctx->open(nullptr, 0, std::chrono::steady_clock::now() + bound);
-        const bool returned = call_bounded([call, lib = p.lib, c] { call->status = lib->def().init(c, &call->state); },
-                                           bound);
-        std::string err = p.ctx->close_init();  // from here on its context is stale, add_task refused
+        call->declared.cap = cap;
+        call->declared.static_count = p.tasks.size();
+        for (auto& t : p.tasks) call->declared.seen.insert(t.name);
+        bool returned = false;
+        std::string err;
+        {
+            p.owner.init = &call->declared;
+            th_ctx c = p.ctx->open(nullptr, 0, std::chrono::steady_clock::now() + bound);
+            // Closes the context and detaches add_task on every path (also if no thread could be started).
+            struct CloseInit {
+                detail::ContextSlot& slot;
+                std::string* err;
+                ~CloseInit() {
+                    std::string e = slot.close_init();  // from here on its context is stale, add_task refused
+                    if (err) *err = std::move(e);
+                }
+            } guard{*p.ctx, &err};
+            try {
+                returned = call_bounded(
+                    [call, lib = p.lib, c] {
+                        try {
+                            call->status = lib->def().init(c, &call->state);
+                        } catch (abi::__forced_unwind&) {
+                            throw;  // pthread_exit/cancel: must unwind; the wait below reports it as hung
+                        } catch (const std::exception& e) {
+                            call->status = TH_E_INIT_FAILED;
+                            call->thrown = detail::escape_plugin_text(e.what());
+                        } catch (...) {
+                            call->status = TH_E_INIT_FAILED;
+                            call->thrown = "an exception that is not a std::exception";
+                        }
+                    },
+                    bound);
+            } catch (const std::exception& e) {  // no thread for init (resource exhaustion)
+                guard.err = nullptr;
+                return LoadError{TH_E_INIT_FAILED, "TH_E_INIT_FAILED",
+                                 std::string("init could not be called: ") + e.what(),
+                                 "check the host's thread and memory limits; the file is retried when it changes"};
+            }
+        }
         if (!returned) {
             p.lib->pin();  // its init may still be running: never unmap it; whatever it allocated is leaked
             return LoadError{TH_E_INIT_FAILED, "TH_E_INIT_FAILED",
@@ -357,13 +401,31 @@ std::optional<LoadError> PluginManager::initialise(LoadedPlugin& p, const Plugin
                              "fix the plugin's init (it must return; long work belongs in a task), or raise "
                              "[plugins." + p.name + "] timeout in host.toml"};
         }
+        if (!call->thrown.empty())
+            return LoadError{TH_E_INIT_FAILED, "TH_E_INIT_FAILED",
+                             "init let an exception cross the C ABI (out of contract): " + call->thrown,
+                             "catch every exception inside the plugin (the C++ layer, plugin.hpp, does)"};
+        const size_t refused = call->declared.refused_over_cap;
+        if (refused) {
+            LoadError e{TH_E_TOO_MANY_TASKS, "TH_E_TOO_MANY_TASKS",
+                        "init tried to declare more tasks than [host] max_tasks_per_plugin = " + std::to_string(cap) +
+                            " allows (" + std::to_string(refused) + " add_task call(s) refused" +
+                            (call->status == TH_OK ? "" : "; init then returned " + detail::status_name(call->status)) +
+                            ")",
+                        cap_hint};
+            if (call->status == TH_OK && def.shutdown) {  // it initialised: undo that
+                p.state = call->state;
+                if (!shutdown(p, bound)) p.lib->pin();
+            }
+            return e;
+        }
         if (call->status != TH_OK)
             return LoadError{TH_E_INIT_FAILED, "TH_E_INIT_FAILED",
                              "init returned " + detail::status_name(call->status) + (err.empty() ? "" : ": " + err),
                              "check [plugins." + p.name + ".config] in host.toml and the plugin's documentation"};
         p.state = call->state;
-        for (auto& d : call->declared) p.tasks.push_back(d);
-        for (auto& n : call->names) p.task_names.push_back(std::move(n));
+        for (auto& d : call->declared.tasks) p.tasks.push_back(d);
+        for (auto& n : call->declared.names) p.task_names.push_back(std::move(n));
     }
     p.initialised = true;
     // Tasks declared from init get the same checks as static ones.
@@ -385,7 +447,13 @@ std::optional<LoadError> PluginManager::initialise(LoadedPlugin& p, const Plugin
     for (auto& [task, _] : p.settings.tasks)
         if (!seen.count(task)) {
             std::string all;
-            for (auto& n : seen) all += (all.empty() ? "" : ", ") + n;
+            for (auto& n : seen) {
+                if (all.size() > 200) {
+                    all += ", ...";
+                    break;
+                }
+                all += (all.empty() ? "" : ", ") + n;
+            }
             log_->warn("host.toml sets [plugins.{}.tasks.{}] but plugin '{}' has no task '{}' (it has: {})", p.name,
                        task, p.name, task, all);
         }
@@ -393,16 +461,24 @@ std::optional<LoadError> PluginManager::initialise(LoadedPlugin& p, const Plugin
 }
 
 namespace {
-std::string describe(const LoadedPlugin& p) {
-    const th_plugin_def& d = p.lib->def();
-    return "'" + p.name + "' " + (d.version && *d.version ? d.version : "(no version)") + " [sha256 " +
-           p.lib->sha256().substr(0, 12) + "]";
+// The plugin's free-form version text, made safe for a log line.
+std::string version_of(const th_plugin_def& d) {
+    return d.version && *d.version ? detail::escape_plugin_text(d.version, 64) : "(no version)";
 }
+std::string describe(const LoadedPlugin& p) {
+    return "'" + p.name + "' " + version_of(p.lib->def()) + " [sha256 " + p.lib->sha256().substr(0, 12) + "]";
+}
+// "a every 1s (timeout 10s), b every ..., and 995 more": at most kShown tasks, so that a plugin with many
+// tasks gets a short line.
 std::string task_list(const LoadedPlugin& p) {
+    constexpr size_t kShown = 5;
     std::string s;
-    for (auto& t : p.scheduled)
+    for (size_t i = 0; i < p.scheduled.size() && i < kShown; ++i) {
+        const auto& t = p.scheduled[i];
         s += (s.empty() ? "" : ", ") + t.name + " every " + format_duration(t.interval) + " (timeout " +
              format_duration(t.timeout) + ")";
+    }
+    if (p.scheduled.size() > kShown) s += ", and " + std::to_string(p.scheduled.size() - kShown) + " more";
     return s;
 }
 }  // namespace
@@ -423,11 +499,12 @@ std::optional<LoadError> PluginManager::add_new(const fs::path& file, const std:
         return std::nullopt;
     }
     if (auto err = initialise(*p)) return refuse(file, "not loaded", *err, sha);
-    start_tasks(p);
+    if (auto err = start_tasks(p)) return refuse(file, "not loaded", *err, sha);
     by_file_[file] = p;
     const th_plugin_def& d = p->lib->def();
     log_->info("loaded plugin {} from {}{}{}: {}", describe(*p), file.filename().string(),
-               d.description && *d.description ? " — " : "", d.description ? d.description : "", task_list(*p));
+               d.description && *d.description ? " — " : "",
+               d.description ? detail::escape_plugin_text(d.description, 256) : "", task_list(*p));
     return std::nullopt;
 }
 
@@ -437,9 +514,10 @@ std::optional<LoadError> PluginManager::replace(const Plugin& old, const std::st
     if (old->lib->has_go_runtime())
         return refuse(file, "new version not loaded",
                       {TH_E_NOT_ALLOWED, "TH_E_NOT_ALLOWED",
-                       "plugin " + describe(*old) + " contains a Go runtime, which can neither be unloaded nor "
-                       "started twice in one process",
-                       "restart the host to upgrade it"},
+                       "plugin " + describe(*old) +
+                           " contains a Go runtime, which can neither be unloaded nor "
+                           "started twice in one process",
+                       "restart the host to upgrade it" + keeps},
                       sha);
     // 1. Load and check the new version first, from its own shadow copy. No init yet.
     LoadError e;
@@ -458,20 +536,28 @@ std::optional<LoadError> PluginManager::replace(const Plugin& old, const std::st
     // 2. Stop the old version: its stop calls, then its shutdown. It stays loaded until the end.
     log_->info("{}: replacing plugin {} with {}", file.string(), describe(*old), describe(*neu));
     by_file_.erase(file);
-    stop_plugins({old}, config_.shutdown_timeout);
+    const bool old_stopped = stop_plugins({old}, config_.shutdown_timeout);  // false: its code may still run
     if (!config_.plugin(neu->name).enabled) {
         log_->info("{}: the new version's plugin '{}' is disabled in host.toml; not started", file.string(), neu->name);
         return std::nullopt;
     }
-    // 3. Init and start the new version; if its init fails, bring the old one back.
-    if (auto err = initialise(*neu)) {
+    // 3. Init and start the new version; if either fails, bring the old one back.
+    auto err = initialise(*neu);
+    if (!err) err = start_tasks(neu);  // all or nothing: on failure nothing of it is scheduled, it is shut down
+    if (err) {
         log_->error("{}: new version {} failed to start: {}", file.string(), describe(*neu), err->message());
-        if (!old->lib->pinned()) {
-            if (auto again = initialise(*old)) {
+        if (!old_stopped) {
+            log_->error(
+                "{}: the old version {} cannot be started again (its code may still be running); no "
+                "version of this plugin runs until the file changes or the host restarts",
+                file.string(), describe(*old));
+        } else {
+            auto again = initialise(*old);
+            if (!again) again = start_tasks(old);
+            if (again) {
                 log_->error("{}: the old version {} failed to start again too: {}; no version of this plugin runs",
                             file.string(), describe(*old), again->message());
             } else {
-                start_tasks(old);
                 by_file_[file] = old;
                 log_->warn("{}: restored the old version {}: {}", file.string(), describe(*old), task_list(*old));
             }
@@ -479,7 +565,6 @@ std::optional<LoadError> PluginManager::replace(const Plugin& old, const std::st
         failed_[file] = Failure{sha, false, false};
         return err;
     }
-    start_tasks(neu);
     by_file_[file] = neu;
     log_->info("{}: replaced plugin {} -> {}: {}", file.string(), describe(*old), describe(*neu), task_list(*neu));
     return std::nullopt;
@@ -502,10 +587,16 @@ void PluginManager::apply_config(HostConfig next) {
         next.shadow_dir = config_.shadow_dir;
         const HostConfig prev = config_;
         config_ = std::move(next);
+        failed_.clear();  // new settings: give refused files another chance (a restart below may fail anew)
         std::vector<Plugin> changed;
         for (auto& [f, p] : by_file_)
             if (!(prev.plugin(p->name) == config_.plugin(p->name)) || prev.default_timeout != config_.default_timeout)
                 changed.push_back(p);
+        // A changed plugin is restarted in place, on the library already loaded: its tasks stop, shutdown,
+        // init with the new settings, its tasks start. No reload: this is what keeps a plugin with a Go
+        // runtime (never unloaded, never loaded twice) running, and it is the same for every plugin. Only a
+        // plugin whose code may still be running (a stop call or shutdown that did not return) is not
+        // restarted: it is kept, idle, until the host exits.
         for (auto& p : changed) {
             by_file_.erase(p->file);
             if (!config_.plugin(p->name).enabled) {
@@ -513,19 +604,27 @@ void PluginManager::apply_config(HostConfig next) {
                 stop_plugins({p}, config_.shutdown_timeout);
                 continue;
             }
-            log_->info("plugin '{}': settings changed in host.toml: restarting it", p->name);
-            stop_plugins({p}, config_.shutdown_timeout);
-            if (p->lib->pinned()) continue;
-            if (auto err = initialise(*p)) {
-                log_->error("plugin '{}' failed to start with the new settings: {}", p->name, err->message());
+            log_->info("plugin '{}': settings changed in host.toml: restarting it in place", p->name);
+            if (!stop_plugins({p}, config_.shutdown_timeout)) {
+                log_->error(
+                    "plugin '{}' is not restarted with the new settings: its code may still be running (see "
+                    "above), so it is kept loaded and idle until the host exits; restart the host",
+                    p->name);
+                continue;
+            }
+            auto err = initialise(*p);
+            if (!err) err = start_tasks(p);
+            if (err) {
+                log_->error(
+                    "plugin '{}' failed to start with the new settings: {}; fix [plugins.{}] in host.toml "
+                    "(it is retried when host.toml or its file changes)",
+                    p->name, err->message(), p->name);
                 failed_[p->file] = Failure{p->lib->sha256(), false, false};
                 continue;
             }
-            start_tasks(p);
             by_file_[p->file] = p;
             log_->info("restarted plugin {}: {}", describe(*p), task_list(*p));
         }
-        failed_.clear();  // new settings: give refused files another chance
     }
     reconcile();
 }
@@ -557,22 +656,67 @@ TickTask make_tick_task(const std::shared_ptr<LoadedPlugin>& p, const th_task_de
     b->plugin = p;  // keeps the library mapped for as long as the task exists in the registry
     return TickTask{p->name + "/" + t.name, timeout, [b](RunContext& rc, bool is_stop) {
                         th_ctx c = b->ctx.open(&rc.cancel_word(), rc.cancel_value(), steady(rc.deadline()), steady(rc.due()));
-                        th_status st = b->run(b->state, c, is_stop ? 1 : 0);
-                        return run_result(st, b->ctx.close());
+                        // The context is closed on every path: a run that lets an exception cross the C ABI
+                        // (out of contract) must not leave it open, or every later call would be stale.
+                        detail::CallGuard guard(b->ctx);
+                        th_status st;
+                        try {
+                            st = b->run(b->state, c, is_stop ? 1 : 0);
+                        } catch (abi::__forced_unwind&) {
+                            throw;  // thread cancellation must unwind on; the guard closes the context
+                        } catch (const std::exception& e) {
+                            guard.close();
+                            return TaskResult::failure(
+                                "let an exception cross the C ABI (out of contract; catch it inside the plugin): " +
+                                detail::escape_plugin_text(e.what()));
+                        } catch (...) {
+                            guard.close();
+                            return TaskResult::failure(
+                                "let an exception that is not a std::exception cross the C ABI (out of contract; "
+                                "catch everything inside the plugin)");
+                        }
+                        return run_result(st, guard.close());
                     }};
 }
 }  // namespace
 
-void PluginManager::start_tasks(const std::shared_ptr<LoadedPlugin>& p) {
+std::optional<LoadError> PluginManager::start_tasks(const std::shared_ptr<LoadedPlugin>& p) {
     // One anchor for the whole plugin: its tasks with the same interval come due together, one batch per
     // tick for all of them (and their first runs follow one interval after the plugin started).
-    const TimePoint anchor = tickers_.clock().now();
-    for (auto& t : p->tasks) {
-        const auto [interval, timeout] = schedule_of(p->settings, t, config_.default_timeout);
-        p->scheduled.push_back({t.name, interval, timeout,
-                                tickers_.add(interval, make_tick_task(p, t, timeout), anchor + interval),
-                                anchor + interval});
+    // All or nothing: if one task cannot be scheduled, the ones already added are removed (their stop calls
+    // run) and the plugin is shut down, bounded, as after a failed init.
+    std::string what;
+    const char* adding = nullptr;  // the task being added when it failed
+    try {
+        const TimePoint anchor = tickers_.clock().now();
+        p->scheduled.clear();
+        p->scheduled.reserve(p->tasks.size());  // push_back below cannot throw after an add
+        for (auto& t : p->tasks) {
+            adding = t.name;
+            const auto [interval, timeout] = schedule_of(p->settings, t, config_.default_timeout);
+            const TaskId id = tickers_.add(interval, make_tick_task(p, t, timeout), anchor + interval);
+            p->scheduled.push_back({t.name, interval, timeout, id, anchor + interval});
+            adding = nullptr;
+            if (p->scheduled.size() == 1) detail::fault_point("start_tasks", p->name);  // test seam
+        }
+        return std::nullopt;
+    } catch (const std::exception& e) {
+        what = e.what();
+    } catch (...) {
+        what = "an unknown exception";
     }
+    const std::string task = adding ? adding : "";
+    const size_t added = p->scheduled.size();
+    if (!stop_plugins({p}, config_.shutdown_timeout))
+        log_->error("plugin '{}': its code may still be running after the failed start; it stays loaded", p->name);
+    p->scheduled.clear();
+    return LoadError{TH_E_INIT_FAILED, "TH_E_INIT_FAILED",
+                     "its tasks could not be scheduled" + (task.empty() ? "" : " (task '" + task + "')") + ": " + what +
+                         "; the " + std::to_string(added) +
+                         " task(s) already added were removed and the plugin was "
+                         "shut down",
+                     "check the tasks' intervals and timeouts in host.toml and the host's memory; the file is "
+                     "retried when it or host.toml changes"};
 }
 
 bool PluginManager::stop_plugins(std::vector<std::shared_ptr<LoadedPlugin>> ps, Duration bound) {

@@ -192,7 +192,9 @@ private:
     // init with the plugin's settings, then the task checks. On failure the plugin is left uninitialised.
     // `settings` (optional) replaces config_.plugin(name).
     std::optional<LoadError> initialise(detail::LoadedPlugin& p, const PluginSettings* settings = nullptr);
-    void start_tasks(const Plugin& p);
+    // Adds every task of an initialised plugin to the Tickers, all or nothing: on failure the tasks already
+    // added are removed, the plugin is shut down (bounded) and the error returned.
+    std::optional<LoadError> start_tasks(const Plugin& p);
     bool stop_plugins(std::vector<Plugin> ps, Duration bound);
     std::optional<LoadError> add_new(const std::filesystem::path& file, const std::string& bytes, const std::string& sha);
     std::optional<LoadError> replace(const Plugin& old, const std::string& bytes, const std::string& sha);

@@ -52,6 +52,11 @@
  *    own while the loader waits for them, one at a time. Each is bounded: an init that does not return
  *    within the plugin's timeout refuses the plugin (its library then stays mapped for good, since its code
  *    may still run), and a shutdown that does not return is left behind the same way.
+ *  - init and shutdown may be called more than once on one loaded library: a settings change in host.toml
+ *    restarts the plugin in place (every task's stop call, shutdown, then init again with the new config,
+ *    on the same library; no reload, so static and global variables keep their values). An init that
+ *    returned TH_OK is followed by exactly one shutdown before init is called again; a plugin whose code
+ *    may still be running (a stop call or shutdown that did not return) is never initialised again.
  *  - A task's run() is called on a worker thread. Runs of one task never overlap; different tasks (of this
  *    plugin or others) may run at the same time on different threads.
  *  - Every th_host_api function is thread-safe and may be called from any thread, including threads the
@@ -84,7 +89,9 @@
  *     .struct_size @0 u32, .abi_major @4 u16, .abi_minor @6 u16, .name @8, .version @16,
  *     .description @24, .tasks @32, .task_count @40 u32, .init @48, .shutdown @56
  *   tickhost_plugin_entry   -      -   exported by the plugin (default visibility)  loader thread, once per load
- *   init / shutdown         -      -   plugin functions; `state` is the plugin's    loader thread, once each
+ *   init / shutdown         -      -   plugin functions; `state` is the plugin's    a host thread; one pair
+ *                                                                                   per start (again after a
+ *                                                                                   settings change)
  *   run                     -      -   plugin function; `state` as above            a worker thread; runs of
  *                                                                                   one task never overlap
  *   th_host_api functions   -      -   host; strings passed in are copied or only   any thread (thread-safe)
@@ -95,7 +102,14 @@
  * frees what the host hands out. Nothing the plugin returns may point to its stack.
  * Blocking: run may block, but only until its deadline (poll is_cancelled); entry, init and shutdown block
  * the loader thread (every other load waits), so keep them short. No callback may longjmp or unwind
- * (exceptions, panics) across the boundary: catch everything inside the plugin.
+ * (exceptions, panics) across the boundary: catch everything inside the plugin. (Out of contract, a C++
+ * exception that reaches the host from run or init is caught there: the call counts as failed, the
+ * exception's text is logged with the task's name, the call's context is closed and the next run is
+ * normal. Unwinding through frames built without unwind tables still terminates the process.)
+ *
+ * Limits (the host refuses more, with a named code): interval and timeout at most TH_MAX_DURATION_NS;
+ * static plus add_task tasks at most [host] max_tasks_per_plugin (default 100000, TH_E_TOO_MANY_TASKS);
+ * log and set_error texts are cut after TH_MAX_TEXT_BYTES bytes and printed escaped (see log).
  */
 #ifndef TICKHOST_PLUGIN_H
 #define TICKHOST_PLUGIN_H
@@ -142,7 +156,7 @@ typedef int32_t th_status;
 #define TH_E_ABI_MAJOR (-103)       /* plugin's ABI major differs from the host's */
 #define TH_E_ABI_MINOR_TOO_NEW (-104) /* plugin needs a newer minor than the host has */
 #define TH_E_BAD_DESCRIPTOR (-105)  /* struct too small, missing name/run, bad interval, duplicate task */
-#define TH_E_INIT_FAILED (-106)     /* init returned an error or threw */
+#define TH_E_INIT_FAILED (-106)     /* init returned an error or threw, or its tasks could not be scheduled */
 #define TH_E_DUPLICATE_NAME (-107)  /* another loaded plugin has the same name */
 #define TH_E_NO_TASKS (-108)        /* the plugin declared no task */
 #define TH_E_INSECURE_FILE (-109)   /* the file or plugin_dir is writable by group/others, owned by another user,
@@ -157,6 +171,9 @@ typedef int32_t th_status;
  * 365 days, in ns. A longer or non-positive interval is a bad value (TH_E_BAD_DESCRIPTOR in a descriptor,
  * TH_E_INVALID_ARGUMENT from add_task, a file:line:column error in host.toml). */
 #define TH_MAX_DURATION_NS INT64_C(31536000000000000)
+
+/* The most bytes of one log or set_error text the host prints (4 KiB); the rest is cut and counted. */
+#define TH_MAX_TEXT_BYTES 4096
 
 /* ---- Log levels -------------------------------------------------------------------------------------- */
 #define TH_LOG_TRACE 0
@@ -179,13 +196,21 @@ typedef struct th_task_def th_task_def;
  * A table of function pointers, owned by the host, valid from tickhost_plugin_entry until the plugin is
  * unloaded. It only grows at the end: check `struct_size` before calling a member added after 1.0.
  * Strings passed in are `const char*` + length (need not be NUL-terminated); the host copies what it keeps.
- * Strings passed out point into host memory valid until the call's context becomes stale. */
+ * Strings passed out point into host memory; each member says how long they stay valid.
+ * No member ever unwinds into the plugin; one that cannot do its work for lack of memory returns TH_ERROR
+ * (log: drops the message). */
 typedef struct th_host_api {
     uint32_t struct_size;  /* sizeof(th_host_api) of the host */
     uint32_t abi_version;  /* TH_ABI_VERSION of the host */
 
-    /* @since 1.0. Log `len` bytes of `msg` at `level`, tagged with the plugin and task of `ctx`. The text is
-     * printed literally (no format interpretation). Messages below the host's level cost one compare. */
+    /* @since 1.0. Log `len` bytes of `msg` at `level`, tagged with the plugin and task of `ctx`. Each call
+     * is exactly one log record: the text is never a format string ("{}", "%s" print as they are), and
+     * it is escaped so that it cannot start a line of its own or drive a terminal: a newline, CR and tab
+     * print as the two characters \n, \r, \t; NUL, ESC, other C0 controls and DEL as \x00, \x1b, ...;
+     * C1 controls and U+2028/U+2029 as \u009b, \u2028, ...; bytes that are not valid UTF-8 as \xNN
+     * (valid UTF-8 prints as it is; backslashes too). At most TH_MAX_TEXT_BYTES (4096) bytes of `msg` are
+     * printed, cut at a character boundary and followed by " … (N bytes truncated)". A message below
+     * the host's level costs one compare (no lock, no copy). NULL `msg` logs an empty text. */
     void (*log)(th_ctx ctx, int32_t level, const char* msg, size_t len);
 
     /* @since 1.0. 1 when the host wants this call to end early (its deadline passed, or the host is
@@ -200,7 +225,8 @@ typedef struct th_host_api {
 
     /* @since 1.0. Config lookups in this plugin's [plugins.<name>.config] table. `key` may be a dotted
      * path ("db.port"). On success writes *out and returns TH_OK; TH_E_NOT_FOUND, TH_E_WRONG_TYPE,
-     * TH_E_STALE_CONTEXT otherwise. A string's bytes stay valid until the plugin is unloaded.
+     * TH_E_STALE_CONTEXT otherwise. A string's bytes stay valid until the plugin's next shutdown (unload,
+     * or a settings change, which restarts the plugin with the new config): copy what you keep longer.
      * Durations accept strings with units ("250ms", "10s", "5m", "1h") and are returned in ns. */
     th_status (*config_string)(th_ctx ctx, const char* key, size_t key_len, const char** out, size_t* out_len);
     th_status (*config_int)(th_ctx ctx, const char* key, size_t key_len, int64_t* out);
@@ -208,11 +234,22 @@ typedef struct th_host_api {
     th_status (*config_duration_ns)(th_ctx ctx, const char* key, size_t key_len, int64_t* out);
 
     /* @since 1.0. Attach an error message to the current call; the host logs it with the task's name when
-     * run/init returns a non-OK status. Last call wins. Truncated to 4 KiB. */
+     * run/init returns a non-OK status. Last call wins. Cut after TH_MAX_TEXT_BYTES (4096) bytes and escaped
+     * as log does (one line; " … (N bytes truncated)" when cut). TH_E_INVALID_ARGUMENT for NULL `msg`
+     * with `len` > 0. */
     th_status (*set_error)(th_ctx ctx, const char* msg, size_t len);
 
-    /* @since 1.0. From init only: declare one more task (copied by the host). Lets the number of tasks
-     * come from config. TH_E_NOT_ALLOWED outside init; TH_E_INVALID_ARGUMENT for a bad definition. */
+    /* @since 1.0. From init only: declare one more task (copied by the host, name too). Lets the number of
+     * tasks come from config. Returns TH_OK, or:
+     *   TH_E_NOT_ALLOWED      outside init;
+     *   TH_E_INVALID_ARGUMENT NULL `task`, struct_size too small, NULL run, a name that is empty, longer
+     *                         than 64 bytes, or has spaces, control characters or invalid UTF-8, a name
+     *                         another task of this plugin has (static or declared), an interval <= 0 or
+     *                         > TH_MAX_DURATION_NS, a timeout < 0 or > TH_MAX_DURATION_NS;
+     *   TH_E_TOO_MANY_TASKS   static + declared tasks would exceed [host] max_tasks_per_plugin (default
+     *                         100000). The task is not added, and once init returns the plugin is refused
+     *                         with TH_E_TOO_MANY_TASKS (its shutdown is called if init returned TH_OK).
+     * A refused task is not added; init may carry on (or fail). */
     th_status (*add_task)(th_ctx ctx, const th_task_def* task);
 
     /* @since 1.0. The time this run was scheduled for, on the host's monotonic clock, in ns: the tick it
@@ -236,22 +273,27 @@ typedef struct th_host_info {
  *   is_stop == 1: the stop call, made exactly once when the task is removed (plugin removed or replaced, host
  *                 stopping), after its last run returned. Bounded by the same timeout.
  *   `state` is the task's own `state` member if non-NULL, else the plugin state that init stored.
- * Required: name, run, default_interval_ns > 0. */
+ * Required: name, run, 0 < default_interval_ns <= TH_MAX_DURATION_NS; 0 <= default_timeout_ns <=
+ * TH_MAX_DURATION_NS. A static descriptor that breaks one is refused with TH_E_BAD_DESCRIPTOR. */
 typedef th_status (*th_run_fn)(void* state, th_ctx ctx, int32_t is_stop);
 
 struct th_task_def {
     uint32_t struct_size;        /* sizeof(th_task_def) */
-    const char* name;            /* required; unique within the plugin; printable, 1..64 bytes */
-    int64_t default_interval_ns; /* required, > 0; host.toml may override */
-    int64_t default_timeout_ns;  /* optional; 0 = the host's default_timeout (10 s unless configured) */
+    const char* name;            /* required; unique within the plugin; 1..64 bytes of UTF-8, no spaces or
+                                    control characters */
+    int64_t default_interval_ns; /* required, 1..TH_MAX_DURATION_NS; host.toml may override */
+    int64_t default_timeout_ns;  /* optional, 0..TH_MAX_DURATION_NS; 0 = the host's default_timeout (10 s
+                                    unless configured) */
     th_run_fn run;               /* required */
     void* state;                 /* optional; passed to run instead of the plugin state when non-NULL */
 };
 
 /* ---- The plugin -----------------------------------------------------------------------------------------
  * init(ctx, &state): optional. Read config, allocate state, declare tasks with add_task. Return TH_OK, or
- *   TH_ERROR after set_error (the plugin is then refused and unloaded).
- * shutdown(state): optional. Called once after every task's stop call, before unload. Free state here. */
+ *   TH_ERROR after set_error (the plugin is then refused and unloaded; shutdown is not called).
+ * shutdown(state): optional. Called once after every task's stop call, before unload, and before each
+ *   restart in place (a settings change: init is then called again on the same library). Free state here.
+ * More static tasks than [host] max_tasks_per_plugin: TH_E_TOO_MANY_TASKS, init is not called. */
 typedef th_status (*th_init_fn)(th_ctx ctx, void** state);
 typedef void (*th_shutdown_fn)(void* state);
 
@@ -260,8 +302,8 @@ typedef struct th_plugin_def {
     uint16_t abi_major;          /* TH_ABI_MAJOR the plugin was built against */
     uint16_t abi_minor;          /* TH_ABI_MINOR the plugin was built against */
     const char* name;            /* required; the key of [plugins.<name>]; [A-Za-z0-9_-], 1..64 bytes */
-    const char* version;         /* optional; free-form, e.g. "1.2.0" */
-    const char* description;     /* optional; one line */
+    const char* version;         /* optional; free-form, e.g. "1.2.0" (logged escaped, first 64 bytes) */
+    const char* description;     /* optional; one line (logged escaped, first 256 bytes) */
     const th_task_def* tasks;    /* static tasks; may be NULL when init declares them */
     uint32_t task_count;
     th_init_fn init;             /* optional */
