@@ -299,7 +299,8 @@ TEST(Plugins, GoRuntimePluginsAreNeverReplacedUnloadedOrLoadedTwice) {
     err = h.manager->sync(file);
     ASSERT_TRUE(err);
     EXPECT_EQ(err->code, TH_E_NOT_ALLOWED);
-    EXPECT_NE(err->message().find("a Go runtime from " + file.string() + " is already in this process (its plugin "
+    EXPECT_NE(err->message().find("a Go runtime from " + file.string() +
+                                  " is already in this process (its plugin "
                                   "was removed, but a Go runtime cannot be unloaded); restart the host to load " +
                                   file.string()),
               std::string::npos)

@@ -171,15 +171,16 @@ bool check_elf_extents(int fd, uint64_t size, const Ehdr& h, char* buf, size_t c
         for (size_t k = 0; k < count; ++k) {
             Phdr ph;
             std::memcpy(&ph, buf + k * sizeof(Phdr), sizeof ph);
-            if (ph.p_type == PT_LOAD || ph.p_type == PT_DYNAMIC) need = std::max(need, add_sat(ph.p_offset, ph.p_filesz));
+            if (ph.p_type == PT_LOAD || ph.p_type == PT_DYNAMIC)
+                need = std::max(need, add_sat(ph.p_offset, ph.p_filesz));
         }
     }
     if (h.e_shoff) need = std::max(need, add_sat(h.e_shoff, mul_sat(h.e_shnum, h.e_shentsize)));
     if (need > size)
-        return fail(err, TH_E_NOT_A_LIBRARY,
-                    "truncated ELF file (" + std::to_string(size) + " bytes; its headers need " +
-                        std::to_string(need) + ")",
-                    kRetry);
+        return fail(
+            err, TH_E_NOT_A_LIBRARY,
+            "truncated ELF file (" + std::to_string(size) + " bytes; its headers need " + std::to_string(need) + ")",
+            kRetry);
     return true;
 }
 
@@ -202,11 +203,11 @@ void make_private_dir(const fs::path& dir) {
     if (st.st_uid != geteuid())
         throw std::runtime_error("the shadow cache " + dir.string() + " belongs to uid " + std::to_string(st.st_uid) +
                                  ", not to this process's user; remove it or set [host] shadow_dir");
-    if ((st.st_mode & 07777) != 0700) {
-        if (::chmod(dir.c_str(), 0700) != 0)
-            throw std::runtime_error("the shadow cache " + dir.string() + " has mode " +
-                                     std::to_string(st.st_mode & 07777) + " and cannot be given mode 0700: " +
-                                     errno_text(errno));
+    if ((st.st_mode & 07777) != 0700 && ::chmod(dir.c_str(), 0700) != 0) {
+        char mode[8];
+        std::snprintf(mode, sizeof mode, "%04o", unsigned(st.st_mode & 07777));
+        throw std::runtime_error("the shadow cache " + dir.string() + " has mode " + mode +
+                                 " and cannot be given mode 0700: " + errno_text(errno));
     }
 }
 
@@ -375,9 +376,7 @@ bool write_all(int fd, const char* buf, size_t n) {
     return true;
 }
 
-bool all_zero(const char* p, size_t n) {
-    return n == 0 || (p[0] == 0 && std::memcmp(p, p + 1, n - 1) == 0);
-}
+bool all_zero(const char* p, size_t n) { return n == 0 || (p[0] == 0 && std::memcmp(p, p + 1, n - 1) == 0); }
 
 // "100 GiB", "1.5 MiB", "100 bytes": a file's size for people.
 std::string human_size(uint64_t n) {
@@ -395,7 +394,8 @@ std::string human_size(uint64_t n) {
 
 // "256MiB": a size the way host.toml writes it.
 std::string config_size(uint64_t n) {
-    static const std::pair<uint64_t, const char*> units[] = {{1ull << 30, "GiB"}, {1ull << 20, "MiB"}, {1ull << 10, "KiB"}};
+    static const std::pair<uint64_t, const char*> units[] = {
+        {1ull << 30, "GiB"}, {1ull << 20, "MiB"}, {1ull << 10, "KiB"}};
     for (auto& [k, name] : units)
         if (n >= k && n % k == 0) return std::to_string(n / k) + name;
     return std::to_string(n) + "B";
@@ -440,8 +440,8 @@ bool stage(const fs::path& p, ShadowCache& cache, const FilePolicy& policy, Stag
     // Refused unread: a sparse 100 GiB file costs the host nothing.
     if (size > policy.max_size)
         return fail(err, TH_E_FILE_TOO_LARGE,
-                    p.filename().string() + " is " + human_size(size) + ", larger than [host] max_plugin_size = " +
-                        config_size(policy.max_size) + "; it was not read",
+                    p.filename().string() + " is " + human_size(size) +
+                        ", larger than [host] max_plugin_size = " + config_size(policy.max_size) + "; it was not read",
                     "raise [host] max_plugin_size in host.toml if this is really a plugin");
 
     // One buffer, kOverlap bytes of the previous read in front of each new one (for the Go markers).
@@ -475,7 +475,8 @@ bool stage(const fs::path& p, ShadowCache& cache, const FilePolicy& policy, Stag
         }
         // Runs of zeros stay holes in the copy: a sparse file costs no space in the cache.
         if (all_zero(buf, len) ? ::lseek(copy.fd, off_t(len), SEEK_CUR) < 0 : !write_all(copy.fd, buf, len))
-            return fail(err, TH_E_NOT_A_LIBRARY, "cannot write the shadow copy " + out->copy.string() + ": " + errno_text(errno),
+            return fail(err, TH_E_NOT_A_LIBRARY,
+                        "cannot write the shadow copy " + out->copy.string() + ": " + errno_text(errno),
                         "check free space in the shadow cache");
         done += len;
         if (done >= size) break;  // at most what fstat said: a file that grows is caught below
@@ -490,7 +491,8 @@ bool stage(const fs::path& p, ShadowCache& cache, const FilePolicy& policy, Stag
                         std::to_string(now.st_size) + " now)",
                     "it is still being written: it is retried when it changes");
     if (::ftruncate(copy.fd, off_t(size)) != 0)
-        return fail(err, TH_E_NOT_A_LIBRARY, "cannot write the shadow copy " + out->copy.string() + ": " + errno_text(errno),
+        return fail(err, TH_E_NOT_A_LIBRARY,
+                    "cannot write the shadow copy " + out->copy.string() + ": " + errno_text(errno),
                     "check free space in the shadow cache");
 #if defined(__linux__)
     // The rest of the headers, on the copy: what is checked is what dlopen maps.
@@ -499,7 +501,8 @@ bool stage(const fs::path& p, ShadowCache& cache, const FilePolicy& policy, Stag
     out->sha256 = Sha256::hex(sha.finish());
     const fs::path final_path = cache.final_name(p, out->sha256, serial);
     if (::rename(out->copy.c_str(), final_path.c_str()) != 0)
-        return fail(err, TH_E_NOT_A_LIBRARY, "cannot name the shadow copy " + final_path.string() + ": " + errno_text(errno),
+        return fail(err, TH_E_NOT_A_LIBRARY,
+                    "cannot name the shadow copy " + final_path.string() + ": " + errno_text(errno),
                     "check the shadow cache");
     out->copy = final_path;
     out->source = p;
@@ -695,7 +698,8 @@ std::shared_ptr<Library> Library::load(StagedFile& staged, std::shared_ptr<spdlo
              TH_ENTRY_SYMBOL " did not return within " + format_duration(entry_bound) +
                  "; the plugin is refused and its library stays mapped until the host exits",
              "fix the plugin's entry point (it must only return its descriptor; work belongs in init or a task), "
-             "or raise [plugins." + source.stem().string() + "] timeout in host.toml");
+             "or raise [plugins." +
+                 source.stem().string() + "] timeout in host.toml");
         return nullptr;
     }
     if (!call->threw.empty()) {

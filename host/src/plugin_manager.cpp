@@ -371,7 +371,8 @@ std::string task_list(const LoadedPlugin& p) {
 }
 }  // namespace
 
-std::optional<LoadError> PluginManager::add_new(const fs::path& file, detail::StagedFile& staged, const std::string& sha) {
+std::optional<LoadError> PluginManager::add_new(const fs::path& file, detail::StagedFile& staged,
+                                                const std::string& sha) {
     LoadError e;
     Plugin p = prepare(file, staged, &e);
     if (!p) return refuse(file, "not loaded", e, sha);

@@ -190,7 +190,8 @@ private:
     std::optional<LoadError> initialise(detail::LoadedPlugin& p, const PluginSettings* settings = nullptr);
     void start_tasks(const Plugin& p);
     bool stop_plugins(std::vector<Plugin> ps, Duration bound);
-    std::optional<LoadError> add_new(const std::filesystem::path& file, detail::StagedFile& staged, const std::string& sha);
+    std::optional<LoadError> add_new(const std::filesystem::path& file, detail::StagedFile& staged,
+                                     const std::string& sha);
     std::optional<LoadError> replace(const Plugin& old, detail::StagedFile& staged, const std::string& sha);
     const detail::LoadedPlugin* find_name(const std::string& name, const detail::LoadedPlugin* except) const;
     // TH_E_CHECKSUM_MISMATCH if host.toml pins [plugins.<name>] sha256 to other content than `sha`.
