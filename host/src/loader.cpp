@@ -1,6 +1,7 @@
 #include "loader.hpp"
 
 #include "bounded_call.hpp"
+#include "fault.hpp"
 #include "host_api.hpp"
 #include "sha256.hpp"
 
@@ -458,6 +459,7 @@ bool stage(const fs::path& p, ShadowCache& cache, const FilePolicy& policy, Stag
     uint64_t serial = 0;
     Fd copy(cache.create_copy(p, &out->copy, &serial, err));
     if (copy.fd < 0) return false;
+    fault_point("stage", p.filename().string());  // tests: an exception here is a named refusal, no copy left
     Sha256 sha;
     bool go = false;
     size_t carry = 0;  // bytes of the previous read kept in front of buf
