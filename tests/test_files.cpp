@@ -168,6 +168,25 @@ TEST(HostileFiles, FileThatGrowsWhileItIsCopiedIsRefusedAsStillBeingWritten) {
     EXPECT_EQ(file_count(h.manager->shadow_dir()), 0u) << "no copy left behind";
 }
 
+// Refused before it was hashed (not an ELF): the file's identity stands for its content, so an unchanged
+// file is retried once (it may have been half written), not on every look, and a changed one again.
+TEST(HostileFiles, FileRefusedBeforeItIsHashedIsRetriedOnceUntilItChanges) {
+    Harness h;
+    const fs::path f = h.dir / "text.so";
+    write_file(f, "not a library, not yet\n");
+    ASSERT_TRUE(h.load(f));
+    EXPECT_TRUE(h.manager->retry_worthy(f));
+    ASSERT_TRUE(h.manager->sync(f));
+    EXPECT_FALSE(h.manager->retry_worthy(f)) << "the same file again: no more retries";
+    ASSERT_TRUE(h.manager->sync(f));
+    EXPECT_EQ(h.count_logged("text.so: not loaded: TH_E_NOT_A_LIBRARY: not an ELF file"), 2u)
+        << "not logged again on every look: " << h.log_text();
+    write_file(h.tmp / "next", "still not a library\n");
+    fs::rename(h.tmp / "next", f);
+    ASSERT_TRUE(h.manager->sync(f));
+    EXPECT_TRUE(h.manager->retry_worthy(f)) << "a changed file is worth one retry again";
+}
+
 TEST(HostileFiles, UnchangedContentLeavesNoStagedCopyBehind) {
     Harness h;
     h.plugin("hello").interval = 1h;
@@ -215,6 +234,7 @@ TEST(HostileFiles, ShadowCopiesKeepTheirModesUnderAHostileUmaskAndARemovedCacheI
     const fs::path shadow = h.manager->plugin("hello")->shadow;
     EXPECT_EQ(mode_of(shadow), 0700u) << "the copy has its mode, not 0700 & ~umask";
     EXPECT_EQ(mode_of(dir), 0700u);
+    EXPECT_EQ(mode_of(dir.string() + ".staging"), 0700u) << "where copies are made";
     EXPECT_EQ(mode_of(dir.parent_path()), 0700u);
     // Someone removes the whole cache (rm -rf, a tmp cleaner): the next plugin still loads.
     fs::remove_all(dir.parent_path());

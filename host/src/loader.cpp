@@ -263,11 +263,12 @@ ShadowCache::ShadowCache(const fs::path& base_in, std::shared_ptr<spdlog::logger
         throw std::runtime_error("the shadow cache " + base.string() +
                                  " is on a file system mounted noexec, where plugins cannot be loaded; set "
                                  "[host] shadow_dir to a folder on an executable mount");
-    // Copies left by host processes that no longer exist (a crash, a kill -9).
+    // Copies left by host processes that no longer exist (a crash, a kill -9): "<pid>" and "<pid>.staging".
     std::error_code ec;
     for (auto& e : fs::directory_iterator(base, ec)) {
-        const std::string name = e.path().filename().string();
-        if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+        std::string name = e.path().filename().string();
+        if (name.size() > 8 && name.compare(name.size() - 8, 8, ".staging") == 0) name.resize(name.size() - 8);
+        if (name.empty() || name.size() > 9 || name.find_first_not_of("0123456789") != std::string::npos) continue;
         const pid_t pid = pid_t(std::stoll(name));
         if (pid == getpid() || (::kill(pid, 0) != 0 && errno == ESRCH)) {
             std::error_code rec;
@@ -276,33 +277,37 @@ ShadowCache::ShadowCache(const fs::path& base_in, std::shared_ptr<spdlog::logger
         }
     }
     dir_ = base / std::to_string(getpid());
+    staging_ = base / (std::to_string(getpid()) + ".staging");
     make_private_dir(dir_);
+    make_private_dir(staging_);
 }
 
 ShadowCache::~ShadowCache() {
     std::error_code ec;
     fs::remove_all(dir_, ec);
+    fs::remove_all(staging_, ec);
 }
 
 int ShadowCache::create_copy(const fs::path& source, fs::path* path, uint64_t* n_out, LoadFailure* err) {
     // Someone may have removed the cache while the host runs (rm -rf, a tmp cleaner): make it again, and
     // check it again (ours, a real directory, mode 0700), rather than refuse every later plugin.
-    const bool missing = ::access(dir_.c_str(), F_OK) != 0;
+    const bool missing = ::access(dir_.c_str(), F_OK) != 0 || ::access(staging_.c_str(), F_OK) != 0;
     try {
         if (missing) make_private_dir(base_);
         make_private_dir(dir_);
+        make_private_dir(staging_);
     } catch (const std::exception& e) {
         fail(err, TH_E_NOT_A_LIBRARY, e.what(), "fix the shadow cache folder, or set [host] shadow_dir in host.toml");
         return -1;
     }
     if (missing) log_->warn("the shadow cache {} had been removed; created it again", dir_.string());
     const uint64_t n = ++g_copy_counter;
-    *path = dir_ / (source.stem().string() + ".staging." + std::to_string(n) + source.extension().string());
+    *path = staging_ / (source.stem().string() + "." + std::to_string(n) + source.extension().string());
     const int fd = ::open(path->c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0700);
     if (fd < 0) {
         const int e = errno;
         path->clear();
-        fail(err, TH_E_NOT_A_LIBRARY, "cannot create a shadow copy in " + dir_.string() + ": " + errno_text(e),
+        fail(err, TH_E_NOT_A_LIBRARY, "cannot create a shadow copy in " + staging_.string() + ": " + errno_text(e),
              "check free space and permissions of the shadow cache");
         return -1;
     }
@@ -312,7 +317,8 @@ int ShadowCache::create_copy(const fs::path& source, fs::path* path, uint64_t* n
         ::close(fd);
         ::unlink(path->c_str());
         path->clear();
-        fail(err, TH_E_NOT_A_LIBRARY, "cannot set the mode of a shadow copy in " + dir_.string() + ": " + errno_text(e),
+        fail(err, TH_E_NOT_A_LIBRARY,
+             "cannot set the mode of a shadow copy in " + staging_.string() + ": " + errno_text(e),
              "check the permissions of the shadow cache");
         return -1;
     }
@@ -434,6 +440,11 @@ bool stage(const fs::path& p, ShadowCache& cache, const FilePolicy& policy, Stag
     const bool opened = open_checked(p, policy, &raw, &st, err);
     Fd in(raw);
     if (!opened) return false;
+    out->opened = true;
+    out->identity = "file " + std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino) + " size " +
+                    std::to_string(st.st_size) + " mtime " + std::to_string(st.st_mtim.tv_sec) + "." +
+                    std::to_string(st.st_mtim.tv_nsec) + " ctime " + std::to_string(st.st_ctim.tv_sec) + "." +
+                    std::to_string(st.st_ctim.tv_nsec);
     const uint64_t size = uint64_t(st.st_size);
     if (size == 0)
         return fail(err, TH_E_NOT_A_LIBRARY, "the file is empty",
@@ -518,6 +529,8 @@ bool stage(const fs::path& p, ShadowCache& cache, const FilePolicy& policy, Stag
 bool stage_plugin_file(const fs::path& p, ShadowCache& cache, const FilePolicy& policy, StagedFile* out,
                        LoadFailure* err) {
     out->discard();
+    out->opened = false;
+    out->identity.clear();
     bool ok = false;
     try {
         ok = stage(p, cache, policy, out, err);

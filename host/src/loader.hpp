@@ -27,9 +27,10 @@ struct LoadFailure {
 // "TH_E_NO_ENTRY", ... for a status code; "TH_UNKNOWN(<n>)" for anything else.
 std::string status_name(th_status code);
 
-// The private directory that holds shadow copies: <base>/<pid>, mode 0700. A library is never loaded from
-// the watched file itself (dlopen would hand back the old image for a path it has open, and a file that
-// is overwritten while mapped crashes the process with SIGBUS).
+// The private directory that holds shadow copies: <base>/<pid>, mode 0700, and <base>/<pid>.staging for
+// copies being made (moved into <base>/<pid> once complete and checked; removed when they are not needed).
+// A library is never loaded from the watched file itself (dlopen would hand back the old image for a path
+// it has open, and a file that is overwritten while mapped crashes the process with SIGBUS).
 class ShadowCache {
 public:
     // base empty = $XDG_RUNTIME_DIR/tickhost, else /tmp/tickhost-<uid>. Creates it, checks it is ours and
@@ -37,15 +38,15 @@ public:
     explicit ShadowCache(const std::filesystem::path& base, std::shared_ptr<spdlog::logger> log);
     ~ShadowCache();  // removes this process's directory
     const std::filesystem::path& dir() const { return dir_; }
-    // Creates a new, empty file "<stem>.staging.<n>.so" (mode 0700 whatever the umask; n never reused in
-    // this process), open for reading and writing. Recreates the cache's folders first if someone removed
+    // Creates a new, empty file "<pid>.staging/<stem>.<n>.so" (mode 0700 whatever the umask; n never reused
+    // in this process), open for reading and writing. Recreates the cache's folders first if someone removed
     // them (and checks again that they are ours and private). -1 + err on failure.
     int create_copy(const std::filesystem::path& source, std::filesystem::path* path, uint64_t* n, LoadFailure* err);
     // The name a finished copy gets once its content is known: "<stem>.<hash12>.<n>.so".
     std::filesystem::path final_name(const std::filesystem::path& source, const std::string& sha256, uint64_t n) const;
 
 private:
-    std::filesystem::path base_, dir_;
+    std::filesystem::path base_, dir_, staging_;
     std::shared_ptr<spdlog::logger> log_;
 };
 
@@ -72,6 +73,11 @@ public:
     std::string sha256;            // of the bytes copied
     uint64_t size = 0;
     bool go_runtime = false;  // carries Go's build-info marker (a c-shared Go library)
+    // Set as soon as the file is open and trusted, also when it is then refused for its content (size, ELF
+    // header, changed while read): device, inode, size, mtime and ctime, which stand for its content when
+    // it was refused before it was hashed (the same file is not retried until it changes).
+    bool opened = false;
+    std::string identity;
 };
 
 // Opens `p` without following it into a FIFO or device, checks it on the opened descriptor (a symlink is

@@ -191,6 +191,10 @@ std::optional<LoadError> PluginManager::refuse(const fs::path& file, const std::
     return e;
 }
 
+namespace {
+std::string describe(const LoadedPlugin& p);
+}  // namespace
+
 std::optional<LoadError> PluginManager::sync_locked(const fs::path& file) {
     auto it = by_file_.find(file);
     Plugin old = it == by_file_.end() ? nullptr : it->second;
@@ -219,12 +223,21 @@ std::optional<LoadError> PluginManager::sync_locked(const fs::path& file) {
     LoadFailure rf;
     if (!detail::check_plugin_dir(file.parent_path(), policy(), &rf) ||
         !detail::stage_plugin_file(file, *cache_, policy(), &staged, &rf)) {
-        if (old) {
+        if (old && !staged.opened) {
             log_->error("{}: cannot read the new version: {}; plugin '{}' keeps running", file.string(), rf.reason,
                         old->name);
             return to_error(rf);
         }
-        return refuse(file, "not loaded", to_error(rf), "");
+        // Refused for its content before it was hashed (its size, its ELF header, changed while read): the
+        // file's identity stands for its content, so the same file is retried once at most.
+        LoadError e = to_error(rf);
+        auto f = failed_.find(file);
+        if (f != failed_.end() && f->second.sha256 == staged.identity && (!f->second.retry || f->second.retried)) {
+            log_->debug("{}: the same file that was refused before; still refused", file.string());
+            return e;
+        }
+        if (old) e.hint += "; " + describe(*old) + " keeps running";
+        return refuse(file, old ? "new version refused" : "not loaded", e, staged.identity);
     }
     const std::string sha = staged.sha256;
     // A pin on the file's own name is checked before any of its code runs (dlopen runs static constructors).
