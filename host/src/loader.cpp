@@ -470,6 +470,11 @@ bool stage(const fs::path& p, ShadowCache& cache, const FilePolicy& policy, Stag
     uint64_t serial = 0;
     Fd copy(cache.create_copy(p, &out->copy, &serial, err));
     if (copy.fd < 0) return false;
+    auto cannot_write = [&](int e) {
+        return fail(err, TH_E_NOT_A_LIBRARY,
+                    "cannot write the shadow copy " + out->copy.string() + ": " + errno_text(e),
+                    "check free space in the shadow cache");
+    };
     fault_point("stage", p.filename().string());  // tests: an exception here is a named refusal, no copy left
     Sha256 sha;
     bool go = false;
@@ -488,9 +493,7 @@ bool stage(const fs::path& p, ShadowCache& cache, const FilePolicy& policy, Stag
         }
         // Runs of zeros stay holes in the copy: a sparse file costs no space in the cache.
         if (all_zero(buf, len) ? ::lseek(copy.fd, off_t(len), SEEK_CUR) < 0 : !write_all(copy.fd, buf, len))
-            return fail(err, TH_E_NOT_A_LIBRARY,
-                        "cannot write the shadow copy " + out->copy.string() + ": " + errno_text(errno),
-                        "check free space in the shadow cache");
+            return cannot_write(errno);
         done += len;
         if (done >= size) break;  // at most what fstat said: a file that grows is caught below
         n = read_full(in.fd, buf, size_t(std::min<uint64_t>(size - done, kChunk)));
@@ -501,22 +504,22 @@ bool stage(const fs::path& p, ShadowCache& cache, const FilePolicy& policy, Stag
         now.st_mtim.tv_sec != st.st_mtim.tv_sec || now.st_mtim.tv_nsec != st.st_mtim.tv_nsec)
         return fail(err, TH_E_NOT_A_LIBRARY,
                     "the file changed while it was read (" + std::to_string(size) + " bytes when opened, " +
-                        std::to_string(now.st_size) + " now)",
+                        std::to_string(now.st_size) + " bytes now" +
+                        (uint64_t(now.st_size) == size ? ", modified" : "") + ")",
                     "it is still being written: it is retried when it changes");
-    if (::ftruncate(copy.fd, off_t(size)) != 0)
-        return fail(err, TH_E_NOT_A_LIBRARY,
-                    "cannot write the shadow copy " + out->copy.string() + ": " + errno_text(errno),
-                    "check free space in the shadow cache");
+    if (::ftruncate(copy.fd, off_t(size)) != 0) return cannot_write(errno);
 #if defined(__linux__)
     // The rest of the headers, on the copy: what is checked is what dlopen maps.
     if (!check_elf_extents(copy.fd, size, h, buf, kChunk, err)) return false;
 #endif
     out->sha256 = Sha256::hex(sha.finish());
     const fs::path final_path = cache.final_name(p, out->sha256, serial);
-    if (::rename(out->copy.c_str(), final_path.c_str()) != 0)
+    if (::rename(out->copy.c_str(), final_path.c_str()) != 0) {
+        const int e = errno;
         return fail(err, TH_E_NOT_A_LIBRARY,
-                    "cannot name the shadow copy " + final_path.string() + ": " + errno_text(errno),
+                    "cannot name the shadow copy " + final_path.string() + ": " + errno_text(e),
                     "check the shadow cache");
+    }
     out->copy = final_path;
     out->source = p;
     out->size = size;
