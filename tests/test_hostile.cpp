@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <thread>
 
@@ -78,6 +79,18 @@ fs::path init_hangs(Harness& h) {
     h.plugin("bad_init_hangs").timeout = 200ms;
     h.plugin("bad_init_hangs").config.set("release", (h.tmp / "release").string());
     return bad(h, "init_hangs");
+}
+
+fs::path entry_hangs(Harness& h) {
+    ::setenv("TICKHOST_FX_RELEASE", (h.tmp / "release").c_str(), 1);
+    h.plugin("fx_bad_entry_hangs").timeout = 200ms;  // [plugins.<file stem>]: its name is not known yet
+    return bad(h, "entry_hangs");
+}
+
+fs::path sparse_too_large(Harness& h) {
+    const fs::path f = text_file(h, "x.so", kElf.substr(0, 4096));
+    EXPECT_EQ(::truncate(f.c_str(), off_t(100) << 30), 0);  // 100 GiB, a hole after a real ELF header
+    return f;
 }
 
 fs::path same_name_twice(Harness& h) {
@@ -159,11 +172,14 @@ const BadInput kBadInputs[] = {
     {"TruncatedElfLastByte", [](Harness& h) { return text_file(h, "t.so", kElf.substr(0, kElf.size() - 1)); },
      TH_E_NOT_A_LIBRARY, "truncated ELF file"},
     {"ElfForAnotherMachine", other_machine, TH_E_NOT_A_LIBRARY, "ELF for another machine"},
+    {"SparseFileLargerThanMaxPluginSize", sparse_too_large, TH_E_FILE_TOO_LARGE,
+     "x.so is 100 GiB, larger than [host] max_plugin_size = 256MiB"},
     {"MissingDependency", bad_needed, TH_E_NOT_A_LIBRARY, "libnothere.so."},
     // Libraries that are not (valid) plugins.
     {"MissingEntrySymbol", [](Harness& h) { return h.add(fixture("fx_no_entry")); }, TH_E_NO_ENTRY,
      "tickhost_plugin_entry"},
     {"EntryReturnsNull", [](Harness& h) { return h.add(fixture("fx_abi_null")); }, TH_E_ENTRY_NULL, "returned NULL"},
+    {"EntryNeverReturns", entry_hangs, TH_E_ENTRY_TIMEOUT, "tickhost_plugin_entry did not return within 200ms"},
     {"AbiMajorTooNew", [](Harness& h) { return h.add(fixture("fx_abi_major")); }, TH_E_ABI_MAJOR, "built for ABI 2.0"},
     {"AbiMinorNewerThanHost", [](Harness& h) { return h.add(fixture("fx_abi_minor")); }, TH_E_ABI_MINOR_TOO_NEW,
      "needs ABI 1.99"},
@@ -224,7 +240,7 @@ TEST_P(BadInputAtLoad, IsRefusedWithANamedErrorAndTheHostCarriesOn) {
     const fs::path file = row.make(h);
     load_should_fail(h, file, row.code, row.text);
     // Nothing of the refused file stays behind (unless its code may still run: an init that never returned).
-    if (std::string(row.name) != "InitNeverReturns")
+    if (std::string(row.name) != "InitNeverReturns" && std::string(row.name) != "EntryNeverReturns")
         EXPECT_EQ(file_count(h.manager->shadow_dir()), h.manager->plugins().size()) << "shadow copy left behind";
     // The same manager still loads a good plugin afterwards.
     fs::permissions(h.dir, fs::perms::owner_all, fs::perm_options::replace);

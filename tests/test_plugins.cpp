@@ -294,9 +294,15 @@ TEST(Plugins, GoRuntimePluginsAreNeverReplacedUnloadedOrLoadedTwice) {
     EXPECT_FALSE(h.manager->plugin("gofake"));
     EXPECT_TRUE(mapped(info->shadow)) << "a Go runtime must never be unmapped";
     EXPECT_TRUE(h.logged("a Go runtime cannot be unloaded")) << h.log_text();
-    // Bringing it back would start a second runtime: refused.
+    // Bringing it back would start a second runtime: refused, saying that a restart is needed.
     h.add(fixture("fx_gofake_v1"), "gofake.so");
     err = h.manager->sync(file);
     ASSERT_TRUE(err);
-    EXPECT_NE(err->message().find("one already runs in this process"), std::string::npos) << err->message();
+    EXPECT_EQ(err->code, TH_E_NOT_ALLOWED);
+    EXPECT_NE(err->message().find("a Go runtime from " + file.string() +
+                                  " is already in this process (its plugin "
+                                  "was removed, but a Go runtime cannot be unloaded); restart the host to load " +
+                                  file.string()),
+              std::string::npos)
+        << err->message();
 }

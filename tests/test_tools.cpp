@@ -35,6 +35,25 @@ Result run(const std::string& args) {
     return r;
 }
 
+// stdout only (stderr goes to the test's own): for output that must be well-formed on its own.
+Result run_stdout(const std::string& args) {
+    Result r;
+    std::FILE* p = ::popen((std::string(TICKHOST_EXE) + " " + args).c_str(), "r");
+    if (!p) return r;
+    char buf[4096];
+    size_t n;
+    while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+    const int st = ::pclose(p);
+    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return r;
+}
+
+size_t count(const std::string& text, const std::string& part) {
+    size_t n = 0;
+    for (size_t pos = text.find(part); pos != std::string::npos; pos = text.find(part, pos + 1)) ++n;
+    return n;
+}
+
 std::string fixture(const std::string& name) { return std::string(FIXTURE_DIR) + "/" + name + ".so"; }
 
 bool has(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
@@ -111,6 +130,82 @@ TEST(Tools, CheckJsonAndNoShadowCopiesLeft) {
     EXPECT_TRUE(has(r.out, "\"ok\":false,\"error\":{\"code\":-103,\"name\":\"TH_E_ABI_MAJOR\"")) << r.out;
     ASSERT_TRUE(fs::is_directory(tmp / "shadow"));
     EXPECT_TRUE(fs::is_empty(tmp / "shadow")) << "shadow copies left behind";
+}
+
+// Each file is checked in a process of its own: two Go plugins (which could never both load in one process)
+// are each checked on their own, and each is said to carry a Go runtime and what that means.
+TEST(Tools, CheckChecksEachFileOnItsOwnAndNamesGoRuntimes) {
+    const std::string go_note =
+        "note: carries a Go runtime: it can never be unloaded or replaced in a running host; upgrading it needs a "
+        "host restart";
+    Result r = run("check " + fixture("fx_gofake_v1") + " " + fixture("fx_gofake_v2") + " " + HELLO_SO);
+    EXPECT_EQ(r.status, 0) << r.out;
+    EXPECT_EQ(count(r.out, ": ok\n"), 3u) << r.out;
+    EXPECT_TRUE(has(r.out, "version      1.0.0")) << r.out;
+    EXPECT_TRUE(has(r.out, "version      2.0.0")) << r.out;
+    EXPECT_EQ(count(r.out, go_note), 2u) << "hello has no Go runtime: " << r.out;
+    // --json: one well-formed document on stdout, whatever the children log on stderr.
+    r = run_stdout("check --json " + fixture("fx_gofake_v1") + " " + fixture("fx_gofake_v2") + " " + HELLO_SO);
+    EXPECT_EQ(r.status, 0) << r.out;
+    EXPECT_EQ(r.out.rfind("{\"ok\":true,\"host_abi\":\"1.0\",\"plugins\":[{\"file\":", 0), 0u) << r.out;
+    EXPECT_EQ(r.out.substr(r.out.size() - 4), "}]}\n") << r.out;
+    EXPECT_EQ(count(r.out, "\"go_runtime\":true"), 2u) << r.out;
+    EXPECT_EQ(count(r.out, "\"go_runtime\":false"), 1u) << r.out;
+    EXPECT_EQ(count(r.out, "{"), count(r.out, "}")) << r.out;
+    EXPECT_EQ(count(r.out, "\n"), 1u) << "one line, one document: " << r.out;
+}
+
+// Go's build-info marker is found wherever it lies, also across the loader's reads (whatever their size:
+// markers straddle several power-of-two boundaries). A real plugin with the marker appended after its end.
+TEST(Tools, CheckFindsAGoMarkerThatStraddlesAReadBoundary) {
+    TempDir tmp;
+    const std::string base = read_file(COUNTER_C_SO);
+    const std::string markers[] = {".go.buildinfo", "\xff Go buildinf:"};
+    std::string files;
+    int k = 0;
+    for (size_t boundary :
+         {size_t(64) << 10, size_t(128) << 10, size_t(256) << 10, size_t(512) << 10, size_t(1) << 20}) {
+        ASSERT_LT(base.size() + 16, boundary);
+        for (const std::string& m : markers) {
+            std::string bytes = base;
+            bytes.resize(boundary - m.size() / 2, '\0');  // the marker's first half before, the rest after
+            bytes += m;
+            bytes += std::string(64, '\0');
+            const fs::path f = tmp / ("straddle" + std::to_string(k++) + ".so");
+            write_file(f, bytes);
+            files += " " + f.string();
+        }
+    }
+    // A marker broken by one byte is not one.
+    std::string near = base + std::string(1000, '\0') + ".go.buildinf0";
+    write_file(tmp / "near.so", near);
+    const Result r = run("check" + files + " " + (tmp / "near.so").string());
+    EXPECT_EQ(r.status, 0) << r.out;
+    EXPECT_EQ(count(r.out, "note: carries a Go runtime"), size_t(k)) << r.out;
+    EXPECT_TRUE(has(r.out, "near.so: ok")) << r.out;
+}
+
+// A file whose static constructor kills the process: the checker reports it by name, and checks the others.
+TEST(Tools, CheckReportsAFileThatCrashesWhileLoadingAndGoesOn) {
+    const Result r = run("check " + fixture("fx_bad_ctor_crashes") + " " + HELLO_SO);
+    EXPECT_EQ(r.status, 1) << r.out;
+    EXPECT_TRUE(has(r.out,
+                    "fx_bad_ctor_crashes.so: refused: TH_E_NOT_A_LIBRARY: loading it killed the process that "
+                    "checked it (signal 11"))
+        << r.out;
+    EXPECT_TRUE(has(r.out, "the host would die the same way")) << r.out;
+    EXPECT_TRUE(has(r.out, "name         hello")) << r.out;
+}
+
+// An entry point that never returns is bounded by the plugin's timeout, in check as in the host.
+TEST(Tools, CheckBoundsAnEntryPointThatNeverReturns) {
+    TempDir tmp;
+    write_file(tmp / "host.toml", "[host]\ndefault_timeout = \"1s\"\nshadow_dir = \"shadow\"\n");
+    const Result r =
+        run("check --config " + (tmp / "host.toml").string() + " " + fixture("fx_bad_entry_hangs") + " " + HELLO_SO);
+    EXPECT_EQ(r.status, 1) << r.out;
+    EXPECT_TRUE(has(r.out, "refused: TH_E_ENTRY_TIMEOUT: tickhost_plugin_entry did not return within 1s")) << r.out;
+    EXPECT_TRUE(has(r.out, "name         hello")) << r.out;
 }
 
 TEST(Tools, RunOnceReportsAFailingRun) {

@@ -1,28 +1,42 @@
 // tickhost check FILE...: loads each plugin file the way the host would and says what it declares, or why
-// the host would refuse it and what to do.
+// the host would refuse it and what to do. Each file is checked in a process of its own (forked before
+// anything is loaded), so that files cannot affect each other (two Go runtimes, a library that stays
+// mapped) and a file that crashes or hangs while it loads is reported instead of taking the tool down.
 #include "cli.hpp"
 
 #include <tickhost/config.hpp>
 #include <tickhost/plugin_manager.hpp>
 #include <tickhost/tickers.hpp>
 
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <string>
+#include <string_view>
 #include <vector>
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 namespace tickhost::app {
 namespace {
 
 const char* kCheckUsage = R"(usage: tickhost check [--json] [--config PATH] FILE...
 
-Loads each plugin file exactly as the host would (regular file and ELF checks, a private shadow copy,
+Loads each plugin file exactly as the host would (regular file, size and ELF checks, a private shadow copy,
 dlopen RTLD_NOW | RTLD_LOCAL, entry point, ABI negotiation, descriptor checks), prints its name, version,
-description, ABI version and tasks with their default interval and timeout, and unloads it.
+description, ABI version and tasks with their default interval and timeout, and unloads it. Each file is
+checked in a process of its own: files cannot affect each other, and one that crashes is reported.
 init is not called and no task runs (use `tickhost run-once` for that).
 
 options:
   --json             print one JSON document on stdout instead of text
-  -c, --config PATH  take shadow_dir and default_timeout from this host.toml
+  -c, --config PATH  take shadow_dir, default_timeout, max_plugin_size and the file checks from this host.toml
   -h, --help         show this help
 exit status: 0 every file would load, 1 some file would be refused (the error is named, with what to do),
              2 bad command line or host.toml
@@ -63,6 +77,10 @@ void print_text(const Outcome& o, Duration default_timeout) {
         std::printf("  %s %s every %s, timeout %s\n", n == 0 ? "tasks       " : "            ", t.name.c_str(),
                     format_duration(t.default_interval).c_str(), timeout.c_str());
     }
+    if (i.go_runtime)
+        std::printf(
+            "  note: carries a Go runtime: it can never be unloaded or replaced in a running host; upgrading it "
+            "needs a host restart\n");
     if (o.ignored_name)
         std::printf(
             "  note: in plugin_dir the host ignores this file name (hidden, temporary or not *.so); "
@@ -89,6 +107,7 @@ void print_json(const std::vector<Outcome>& all, bool ok) {
              ",\"abi\":" + json_string(abi_text(i.abi_major, i.abi_minor)) + ",\"sha256\":" + json_string(i.sha256) +
              ",\"has_init\":" + (i.has_init ? "true" : "false") +
              ",\"has_shutdown\":" + (i.has_shutdown ? "true" : "false") +
+             ",\"go_runtime\":" + (i.go_runtime ? "true" : "false") +
              ",\"ignored_name\":" + (o.ignored_name ? "true" : "false") + ",\"tasks\":[";
         for (size_t k = 0; k < i.tasks.size(); ++k) {
             const auto& t = i.tasks[k];
@@ -100,6 +119,208 @@ void print_json(const std::vector<Outcome>& all, bool ok) {
     }
     s += "]}\n";
     std::fputs(s.c_str(), stdout);
+}
+
+// ---- one file, one process ---------------------------------------------------------------------------
+
+// What a child sends back: fields as "<length>:<bytes>".
+void put(std::string& s, std::string_view v) {
+    s += std::to_string(v.size());
+    s += ':';
+    s += v;
+}
+void put(std::string& s, long long v) { put(s, std::to_string(v)); }
+
+struct Reader {
+    std::string_view in;
+    bool ok = true;
+    std::string str() {
+        const size_t colon = in.find(':');
+        if (!ok || colon == std::string_view::npos || colon == 0 || colon > 19) return fail();
+        size_t len = 0;
+        for (char c : in.substr(0, colon)) {
+            if (c < '0' || c > '9') return fail();
+            len = len * 10 + size_t(c - '0');
+        }
+        if (in.size() - colon - 1 < len) return fail();
+        std::string v(in.substr(colon + 1, len));
+        in.remove_prefix(colon + 1 + len);
+        return v;
+    }
+    long long num() {
+        const std::string v = str();
+        if (!ok) return 0;
+        try {
+            return std::stoll(v);
+        } catch (const std::exception&) {
+            ok = false;
+            return 0;
+        }
+    }
+    std::string fail() {
+        ok = false;
+        return {};
+    }
+};
+
+std::string encode(const std::optional<PluginFileInfo>& info, const LoadError& e) {
+    std::string s;
+    put(s, info ? 1 : 0);
+    if (!info) {
+        put(s, e.code);
+        put(s, e.code_name);
+        put(s, e.reason);
+        put(s, e.hint);
+        return s;
+    }
+    put(s, info->sha256);
+    put(s, info->name);
+    put(s, info->version);
+    put(s, info->description);
+    put(s, info->abi_major);
+    put(s, info->abi_minor);
+    put(s, info->has_init);
+    put(s, info->has_shutdown);
+    put(s, info->go_runtime);
+    put(s, static_cast<long long>(info->tasks.size()));
+    for (auto& t : info->tasks) {
+        put(s, t.name);
+        put(s, t.default_interval.count());
+        put(s, t.default_timeout.count());
+    }
+    return s;
+}
+
+bool decode(std::string_view text, Outcome* o) {
+    Reader r{text};
+    if (!r.num()) {
+        o->error.code = th_status(r.num());
+        o->error.code_name = r.str();
+        o->error.reason = r.str();
+        o->error.hint = r.str();
+        return r.ok;
+    }
+    PluginFileInfo i;
+    i.file = o->file;
+    i.sha256 = r.str();
+    i.name = r.str();
+    i.version = r.str();
+    i.description = r.str();
+    i.abi_major = uint16_t(r.num());
+    i.abi_minor = uint16_t(r.num());
+    i.has_init = r.num() != 0;
+    i.has_shutdown = r.num() != 0;
+    i.go_runtime = r.num() != 0;
+    const long long n = r.num();
+    for (long long k = 0; r.ok && k < n; ++k) {
+        PluginFileInfo::Task t;
+        t.name = r.str();
+        t.default_interval = Duration(r.num());
+        t.default_timeout = Duration(r.num());
+        i.tasks.push_back(std::move(t));
+    }
+    if (r.ok) o->info = std::move(i);
+    return r.ok;
+}
+
+void write_all(int fd, const std::string& s) {
+    size_t off = 0;
+    while (off < s.size()) {
+        const ssize_t w = ::write(fd, s.data() + off, s.size() - off);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return;
+        off += size_t(w);
+    }
+}
+
+// In the child: inspect the file with a manager of its own, send "R<outcome>" (or "F<message>" if the
+// manager could not even start), and leave without running anything else of the parent's.
+[[noreturn]] void child_check(const std::string& file, const HostConfig& config, int out) {
+    std::string msg;
+    try {
+        Tickers tickers;  // never started: check runs no task
+        PluginManager manager(tickers, config);
+        LoadError e;
+        const auto info = manager.inspect(file, &e);
+        msg = "R" + encode(info, e);
+    } catch (const std::exception& e) {  // the shadow cache could not be made
+        msg = "F" + std::string(e.what());
+    }
+    write_all(out, msg);
+    std::fflush(nullptr);
+    ::_exit(0);
+}
+
+// Checks `file` in a child process and waits for its answer, up to `bound`. False + *fatal when the tool
+// itself cannot go on (no process, no shadow cache).
+bool check_in_child(Outcome* o, const HostConfig& config, Duration bound, std::string* fatal) {
+    int fds[2];
+    if (::pipe2(fds, O_CLOEXEC) != 0) {
+        *fatal = std::string("cannot create a pipe: ") + std::strerror(errno);
+        return false;
+    }
+    std::fflush(nullptr);
+    const pid_t pid = ::fork();
+    if (pid < 0) {
+        *fatal = std::string("cannot start a process to check ") + o->file + ": " + std::strerror(errno);
+        ::close(fds[0]);
+        ::close(fds[1]);
+        return false;
+    }
+    if (pid == 0) {
+        ::close(fds[0]);
+        child_check(o->file, config, fds[1]);
+    }
+    ::close(fds[1]);
+    std::string got;
+    bool timed_out = false;
+    const auto until = std::chrono::steady_clock::now() + bound;
+    for (;;) {
+        const auto left =
+            std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now());
+        if (left.count() <= 0) {
+            timed_out = true;
+            break;
+        }
+        pollfd p{fds[0], POLLIN, 0};
+        const int r = ::poll(&p, 1, int(std::min<long long>(left.count(), 1000)));
+        if (r < 0 && errno == EINTR) continue;
+        if (r == 0) continue;
+        char buf[4096];
+        const ssize_t n = ::read(fds[0], buf, sizeof buf);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        got.append(buf, size_t(n));
+    }
+    ::close(fds[0]);
+    if (timed_out) ::kill(pid, SIGKILL);
+    int status = 0;
+    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    if (!got.empty() && got[0] == 'F') {
+        *fatal = got.substr(1);
+        return false;
+    }
+    if (!got.empty() && got[0] == 'R' && decode(std::string_view(got).substr(1), o)) return true;
+    o->info.reset();
+    o->error.code = TH_E_NOT_A_LIBRARY;
+    o->error.code_name = "TH_E_NOT_A_LIBRARY";
+    if (timed_out) {
+        o->error.reason = "loading it did not finish within " + format_duration(bound) +
+                          " (a static constructor that never returns?); the host would hang loading it";
+        o->error.hint = "fix the plugin's static constructors (they run inside dlopen and cannot be bounded)";
+    } else if (WIFSIGNALED(status)) {
+        o->error.reason = "loading it killed the process that checked it (signal " + std::to_string(WTERMSIG(status)) +
+                          ", " + strsignal(WTERMSIG(status)) + "); the host would die the same way";
+        o->error.hint =
+            "fix the plugin's static constructors or entry point (try: gdb --args tickhost check " + o->file + ")";
+    } else {
+        o->error.reason = "loading it ended the process that checked it (exit status " +
+                          std::to_string(WIFEXITED(status) ? WEXITSTATUS(status) : -1) +
+                          ") before it could answer; the host would end the same way";
+        o->error.hint = "fix the plugin's static constructors or entry point (a call to exit()?)";
+    }
+    return true;
 }
 
 }  // namespace
@@ -137,21 +358,23 @@ int cmd_check(int argc, char** argv) {
     }
     std::vector<Outcome> outcomes;
     bool ok = true;
-    try {
-        Tickers tickers;  // never started: check runs no task
-        PluginManager manager(tickers, config);
-        for (const auto& f : files) {
-            Outcome o;
-            o.file = f;
-            o.info = manager.inspect(f, &o.error);
-            o.ignored_name = o.info && !is_plugin_file_name(f);
-            ok = ok && o.info.has_value();
-            if (!json) print_text(o, config.default_timeout);
-            outcomes.push_back(std::move(o));
+    // The entry point is bounded by the plugin's timeout inside the child; static constructors are not.
+    Duration longest = config.default_timeout;
+    for (auto& [name, s] : config.plugins)
+        if (s.timeout) longest = std::max(longest, *s.timeout);
+    const Duration bound = longest + std::chrono::seconds(30);
+    for (const auto& f : files) {
+        Outcome o;
+        o.file = f;
+        std::string fatal;
+        if (!check_in_child(&o, config, bound, &fatal)) {
+            std::fprintf(stderr, "tickhost check: %s\n", fatal.c_str());
+            return 2;
         }
-    } catch (const std::exception& e) {  // the shadow cache could not be made
-        std::fprintf(stderr, "tickhost check: %s\n", e.what());
-        return 2;
+        o.ignored_name = o.info && !is_plugin_file_name(f);
+        ok = ok && o.info.has_value();
+        if (!json) print_text(o, config.default_timeout);
+        outcomes.push_back(std::move(o));
     }
     if (json) print_json(outcomes, ok);
     return ok ? 0 : 1;

@@ -1,12 +1,16 @@
 #include "loader.hpp"
 
+#include "bounded_call.hpp"
+#include "fault.hpp"
 #include "host_api.hpp"
 #include "sha256.hpp"
 
+#include <tickhost/config.hpp>
 #include <tickhost/tickers.hpp>
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cctype>
 #include <cerrno>
@@ -14,8 +18,11 @@
 #include <cstddef>
 #include <cstdio>
 #include <cstring>
+#include <iterator>
+#include <memory>
 #include <mutex>
 #include <set>
+#include <string_view>
 #include <vector>
 
 #include <dlfcn.h>
@@ -51,12 +58,6 @@ bool fail(LoadFailure* err, th_status code, std::string reason, std::string hint
     return false;
 }
 
-// Reads a whole regular file without following it into a FIFO or device: O_NONBLOCK keeps a FIFO from
-// blocking the loader, fstat on the open descriptor decides (no check-then-open race).
-}  // namespace
-
-namespace {
-
 // Refuses what someone other than the host's user (or root) could have written: a file or folder that
 // group/others may write, or that another user owns. The message says which file, its mode or owner, and
 // the command that fixes it.
@@ -85,55 +86,6 @@ bool check_trusted(const fs::path& p, const struct stat& st, const char* what, c
 
 }  // namespace
 
-bool read_plugin_file(const fs::path& p, std::string* out, LoadFailure* err, const FilePolicy& policy) {
-    // O_NOFOLLOW: a symlink fails to open (ELOOP) instead of being followed to wherever it points.
-    const int follow = policy.allow_symlinks ? 0 : O_NOFOLLOW;
-    int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY | follow);
-    if (fd < 0) {
-        const int e = errno;
-        struct stat lst {};
-        const bool is_link = ::lstat(p.c_str(), &lst) == 0 && S_ISLNK(lst.st_mode);
-        std::error_code ec;
-        const std::string target = is_link ? fs::read_symlink(p, ec).string() : "";
-        if (is_link && e == ELOOP && !policy.allow_symlinks)
-            return fail(err, TH_E_INSECURE_FILE, "it is a symlink (to " + target + "); symlinks are refused",
-                        "copy the file itself into plugin_dir, or set [host] allow_symlinks = true in host.toml");
-        if (is_link && e == ENOENT)
-            return fail(err, TH_E_NOT_A_LIBRARY, "dangling symlink: its target " + target + " does not exist",
-                        "fix or remove the link");
-        return fail(err, TH_E_NOT_A_LIBRARY, "cannot open: " + errno_text(e),
-                    "check that the file exists and the host's user can read it");
-    }
-    struct stat st {};
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        ::close(fd);
-        return fail(err, TH_E_NOT_A_LIBRARY, "not a regular file", "plugin_dir may only hold plugin files");
-    }
-    if (!check_trusted(p, st, "plugin file", policy, err)) {
-        ::close(fd);
-        return false;
-    }
-    out->clear();
-    out->reserve(size_t(st.st_size));
-    char buf[1 << 16];
-    for (;;) {
-        ssize_t n = ::read(fd, buf, sizeof buf);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) {
-            int e = errno;
-            ::close(fd);
-            return fail(err, TH_E_NOT_A_LIBRARY, "read failed: " + errno_text(e), "check the file system");
-        }
-        if (n == 0) break;
-        out->append(buf, size_t(n));
-    }
-    ::close(fd);
-    if (out->empty())
-        return fail(err, TH_E_NOT_A_LIBRARY, "the file is empty",
-                    "it may still be being written; it is retried when it changes");
-    return true;
-}
-
 bool check_plugin_dir(const fs::path& dir, const FilePolicy& policy, LoadFailure* err) {
     struct stat st {};
     if (::stat(dir.c_str(), &st) != 0)
@@ -141,8 +93,6 @@ bool check_plugin_dir(const fs::path& dir, const FilePolicy& policy, LoadFailure
                     "create it or fix [host] plugin_dir");
     return check_trusted(dir, st, "plugin_dir", policy, err);
 }
-
-std::string sha256_hex(const std::string& bytes) { return Sha256::hex_of(bytes); }
 
 namespace {
 
@@ -170,45 +120,68 @@ using Phdr = Elf32_Phdr;
 constexpr unsigned char kHostClass = ELFCLASS32;
 #endif
 
-// Checks the ELF headers before dlopen sees the file. dlopen maps segments without comparing them with
-// the file size, so a truncated copy (still being written) would load and then die with SIGBUS at the
-// first touch of a missing page; an ELF for another machine gets a clearer message here too.
-bool check_elf(const std::string& b, LoadFailure* err) {
-    const std::string retry = "it may still be being written: it is retried when it changes";
-    if (b.size() < 4 || std::memcmp(b.data(), ELFMAG, SELFMAG) != 0)
+// a + b, or UINT64_MAX if that overflows (hostile headers must not wrap around to a small extent).
+uint64_t add_sat(uint64_t a, uint64_t b) { return a > UINT64_MAX - b ? UINT64_MAX : a + b; }
+uint64_t mul_sat(uint64_t a, uint64_t b) { return b && a > UINT64_MAX / b ? UINT64_MAX : a * b; }
+
+const char* const kRetry = "it may still be being written: it is retried when it changes";
+
+// The first check, on the file's first bytes (`n` of them were read): ELF magic, class, machine, type.
+// Nothing else of a file is read or copied before this passes.
+bool check_elf_header(const char* b, size_t n, Ehdr* h, LoadFailure* err) {
+    if (n < SELFMAG || std::memcmp(b, ELFMAG, SELFMAG) != 0)
         return fail(err, TH_E_NOT_A_LIBRARY, "not an ELF file (no ELF magic in its first bytes)",
                     "plugin_dir may only hold plugin shared libraries");
-    if (b.size() < sizeof(Ehdr))
-        return fail(err, TH_E_NOT_A_LIBRARY, "truncated ELF file (" + std::to_string(b.size()) + " bytes)", retry);
-    Ehdr h;
-    std::memcpy(&h, b.data(), sizeof h);
-    if (h.e_ident[EI_CLASS] != kHostClass)
+    if (n < sizeof(Ehdr))
+        return fail(err, TH_E_NOT_A_LIBRARY, "truncated ELF file (" + std::to_string(n) + " bytes)", kRetry);
+    std::memcpy(h, b, sizeof *h);
+    if (h->e_ident[EI_CLASS] != kHostClass)
         return fail(err, TH_E_NOT_A_LIBRARY,
-                    std::string("ELF class ") + (h.e_ident[EI_CLASS] == ELFCLASS32 ? "32-bit" : "64-bit") +
+                    std::string("ELF class ") + (h->e_ident[EI_CLASS] == ELFCLASS32 ? "32-bit" : "64-bit") +
                         " does not match this host",
                     "build the plugin for this machine's architecture");
-    if (kHostMachine != EM_NONE && h.e_machine != kHostMachine)
+    if (kHostMachine != EM_NONE && h->e_machine != kHostMachine)
         return fail(err, TH_E_NOT_A_LIBRARY,
-                    "ELF for another machine (e_machine " + std::to_string(h.e_machine) + ", this host is " +
+                    "ELF for another machine (e_machine " + std::to_string(h->e_machine) + ", this host is " +
                         std::to_string(kHostMachine) + ")",
                     "build the plugin for this machine's architecture");
-    if (h.e_type != ET_DYN)
-        return fail(err, TH_E_NOT_A_LIBRARY, "ELF file is not a shared library (e_type " + std::to_string(h.e_type) + ")",
-                    "build it as a shared library (tickhost_add_plugin does)");
-    const uint64_t size = b.size();
-    if (h.e_phentsize != sizeof(Phdr) || uint64_t(h.e_phoff) + uint64_t(h.e_phnum) * sizeof(Phdr) > size)
-        return fail(err, TH_E_NOT_A_LIBRARY, "truncated ELF file: its program headers lie past its end", retry);
-    uint64_t need = 0;
-    for (uint16_t i = 0; i < h.e_phnum; ++i) {
-        Phdr ph;
-        std::memcpy(&ph, b.data() + h.e_phoff + uint64_t(i) * sizeof(Phdr), sizeof ph);
-        if (ph.p_type == PT_LOAD || ph.p_type == PT_DYNAMIC) need = std::max<uint64_t>(need, ph.p_offset + ph.p_filesz);
-    }
-    if (h.e_shoff) need = std::max<uint64_t>(need, uint64_t(h.e_shoff) + uint64_t(h.e_shnum) * h.e_shentsize);
-    if (need > size)
+    if (h->e_type != ET_DYN)
         return fail(err, TH_E_NOT_A_LIBRARY,
-                    "truncated ELF file (" + std::to_string(size) + " bytes; its headers need " + std::to_string(need) + ")",
-                    retry);
+                    "ELF file is not a shared library (e_type " + std::to_string(h->e_type) + ")",
+                    "build it as a shared library (tickhost_add_plugin does)");
+    return true;
+}
+
+// The second check, on the finished shadow copy (read with pread through `buf`, `cap` bytes): the program
+// and section headers and the segments they describe lie inside the file. dlopen maps segments without
+// comparing them with the file size, so a truncated copy (still being written) would load and then die
+// with SIGBUS at the first touch of a missing page.
+bool check_elf_extents(int fd, uint64_t size, const Ehdr& h, char* buf, size_t cap, LoadFailure* err) {
+    if (h.e_phentsize != sizeof(Phdr) || add_sat(h.e_phoff, mul_sat(h.e_phnum, sizeof(Phdr))) > size)
+        return fail(err, TH_E_NOT_A_LIBRARY, "truncated ELF file: its program headers lie past its end", kRetry);
+    uint64_t need = 0;
+    const size_t per_read = cap / sizeof(Phdr);
+    for (size_t i = 0; i < h.e_phnum; i += per_read) {
+        const size_t count = std::min<size_t>(per_read, h.e_phnum - i);
+        const size_t len = count * sizeof(Phdr);
+        ssize_t got;
+        do got = ::pread(fd, buf, len, off_t(h.e_phoff + i * sizeof(Phdr)));
+        while (got < 0 && errno == EINTR);
+        if (got != ssize_t(len))
+            return fail(err, TH_E_NOT_A_LIBRARY, "cannot read back the shadow copy's program headers", kRetry);
+        for (size_t k = 0; k < count; ++k) {
+            Phdr ph;
+            std::memcpy(&ph, buf + k * sizeof(Phdr), sizeof ph);
+            if (ph.p_type == PT_LOAD || ph.p_type == PT_DYNAMIC)
+                need = std::max(need, add_sat(ph.p_offset, ph.p_filesz));
+        }
+    }
+    if (h.e_shoff) need = std::max(need, add_sat(h.e_shoff, mul_sat(h.e_shnum, h.e_shentsize)));
+    if (need > size)
+        return fail(
+            err, TH_E_NOT_A_LIBRARY,
+            "truncated ELF file (" + std::to_string(size) + " bytes; its headers need " + std::to_string(need) + ")",
+            kRetry);
     return true;
 }
 
@@ -218,8 +191,8 @@ fs::path default_cache_base() {
     return fs::temp_directory_path() / ("tickhost-" + std::to_string(getuid()));
 }
 
-// Creates `dir` with mode 0700 if missing, then refuses it unless it is a real directory owned by us
-// and not accessible to anyone else.
+// Creates `dir` with mode 0700 if missing, then refuses it unless it is a real directory owned by us, and
+// gives it exactly mode 0700 (whatever the umask: a plugin may have called umask(0777)).
 void make_private_dir(const fs::path& dir) {
     if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST)
         throw std::runtime_error("cannot create the shadow cache " + dir.string() + ": " + errno_text(errno));
@@ -231,10 +204,11 @@ void make_private_dir(const fs::path& dir) {
     if (st.st_uid != geteuid())
         throw std::runtime_error("the shadow cache " + dir.string() + " belongs to uid " + std::to_string(st.st_uid) +
                                  ", not to this process's user; remove it or set [host] shadow_dir");
-    if (st.st_mode & 077) {
-        if (::chmod(dir.c_str(), 0700) != 0)
-            throw std::runtime_error("the shadow cache " + dir.string() + " is accessible to other users and "
-                                     "cannot be made private: " + errno_text(errno));
+    if ((st.st_mode & 07777) != 0700 && ::chmod(dir.c_str(), 0700) != 0) {
+        char mode[8];
+        std::snprintf(mode, sizeof mode, "%04o", unsigned(st.st_mode & 07777));
+        throw std::runtime_error("the shadow cache " + dir.string() + " has mode " + mode +
+                                 " and cannot be given mode 0700: " + errno_text(errno));
     }
 }
 
@@ -244,6 +218,9 @@ std::atomic<uint64_t> g_copy_counter{0};
 // one loaded is the only one, for the life of the process.
 std::mutex g_go_mu;
 std::string g_go_loaded_from;
+// What became of the plugin whose library started the Go runtime (its runtime stays either way).
+enum GoPlugin : int { go_plugin_loaded = 0, go_plugin_removed = 1, go_plugin_refused = 2 };
+std::atomic<int> g_go_plugin{go_plugin_loaded};
 
 }  // namespace
 
@@ -256,18 +233,20 @@ std::string status_name(th_status code) {
 // ---- ShadowCache ----------------------------------------------------------------------------------------
 
 ShadowCache::ShadowCache(const fs::path& base_in, std::shared_ptr<spdlog::logger> log) : log_(std::move(log)) {
-    const fs::path base = base_in.empty() ? default_cache_base() : base_in;
+    base_ = base_in.empty() ? default_cache_base() : base_in;
+    const fs::path& base = base_;
     make_private_dir(base);
     struct statvfs vfs {};
     if (::statvfs(base.c_str(), &vfs) == 0 && (vfs.f_flag & ST_NOEXEC))
         throw std::runtime_error("the shadow cache " + base.string() +
                                  " is on a file system mounted noexec, where plugins cannot be loaded; set "
                                  "[host] shadow_dir to a folder on an executable mount");
-    // Copies left by host processes that no longer exist (a crash, a kill -9).
+    // Copies left by host processes that no longer exist (a crash, a kill -9): "<pid>" and "<pid>.staging".
     std::error_code ec;
     for (auto& e : fs::directory_iterator(base, ec)) {
-        const std::string name = e.path().filename().string();
-        if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+        std::string name = e.path().filename().string();
+        if (name.size() > 8 && name.compare(name.size() - 8, 8, ".staging") == 0) name.resize(name.size() - 8);
+        if (name.empty() || name.size() > 9 || name.find_first_not_of("0123456789") != std::string::npos) continue;
         const pid_t pid = pid_t(std::stoll(name));
         if (pid == getpid() || (::kill(pid, 0) != 0 && errno == ESRCH)) {
             std::error_code rec;
@@ -276,41 +255,272 @@ ShadowCache::ShadowCache(const fs::path& base_in, std::shared_ptr<spdlog::logger
         }
     }
     dir_ = base / std::to_string(getpid());
+    staging_ = base / (std::to_string(getpid()) + ".staging");
     make_private_dir(dir_);
+    make_private_dir(staging_);
 }
 
 ShadowCache::~ShadowCache() {
     std::error_code ec;
     fs::remove_all(dir_, ec);
+    fs::remove_all(staging_, ec);
 }
 
-fs::path ShadowCache::make_copy(const std::string& bytes, const fs::path& source, const std::string& sha256,
-                                LoadFailure* err) {
+int ShadowCache::create_copy(const fs::path& source, fs::path* path, uint64_t* n_out, LoadFailure* err) {
+    // Someone may have removed the cache while the host runs (rm -rf, a tmp cleaner): make it again, and
+    // check it again (ours, a real directory, mode 0700), rather than refuse every later plugin.
+    const bool missing = ::access(dir_.c_str(), F_OK) != 0 || ::access(staging_.c_str(), F_OK) != 0;
+    try {
+        if (missing) make_private_dir(base_);
+        make_private_dir(dir_);
+        make_private_dir(staging_);
+    } catch (const std::exception& e) {
+        fail(err, TH_E_NOT_A_LIBRARY, e.what(), "fix the shadow cache folder, or set [host] shadow_dir in host.toml");
+        return -1;
+    }
+    if (missing) log_->warn("the shadow cache {} had been removed; created it again", dir_.string());
     const uint64_t n = ++g_copy_counter;
-    fs::path p = dir_ / (source.stem().string() + "." + sha256.substr(0, 12) + "." + std::to_string(n) +
-                         source.extension().string());
-    int fd = ::open(p.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0700);
+    *path = staging_ / (source.stem().string() + "." + std::to_string(n) + source.extension().string());
+    const int fd = ::open(path->c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0700);
     if (fd < 0) {
-        fail(err, TH_E_NOT_A_LIBRARY, "cannot create the shadow copy " + p.string() + ": " + errno_text(errno),
+        const int e = errno;
+        path->clear();
+        fail(err, TH_E_NOT_A_LIBRARY, "cannot create a shadow copy in " + staging_.string() + ": " + errno_text(e),
              "check free space and permissions of the shadow cache");
-        return {};
+        return -1;
     }
-    size_t off = 0;
-    while (off < bytes.size()) {
-        ssize_t w = ::write(fd, bytes.data() + off, bytes.size() - off);
+    // Exactly 0700 whatever the umask (open's mode is masked by it; a plugin may have called umask(0777)).
+    if (::fchmod(fd, 0700) != 0) {
+        const int e = errno;
+        ::close(fd);
+        ::unlink(path->c_str());
+        path->clear();
+        fail(err, TH_E_NOT_A_LIBRARY,
+             "cannot set the mode of a shadow copy in " + staging_.string() + ": " + errno_text(e),
+             "check the permissions of the shadow cache");
+        return -1;
+    }
+    *n_out = n;
+    return fd;
+}
+
+fs::path ShadowCache::final_name(const fs::path& source, const std::string& sha256, uint64_t n) const {
+    return dir_ / (source.stem().string() + "." + sha256.substr(0, 12) + "." + std::to_string(n) +
+                   source.extension().string());
+}
+
+void StagedFile::discard() {
+    if (copy.empty()) return;
+    std::error_code ec;
+    fs::remove(copy, ec);
+    copy.clear();
+}
+
+// ---- reading and staging a plugin file ------------------------------------------------------------------
+
+namespace {
+
+// The one buffer a file is copied through: memory per load is this much, whatever the file's size.
+constexpr size_t kChunk = 256 * 1024;
+// Go's c-shared libraries carry their build-info section and its magic. A marker may straddle two reads:
+// the last kOverlap bytes of each read are searched again with the next.
+constexpr std::string_view kGoMarkers[] = {".go.buildinfo", "\xff Go buildinf:"};
+constexpr size_t kOverlap = 13;  // the longest marker's length - 1
+static_assert(kGoMarkers[0].size() - 1 <= kOverlap && kGoMarkers[1].size() - 1 <= kOverlap);
+
+struct Fd {
+    int fd;
+    explicit Fd(int f) : fd(f) {}
+    ~Fd() {
+        if (fd >= 0) ::close(fd);
+    }
+    Fd(const Fd&) = delete;
+    Fd& operator=(const Fd&) = delete;
+};
+
+// Reads up to `n` bytes: fewer only at the end of the file. -1 (errno set) on error.
+ssize_t read_full(int fd, char* buf, size_t n) {
+    size_t got = 0;
+    while (got < n) {
+        const ssize_t r = ::read(fd, buf + got, n - got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) return -1;
+        if (r == 0) break;
+        got += size_t(r);
+    }
+    return ssize_t(got);
+}
+
+bool write_all(int fd, const char* buf, size_t n) {
+    while (n > 0) {
+        const ssize_t w = ::write(fd, buf, n);
         if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) {
-            int e = errno;
-            ::close(fd);
-            ::unlink(p.c_str());
-            fail(err, TH_E_NOT_A_LIBRARY, "cannot write the shadow copy " + p.string() + ": " + errno_text(e),
-                 "check free space in the shadow cache");
-            return {};
-        }
-        off += size_t(w);
+        if (w <= 0) return false;
+        buf += w, n -= size_t(w);
     }
-    ::close(fd);
-    return p;
+    return true;
+}
+
+bool all_zero(const char* p, size_t n) { return n == 0 || (p[0] == 0 && std::memcmp(p, p + 1, n - 1) == 0); }
+
+// "100 GiB", "1.5 MiB", "100 bytes": a file's size for people.
+std::string human_size(uint64_t n) {
+    static const char* const units[] = {"bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+    double v = double(n);
+    size_t u = 0;
+    while (v >= 1024 && u + 1 < std::size(units)) v /= 1024, ++u;
+    char buf[48];
+    if (u == 0)
+        std::snprintf(buf, sizeof buf, "%llu bytes", static_cast<unsigned long long>(n));
+    else
+        std::snprintf(buf, sizeof buf, v == double(uint64_t(v)) ? "%.0f %s" : "%.1f %s", v, units[u]);
+    return buf;
+}
+
+// "256MiB": a size the way host.toml writes it.
+std::string config_size(uint64_t n) {
+    static const std::pair<uint64_t, const char*> units[] = {
+        {1ull << 30, "GiB"}, {1ull << 20, "MiB"}, {1ull << 10, "KiB"}};
+    for (auto& [k, name] : units)
+        if (n >= k && n % k == 0) return std::to_string(n / k) + name;
+    return std::to_string(n) + "B";
+}
+
+bool open_checked(const fs::path& p, const FilePolicy& policy, int* fd_out, struct stat* st, LoadFailure* err) {
+    // O_NOFOLLOW: a symlink fails to open (ELOOP) instead of being followed to wherever it points.
+    // O_NONBLOCK: a FIFO does not block the loader; fstat on the open descriptor decides (no check-then-open race).
+    const int follow = policy.allow_symlinks ? 0 : O_NOFOLLOW;
+    const int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY | follow);
+    if (fd < 0) {
+        const int e = errno;
+        struct stat lst {};
+        const bool is_link = ::lstat(p.c_str(), &lst) == 0 && S_ISLNK(lst.st_mode);
+        std::error_code ec;
+        const std::string target = is_link ? fs::read_symlink(p, ec).string() : "";
+        if (is_link && e == ELOOP && !policy.allow_symlinks)
+            return fail(err, TH_E_INSECURE_FILE, "it is a symlink (to " + target + "); symlinks are refused",
+                        "copy the file itself into plugin_dir, or set [host] allow_symlinks = true in host.toml");
+        if (is_link && e == ENOENT)
+            return fail(err, TH_E_NOT_A_LIBRARY, "dangling symlink: its target " + target + " does not exist",
+                        "fix or remove the link");
+        return fail(err, TH_E_NOT_A_LIBRARY, "cannot open: " + errno_text(e),
+                    "check that the file exists and the host's user can read it");
+    }
+    *fd_out = fd;
+    if (fstat(fd, st) != 0 || !S_ISREG(st->st_mode))
+        return fail(err, TH_E_NOT_A_LIBRARY, "not a regular file", "plugin_dir may only hold plugin files");
+    return check_trusted(p, *st, "plugin file", policy, err);
+}
+
+bool stage(const fs::path& p, ShadowCache& cache, const FilePolicy& policy, StagedFile* out, LoadFailure* err) {
+    int raw = -1;
+    struct stat st {};
+    const bool opened = open_checked(p, policy, &raw, &st, err);
+    Fd in(raw);
+    if (!opened) return false;
+    out->opened = true;
+    out->identity = "file " + std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino) + " size " +
+                    std::to_string(st.st_size) + " mtime " + std::to_string(st.st_mtim.tv_sec) + "." +
+                    std::to_string(st.st_mtim.tv_nsec) + " ctime " + std::to_string(st.st_ctim.tv_sec) + "." +
+                    std::to_string(st.st_ctim.tv_nsec);
+    const uint64_t size = uint64_t(st.st_size);
+    if (size == 0)
+        return fail(err, TH_E_NOT_A_LIBRARY, "the file is empty",
+                    "it may still be being written; it is retried when it changes");
+    // Refused unread: a sparse 100 GiB file costs the host nothing.
+    if (size > policy.max_size)
+        return fail(err, TH_E_FILE_TOO_LARGE,
+                    p.filename().string() + " is " + human_size(size) +
+                        ", larger than [host] max_plugin_size = " + config_size(policy.max_size) + "; it was not read",
+                    "raise [host] max_plugin_size in host.toml if this is really a plugin");
+
+    // One buffer, kOverlap bytes of the previous read in front of each new one (for the Go markers).
+    std::unique_ptr<char[]> mem(new char[kOverlap + kChunk]);
+    char* const buf = mem.get() + kOverlap;
+    ssize_t n = read_full(in.fd, buf, size_t(std::min<uint64_t>(size, kChunk)));
+    if (n < 0) return fail(err, TH_E_NOT_A_LIBRARY, "read failed: " + errno_text(errno), "check the file system");
+    Ehdr h{};
+#if defined(__linux__)
+    // The first bytes are checked before anything is copied.
+    if (!check_elf_header(buf, size_t(n), &h, err)) return false;
+#endif
+
+    uint64_t serial = 0;
+    Fd copy(cache.create_copy(p, &out->copy, &serial, err));
+    if (copy.fd < 0) return false;
+    auto cannot_write = [&](int e) {
+        return fail(err, TH_E_NOT_A_LIBRARY,
+                    "cannot write the shadow copy " + out->copy.string() + ": " + errno_text(e),
+                    "check free space in the shadow cache");
+    };
+    fault_point("stage", p.filename().string());  // tests: an exception here is a named refusal, no copy left
+    Sha256 sha;
+    bool go = false;
+    size_t carry = 0;  // bytes of the previous read kept in front of buf
+    uint64_t done = 0;
+    while (n > 0) {
+        const size_t len = size_t(n);
+        sha.update(buf, len);
+        if (!go) {
+            const char* region = buf - carry;
+            const size_t region_len = carry + len;
+            for (auto m : kGoMarkers) go = go || ::memmem(region, region_len, m.data(), m.size()) != nullptr;
+            const size_t keep = std::min(kOverlap, region_len);
+            std::memmove(buf - keep, region + region_len - keep, keep);
+            carry = keep;
+        }
+        // Runs of zeros stay holes in the copy: a sparse file costs no space in the cache.
+        if (all_zero(buf, len) ? ::lseek(copy.fd, off_t(len), SEEK_CUR) < 0 : !write_all(copy.fd, buf, len))
+            return cannot_write(errno);
+        done += len;
+        if (done >= size) break;  // at most what fstat said: a file that grows is caught below
+        n = read_full(in.fd, buf, size_t(std::min<uint64_t>(size - done, kChunk)));
+        if (n < 0) return fail(err, TH_E_NOT_A_LIBRARY, "read failed: " + errno_text(errno), "check the file system");
+    }
+    struct stat now {};
+    if (done != size || ::fstat(in.fd, &now) != 0 || uint64_t(now.st_size) != size ||
+        now.st_mtim.tv_sec != st.st_mtim.tv_sec || now.st_mtim.tv_nsec != st.st_mtim.tv_nsec)
+        return fail(err, TH_E_NOT_A_LIBRARY,
+                    "the file changed while it was read (" + std::to_string(size) + " bytes when opened, " +
+                        std::to_string(now.st_size) + " bytes now" +
+                        (uint64_t(now.st_size) == size ? ", modified" : "") + ")",
+                    "it is still being written: it is retried when it changes");
+    if (::ftruncate(copy.fd, off_t(size)) != 0) return cannot_write(errno);
+#if defined(__linux__)
+    // The rest of the headers, on the copy: what is checked is what dlopen maps.
+    if (!check_elf_extents(copy.fd, size, h, buf, kChunk, err)) return false;
+#endif
+    out->sha256 = Sha256::hex(sha.finish());
+    const fs::path final_path = cache.final_name(p, out->sha256, serial);
+    if (::rename(out->copy.c_str(), final_path.c_str()) != 0) {
+        const int e = errno;
+        return fail(err, TH_E_NOT_A_LIBRARY,
+                    "cannot name the shadow copy " + final_path.string() + ": " + errno_text(e),
+                    "check the shadow cache");
+    }
+    out->copy = final_path;
+    out->source = p;
+    out->size = size;
+    out->go_runtime = go;
+    return true;
+}
+
+}  // namespace
+
+bool stage_plugin_file(const fs::path& p, ShadowCache& cache, const FilePolicy& policy, StagedFile* out,
+                       LoadFailure* err) {
+    out->discard();
+    out->opened = false;
+    out->identity.clear();
+    bool ok = false;
+    try {
+        ok = stage(p, cache, policy, out, err);
+    } catch (const std::exception& e) {  // std::bad_alloc, a filesystem error: a named refusal, never a crash
+        ok = fail(err, TH_E_NOT_A_LIBRARY, std::string("the host could not read it: ") + e.what(),
+                  "it is retried when it changes; check the host's free memory and the file system");
+    }
+    if (!ok) out->discard();  // nothing of a refused file stays in the cache
+    return ok;
 }
 
 // ---- validation -----------------------------------------------------------------------------------------
@@ -417,38 +627,35 @@ const th_host_info* host_info() {
 
 // ---- Library --------------------------------------------------------------------------------------------
 
-std::shared_ptr<Library> Library::load(const fs::path& source, ShadowCache& cache,
-                                       std::shared_ptr<spdlog::logger> log, LoadFailure* err) {
-    std::string bytes;
-    if (!read_plugin_file(source, &bytes, err)) return nullptr;
-    return load(source, bytes, cache, std::move(log), err);
-}
-
-std::shared_ptr<Library> Library::load(const fs::path& source, const std::string& bytes, ShadowCache& cache,
-                                       std::shared_ptr<spdlog::logger> log, LoadFailure* err) {
-#if defined(__linux__)
-    if (!check_elf(bytes, err)) return nullptr;
-#endif
+std::shared_ptr<Library> Library::load(StagedFile& staged, std::shared_ptr<spdlog::logger> log, Duration entry_bound,
+                                       LoadFailure* err) {
+    const fs::path source = staged.source;
     std::shared_ptr<Library> lib(new Library());
     lib->log_ = std::move(log);
     lib->source_ = source;
-    lib->sha256_ = Sha256::hex_of(bytes);
-    // Go's c-shared libraries carry their build info section and its magic.
-    lib->go_runtime_ = bytes.find(".go.buildinfo") != std::string::npos ||
-                       bytes.find("\xff Go buildinf:") != std::string::npos;
+    lib->sha256_ = staged.sha256;
+    lib->go_runtime_ = staged.go_runtime;
+    lib->shadow_ = staged.copy;  // the library owns the copy from here: ~Library removes it
+    staged.copy.clear();
     std::unique_lock<std::mutex> go_lock(g_go_mu, std::defer_lock);
     if (lib->go_runtime_) {
         go_lock.lock();  // held until the outcome is known, so two loads cannot both start a runtime
         if (!g_go_loaded_from.empty()) {
-            fail(err, TH_E_NOT_ALLOWED,
-                 "it contains a Go runtime, and one already runs in this process (loaded from " + g_go_loaded_from +
-                     "); a second Go runtime cannot start",
-                 "restart the host to load or upgrade a Go plugin");
+            const int was = g_go_plugin.load();
+            if (was == go_plugin_loaded)
+                fail(err, TH_E_NOT_ALLOWED,
+                     "it contains a Go runtime, and one already runs in this process (loaded from " + g_go_loaded_from +
+                         "); a second Go runtime cannot start",
+                     "restart the host to load or upgrade a Go plugin");
+            else
+                fail(err, TH_E_NOT_ALLOWED,
+                     "it contains a Go runtime, and a Go runtime from " + g_go_loaded_from +
+                         " is already in this process (its plugin was " +
+                         (was == go_plugin_removed ? "removed" : "refused") + ", but a Go runtime cannot be unloaded)",
+                     "restart the host to load " + source.string());
             return nullptr;
         }
     }
-    lib->shadow_ = cache.make_copy(bytes, source, lib->sha256_, err);
-    if (lib->shadow_.empty()) return nullptr;
 
     // RTLD_NOW: a missing symbol fails here with the loader's text, not later inside a run.
     // RTLD_LOCAL: two plugins' symbols never interpose on each other.
@@ -469,6 +676,7 @@ std::shared_ptr<Library> Library::load(const fs::path& source, const std::string
     }
     if (lib->go_runtime_) {
         g_go_loaded_from = source.string();  // its runtime started with dlopen: it stays, whatever follows
+        g_go_plugin = go_plugin_loaded;
         lib->pinned_ = true;
     }
     if (!lib->lib_.has(TH_ENTRY_SYMBOL)) {
@@ -476,8 +684,42 @@ std::shared_ptr<Library> Library::load(const fs::path& source, const std::string
              "define the plugin with TICKHOST_PLUGIN(...) or export tickhost_plugin_entry with TH_EXPORT");
         return nullptr;
     }
-    auto entry = lib->lib_.get<const th_plugin_def*(const th_host_info*)>(TH_ENTRY_SYMBOL);
-    const th_plugin_def* def = entry(host_info());
+    using EntryFn = const th_plugin_def* (*)(const th_host_info*);
+    const EntryFn entry = &lib->lib_.get<const th_plugin_def*(const th_host_info*)>(TH_ENTRY_SYMBOL);
+    // The entry point runs on a thread of its own, bounded like init: one that never returns costs a
+    // thread, not the loader. (Static constructors run inside dlopen above and are not bounded.)
+    struct EntryCall {
+        const th_plugin_def* def = nullptr;
+        std::string threw;
+    };
+    auto call = std::make_shared<EntryCall>();
+    const bool returned = call_bounded(
+        [call, entry] {
+            try {
+                call->def = entry(host_info());
+            } catch (const std::exception& e) {
+                call->threw = e.what();
+            } catch (...) {
+                call->threw = "an exception of unknown type";
+            }
+        },
+        entry_bound);
+    if (!returned) {
+        lib->pinned_ = true;  // the entry point may still be running: never unmap it
+        fail(err, TH_E_ENTRY_TIMEOUT,
+             TH_ENTRY_SYMBOL " did not return within " + format_duration(entry_bound) +
+                 "; the plugin is refused and its library stays mapped until the host exits",
+             "fix the plugin's entry point (it must only return its descriptor; work belongs in init or a task), "
+             "or raise [plugins." +
+                 source.stem().string() + "] timeout in host.toml");
+        return nullptr;
+    }
+    if (!call->threw.empty()) {
+        fail(err, TH_E_ENTRY_NULL, TH_ENTRY_SYMBOL " threw " + call->threw,
+             "the plugin's entry point must not throw; fix the plugin");
+        return nullptr;
+    }
+    const th_plugin_def* def = call->def;
     if (!def) {
         fail(err, TH_E_ENTRY_NULL, TH_ENTRY_SYMBOL " returned NULL", "the plugin refused to load; see its own log");
         return nullptr;
@@ -489,6 +731,8 @@ std::shared_ptr<Library> Library::load(const fs::path& source, const std::string
 
 Library::~Library() {
     if (lib_.is_loaded()) {
+        // The plugin whose library started the Go runtime is gone; the runtime is not.
+        if (go_runtime_) g_go_plugin = def_ ? go_plugin_removed : go_plugin_refused;
         if (pinned_) {
             // Deliberately kept for the life of the process: code of this image may still run. Held in a
             // list that is never destroyed, so the mapping stays and leak checkers see it as reachable.

@@ -1,6 +1,7 @@
 #include <tickhost/logging.hpp>
 #include <tickhost/plugin_manager.hpp>
 
+#include "bounded_call.hpp"
 #include "fault.hpp"
 #include "host_api.hpp"
 #include "loader.hpp"
@@ -50,6 +51,7 @@ struct TaskBinding {
 
 }  // namespace detail
 
+using detail::call_bounded;
 using detail::LoadedPlugin;
 using detail::LoadFailure;
 using detail::TaskBinding;
@@ -67,33 +69,6 @@ TaskResult run_result(th_status st, std::string err) {
     default:
         return TaskResult::failure("returned unknown status " + std::to_string(st) + (err.empty() ? "" : ": " + err));
     }
-}
-
-// Runs `fn` on a thread of its own and waits up to `bound` for it to return. C++ cannot stop a thread: if
-// `fn` does not return in time it is left running, and the caller must keep the plugin's code mapped.
-bool call_bounded(std::function<void()> fn, Duration bound) {
-    struct Done {
-        std::mutex mu;
-        std::condition_variable cv;
-        bool done = false;
-    };
-    auto d = std::make_shared<Done>();
-    std::thread t([d, fn = std::move(fn)] {
-        fn();
-        std::lock_guard<std::mutex> lk(d->mu);
-        d->done = true;
-        d->cv.notify_all();
-    });
-    bool returned;
-    {
-        std::unique_lock<std::mutex> lk(d->mu);
-        returned = d->cv.wait_for(lk, bound, [&] { return d->done; });
-    }
-    if (returned)
-        t.join();
-    else
-        t.detach();  // holds what it needs (shared pointers); ends if the plugin's code ever returns
-    return returned;
 }
 
 // A plugin whose code may still run (a stuck stop call, an abandoned run, a shutdown that never returned)
@@ -235,6 +210,10 @@ std::optional<LoadError> PluginManager::refuse(const fs::path& file, const std::
     return e;
 }
 
+namespace {
+std::string describe(const LoadedPlugin& p);
+}  // namespace
+
 std::optional<LoadError> PluginManager::sync_locked(const fs::path& file) {
     auto it = by_file_.find(file);
     Plugin old = it == by_file_.end() ? nullptr : it->second;
@@ -258,18 +237,28 @@ std::optional<LoadError> PluginManager::sync_locked(const fs::path& file) {
         }
         return std::nullopt;
     }
-    std::string bytes;
+    // Read once, in bounded memory, into a shadow copy: checked, hashed and scanned on the way.
+    detail::StagedFile staged;
     LoadFailure rf;
     if (!detail::check_plugin_dir(file.parent_path(), policy(), &rf) ||
-        !detail::read_plugin_file(file, &bytes, &rf, policy())) {
-        if (old) {
+        !detail::stage_plugin_file(file, *cache_, policy(), &staged, &rf)) {
+        if (old && !staged.opened) {
             log_->error("{}: cannot read the new version: {}; plugin '{}' keeps running", file.string(), rf.reason,
                         old->name);
             return to_error(rf);
         }
-        return refuse(file, "not loaded", to_error(rf), "");
+        // Refused for its content before it was hashed (its size, its ELF header, changed while read): the
+        // file's identity stands for its content, so the same file is retried once at most.
+        LoadError e = to_error(rf);
+        auto f = failed_.find(file);
+        if (f != failed_.end() && f->second.sha256 == staged.identity && (!f->second.retry || f->second.retried)) {
+            log_->debug("{}: the same file that was refused before; still refused", file.string());
+            return e;
+        }
+        if (old) e.hint += "; " + describe(*old) + " keeps running";
+        return refuse(file, old ? "new version refused" : "not loaded", e, staged.identity);
     }
-    const std::string sha = detail::sha256_hex(bytes);
+    const std::string sha = staged.sha256;
     // A pin on the file's own name is checked before any of its code runs (dlopen runs static constructors).
     if (auto e = pin_mismatch(file.stem().string(), file, sha)) {
         if (old) e->hint += "; " + old->name + " keeps running";
@@ -278,21 +267,24 @@ std::optional<LoadError> PluginManager::sync_locked(const fs::path& file) {
     if (old && old->lib->sha256() == sha) {
         log_->debug("{}: content unchanged (sha256 {}); nothing to do", file.string(), sha.substr(0, 12));
         failed_.erase(file);
-        return std::nullopt;
+        return std::nullopt;  // the staged copy goes with `staged`
     }
     auto f = failed_.find(file);
     if (f != failed_.end() && f->second.sha256 == sha && (!f->second.retry || f->second.retried)) {
         log_->debug("{}: same content that was refused before; still refused", file.string());
         return LoadError{TH_E_NOT_A_LIBRARY, "TH_E_NOT_A_LIBRARY", "refused before (see above)", ""};
     }
-    auto result = old ? replace(old, bytes, sha) : add_new(file, bytes, sha);
+    auto result = old ? replace(old, staged, sha) : add_new(file, staged, sha);
     if (!result) failed_.erase(file);
     return result;
 }
 
-PluginManager::Plugin PluginManager::prepare(const fs::path& file, const std::string& bytes, LoadError* err) {
+PluginManager::Plugin PluginManager::prepare(const fs::path& file, detail::StagedFile& staged, LoadError* err) {
     LoadFailure f;
-    auto lib = detail::Library::load(file, bytes, *cache_, log_, &f);
+    // The entry point is bounded like init, by [plugins.<file stem>] timeout (its declared name is not
+    // known before it returns), else the host's default.
+    const PluginSettings& by_file = config_.plugin(file.stem().string());
+    auto lib = detail::Library::load(staged, log_, by_file.timeout ? *by_file.timeout : config_.default_timeout, &f);
     if (!lib) {
         *err = to_error(f);
         return nullptr;
@@ -322,7 +314,9 @@ std::optional<LoadError> PluginManager::pin_mismatch(const std::string& name, co
                      "install the file that was pinned, or pin this one (sha256sum " + file.string() + ")"};
 }
 
-detail::FilePolicy PluginManager::policy() const { return {config_.allow_insecure, config_.allow_symlinks}; }
+detail::FilePolicy PluginManager::policy() const {
+    return {config_.allow_insecure, config_.allow_symlinks, config_.max_plugin_size};
+}
 
 const LoadedPlugin* PluginManager::find_name(const std::string& name, const LoadedPlugin* except) const {
     for (auto& [f, p] : by_file_)
@@ -483,9 +477,10 @@ std::string task_list(const LoadedPlugin& p) {
 }
 }  // namespace
 
-std::optional<LoadError> PluginManager::add_new(const fs::path& file, const std::string& bytes, const std::string& sha) {
+std::optional<LoadError> PluginManager::add_new(const fs::path& file, detail::StagedFile& staged,
+                                                const std::string& sha) {
     LoadError e;
-    Plugin p = prepare(file, bytes, &e);
+    Plugin p = prepare(file, staged, &e);
     if (!p) return refuse(file, "not loaded", e, sha);
     if (const LoadedPlugin* other = find_name(p->name, nullptr))
         return refuse(file, "not loaded",
@@ -508,7 +503,7 @@ std::optional<LoadError> PluginManager::add_new(const fs::path& file, const std:
     return std::nullopt;
 }
 
-std::optional<LoadError> PluginManager::replace(const Plugin& old, const std::string& bytes, const std::string& sha) {
+std::optional<LoadError> PluginManager::replace(const Plugin& old, detail::StagedFile& staged, const std::string& sha) {
     const fs::path& file = old->file;
     const std::string keeps = "; " + describe(*old) + " keeps running";
     if (old->lib->has_go_runtime())
@@ -521,7 +516,7 @@ std::optional<LoadError> PluginManager::replace(const Plugin& old, const std::st
                       sha);
     // 1. Load and check the new version first, from its own shadow copy. No init yet.
     LoadError e;
-    Plugin neu = prepare(file, bytes, &e);
+    Plugin neu = prepare(file, staged, &e);
     if (!neu) {
         e.hint += keeps;
         return refuse(file, "new version refused", e, sha);
@@ -812,14 +807,14 @@ std::optional<PluginInfo> PluginManager::plugin(const std::string& name) const {
 
 std::optional<PluginFileInfo> PluginManager::inspect(const fs::path& file, LoadError* err) {
     std::lock_guard<std::mutex> lk(mu_);
-    std::string bytes;
+    detail::StagedFile staged;
     LoadFailure rf;
-    if (!detail::read_plugin_file(file, &bytes, &rf)) {
+    if (!detail::stage_plugin_file(file, *cache_, policy(), &staged, &rf)) {
         if (err) *err = to_error(rf);
         return std::nullopt;
     }
     LoadError e;
-    Plugin p = prepare(file, bytes, &e);
+    Plugin p = prepare(file, staged, &e);
     if (!p) {
         if (err) *err = e;
         return std::nullopt;
@@ -835,6 +830,7 @@ std::optional<PluginFileInfo> PluginManager::inspect(const fs::path& file, LoadE
     info.abi_minor = d.abi_minor;
     info.has_init = d.init != nullptr;
     info.has_shutdown = d.shutdown != nullptr;
+    info.go_runtime = p->lib->has_go_runtime();
     for (uint32_t i = 0; i < d.task_count; ++i)
         info.tasks.push_back(
             {d.tasks[i].name, Duration(d.tasks[i].default_interval_ns), Duration(d.tasks[i].default_timeout_ns)});
@@ -848,11 +844,11 @@ std::optional<RunOnceReport> PluginManager::run_once(const fs::path& file, const
         if (err) *err = std::move(e);
         return std::nullopt;
     };
-    std::string bytes;
+    detail::StagedFile staged;
     LoadFailure rf;
-    if (!detail::read_plugin_file(file, &bytes, &rf)) return fail(to_error(rf));
+    if (!detail::stage_plugin_file(file, *cache_, policy(), &staged, &rf)) return fail(to_error(rf));
     LoadError e;
-    Plugin p = prepare(file, bytes, &e);
+    Plugin p = prepare(file, staged, &e);
     if (!p) return fail(e);
     PluginSettings settings = config_.plugin(p->name);
     for (auto& [k, v] : options.config.all()) settings.config.set(k, v);

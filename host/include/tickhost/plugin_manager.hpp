@@ -43,6 +43,7 @@ namespace detail {
 class ShadowCache;
 struct LoadedPlugin;
 struct FilePolicy;
+class StagedFile;
 }  // namespace detail
 
 // Why a file was not loaded. what() of the log line: "<file>: <code>: <reason>; <hint>".
@@ -88,6 +89,7 @@ struct PluginFileInfo {
     uint16_t abi_minor = 0;
     bool has_init = false;  // init may declare more tasks (see run_once) and may refuse the configuration
     bool has_shutdown = false;
+    bool go_runtime = false;  // carries a Go runtime: never unloaded or replaced in a running host
     std::vector<Task> tasks;  // static tasks, in declaration order
 };
 
@@ -187,8 +189,8 @@ private:
     std::optional<LoadError> sync_guarded(const std::filesystem::path& file);  // sync_locked, catching everything
     std::optional<LoadError> refuse(const std::filesystem::path& file, const std::string& what, LoadError e,
                                     const std::string& sha256);
-    // Library loaded and checked, no init. Null + *err on failure.
-    Plugin prepare(const std::filesystem::path& file, const std::string& bytes, LoadError* err);
+    // Library loaded from its staged copy (taken over) and checked, no init. Null + *err on failure.
+    Plugin prepare(const std::filesystem::path& file, detail::StagedFile& staged, LoadError* err);
     // init with the plugin's settings, then the task checks. On failure the plugin is left uninitialised.
     // `settings` (optional) replaces config_.plugin(name).
     std::optional<LoadError> initialise(detail::LoadedPlugin& p, const PluginSettings* settings = nullptr);
@@ -196,8 +198,9 @@ private:
     // added are removed, the plugin is shut down (bounded) and the error returned.
     std::optional<LoadError> start_tasks(const Plugin& p);
     bool stop_plugins(std::vector<Plugin> ps, Duration bound);
-    std::optional<LoadError> add_new(const std::filesystem::path& file, const std::string& bytes, const std::string& sha);
-    std::optional<LoadError> replace(const Plugin& old, const std::string& bytes, const std::string& sha);
+    std::optional<LoadError> add_new(const std::filesystem::path& file, detail::StagedFile& staged,
+                                     const std::string& sha);
+    std::optional<LoadError> replace(const Plugin& old, detail::StagedFile& staged, const std::string& sha);
     const detail::LoadedPlugin* find_name(const std::string& name, const detail::LoadedPlugin* except) const;
     // TH_E_CHECKSUM_MISMATCH if host.toml pins [plugins.<name>] sha256 to other content than `sha`.
     std::optional<LoadError> pin_mismatch(const std::string& name, const std::filesystem::path& file,
