@@ -249,6 +249,27 @@ TEST(Tools, RunOnceTimeoutCancelsTheRun) {
     EXPECT_TRUE(has(r.out, "cancelled")) << r.out;
 }
 
+TEST(Tools, RunOnceNamesAShutdownThatThrowsAcrossTheCAbi) {
+    // Out of contract (an exception across the C ABI), but it happens: named, and no std::terminate.
+    const Result r = run("run-once " + fixture("fx_raw") + " --set mode=many --set count=1 --set shutdown_throws=yes");
+    EXPECT_NE(r.status, -1) << "killed by a signal: " << r.out;
+    EXPECT_TRUE(has(r.out, "shutdown threw: shutdown exploded")) << r.out;
+}
+
+TEST(Tools, RunOnceBoundsAShutdownThatNeverReturns) {
+    TempDir tmp;
+    const fs::path release = tmp / "release";
+    write_file(tmp / "host.toml", "[host]\nshutdown_timeout = \"1s\"\nshadow_dir = \"shadow\"\n"
+                                  "[plugins.hostile.config]\nbehaviours = \"overrun,shutdown_hangs\"\nrelease = \"" +
+                                      release.string() + "\"\n");
+    const auto t0 = std::chrono::steady_clock::now();
+    const Result r = run("run-once " + fixture("fx_hostile") + " --config " + (tmp / "host.toml").string());
+    write_file(release, "");
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(30)) << r.out;
+    EXPECT_NE(r.status, -1) << r.out;
+    EXPECT_TRUE(has(r.out, "shutdown did not return within 1s")) << r.out;
+}
+
 TEST(Tools, NewPluginWritesAProjectAndRefusesToOverwrite) {
     TempDir tmp;
     Result r = run("new-plugin my-probe --dir " + (tmp / "p").string());

@@ -752,7 +752,13 @@ bool PluginManager::stop_plugins(std::vector<std::shared_ptr<LoadedPlugin>> ps, 
 
 bool PluginManager::shutdown(LoadedPlugin& p, Duration bound) {
     const th_shutdown_fn fn = p.lib->def().shutdown;
-    if (call_bounded([fn, state = p.state, lib = p.lib] { fn(state); }, bound)) return true;
+    std::string threw;
+    if (call_bounded([fn, state = p.state, lib = p.lib] { fn(state); }, bound, &threw)) {
+        if (!threw.empty())
+            log_->error("plugin '{}': shutdown {} (an exception must not cross the C ABI; catch it in the plugin)",
+                        p.name, threw);
+        return true;
+    }
     log_->error("plugin '{}': shutdown did not return within {}; it is left running and its library stays mapped "
                 "until the host exits",
                 p.name, format_duration(bound));
@@ -862,7 +868,8 @@ std::optional<RunOnceReport> PluginManager::run_once(const fs::path& file, const
     }
     const th_plugin_def& def = p->lib->def();
     if (!chosen) {
-        if (def.shutdown) def.shutdown(p->state);
+        // Bounded, as the host bounds it (shutdown_timeout); one that does not return keeps its library mapped.
+        if (def.shutdown && !shutdown(*p, config_.shutdown_timeout)) p->lib->pin();
         p->initialised = false;
         std::string all;
         for (auto& n : report.all_tasks) all += (all.empty() ? "" : ", ") + n;
@@ -910,7 +917,7 @@ std::optional<RunOnceReport> PluginManager::run_once(const fs::path& file, const
     p->scheduled.push_back({chosen->name, interval, timeout, id});
     report.plugin = info_of(*p);
     if (report.stop_state == StopState::stopped) {
-        if (def.shutdown) def.shutdown(p->state);
+        if (def.shutdown && !shutdown(*p, config_.shutdown_timeout)) p->lib->pin();
         p->initialised = false;
     } else {
         p->lib->pin();  // its code may still be running: never unmap it
