@@ -8,6 +8,7 @@ PACKAGES=(
   g++ make cmake pkg-config          # toolchain
   libboost-dev                       # Boost.DLL (header-only)
   libtomlplusplus-dev                # host.toml
+  libssl-dev                         # SHA-256 of plugin files (OpenSSL EVP)
   libspdlog-dev libfmt-dev           # logging
   libgtest-dev libgmock-dev          # tests
   libbenchmark-dev                   # bench/: tickhost-micro (Google Benchmark)

@@ -1,28 +1,31 @@
-// SHA-256 (FIPS 180-4), for identifying a plugin file's content (shadow copy names, version identity).
+// SHA-256 of a plugin file's content (its identity, and the `sha256` pins of host.toml): OpenSSL's EVP
+// interface, which uses the CPU's SHA instructions where there are some. One object hashes one stream.
 #pragma once
 
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
+
+struct evp_md_ctx_st;
 
 namespace tickhost::detail {
 
 class Sha256 {
 public:
-    Sha256();
+    Sha256();  // throws std::runtime_error if OpenSSL cannot provide SHA-256
+    ~Sha256();
+    Sha256(const Sha256&) = delete;
+    Sha256& operator=(const Sha256&) = delete;
     void update(const void* data, size_t len);
     std::array<uint8_t, 32> finish();
     static std::string hex(const std::array<uint8_t, 32>& digest);
     static std::string hex_of(std::string_view data);
 
 private:
-    void block(const uint8_t* p);
-    uint32_t h_[8];
-    uint8_t buf_[64];
-    size_t buf_len_ = 0;
-    uint64_t total_ = 0;
+    evp_md_ctx_st* ctx_;
 };
 
 }  // namespace tickhost::detail
