@@ -122,6 +122,19 @@ constexpr uint32_t kNoCohort = UINT32_MAX;
 // Worker run word: sequence << 2 | state.
 constexpr uint64_t kIdle = 0, kBusy = 1, kGone = 2;  // kGone: abandoned by the timer
 
+// Saturating arithmetic for time values: schedules near the clamp or options near their limits must
+// never overflow (undefined behaviour), only stick at the end of time.
+int64_t add_sat(int64_t a, int64_t b) {
+    int64_t r;
+    if (__builtin_add_overflow(a, b, &r)) return b > 0 ? INT64_MAX : INT64_MIN;
+    return r;
+}
+int64_t mul_sat(int64_t a, int64_t b) {  // a, b >= 0
+    int64_t r;
+    if (__builtin_mul_overflow(a, b, &r)) return INT64_MAX;
+    return r;
+}
+
 int64_t to_ns(TimePoint t) { return t.time_since_epoch().count(); }
 TimePoint from_ns(int64_t ns) { return TimePoint(Duration(ns)); }
 
@@ -212,8 +225,8 @@ static_assert(sizeof(Slot) == 128, "two cache lines per task");
 // A tick's worth of runs (or a set of stop calls), shared by the workers that claim slices of it.
 struct Batch {
     std::vector<Member> items;
-    int64_t due = 0;
-    uint32_t missed = 0;  // ticks skipped because the timer was more than an interval late
+    int64_t due = 0;      // the tick the runs belong to (after any missed ones)
+    uint32_t missed = 0;  // ticks skipped because the timer was more than an interval late (due is the last)
     bool stop = false;    // stop calls rather than runs
     std::atomic<size_t> next{0};  // the next item to claim
 };
@@ -393,6 +406,7 @@ Tickers::Impl::Impl(Options o) : opt_(std::move(o)) {
     nworkers_ = opt_.workers ? opt_.workers : std::max(1u, std::thread::hardware_concurrency());
     if (opt_.default_timeout <= Duration::zero()) opt_.default_timeout = std::chrono::seconds(10);
     if (opt_.abandon_after < Duration::zero()) opt_.abandon_after = Duration::zero();
+    if (opt_.backoff_max > max_duration) opt_.backoff_max = max_duration;  // longer means nothing
 }
 
 // ---- add / remove / free --------------------------------------------------------------------------------
@@ -531,17 +545,19 @@ StopState Tickers::Impl::wait_stopped(TaskId id, Duration bound) {
 // ---- workers --------------------------------------------------------------------------------------------
 
 void Tickers::Impl::failed(Slot& s, const std::string& error) {
-    const uint32_t streak = s.fail_streak.load(std::memory_order_relaxed) + 1;
-    s.fail_streak.store(streak, std::memory_order_relaxed);
+    bump(s.fail_streak);  // saturating
+    const uint32_t streak = s.fail_streak.load(std::memory_order_relaxed);
     const int64_t interval = s.interval_ns.load(std::memory_order_relaxed);
     // Exponential: after k failures in a row the next run comes interval * 2^k later, up to backoff_max.
+    // interval and backoff_max are at most max_duration, and interval * ticks stays <= backoff_max; the
+    // products saturate all the same.
     const int64_t cap_ticks = opt_.backoff_max.count() > interval ? opt_.backoff_max.count() / interval : 1;
     const int64_t factor = streak >= 62 ? INT64_MAX : (int64_t(1) << streak);
     const int64_t ticks = std::min(factor, cap_ticks);
     const bool capped = ticks == cap_ticks;
     const bool newly_capped = capped && (streak == 1 || std::min(factor / 2, cap_ticks) < cap_ticks);
     s.sit_out = opt_.backoff_max.count() > 0 ? uint32_t(std::min<int64_t>(ticks - 1, UINT32_MAX)) : 0;
-    const std::string next = detail::format_elapsed(Duration(interval * (int64_t(s.sit_out) + 1)));
+    const std::string next = detail::format_elapsed(Duration(mul_sat(interval, int64_t(s.sit_out) + 1)));
     if (streak == 1)
         log_->error("task '{}': run failed: {}{}", s.name, error,
                     s.sit_out ? "; backing off, next run in " + next : std::string());
@@ -668,9 +684,7 @@ bool Tickers::Impl::execute(Worker& w, const std::shared_ptr<Batch>& b, size_t l
         }
         if (!claimed) continue;
         if (b->missed) s.skipped.fetch_add(b->missed, std::memory_order_relaxed);
-        if (!call(w, s, m, false, b->due + int64_t(b->missed) * s.interval_ns.load(std::memory_order_relaxed), start,
-                  freed))
-            return false;
+        if (!call(w, s, m, false, b->due, start, freed)) return false;
     }
     return true;
 }
@@ -777,7 +791,7 @@ int64_t Tickers::Impl::scan_workers(int64_t now) {
             log_->warn("task '{}': timeout of {} reached; cancellation requested", s.name,
                        detail::format_elapsed(s.timeout));
         }
-        const int64_t abandon_at = deadline + opt_.abandon_after.count();
+        const int64_t abandon_at = add_sat(deadline, opt_.abandon_after.count());
         if (now < abandon_at) {
             next = std::min(next, abandon_at);
             continue;
@@ -879,7 +893,8 @@ void Tickers::Impl::timer_loop() {
         timer_apply(incoming);
         incoming.clear();
         const int64_t now = to_ns(clock_->now());
-        while (!heap_.empty() && heap_.top().due <= now) {
+        // A cohort at INT64_MAX has run out of time (its due saturated): it never comes due again.
+        while (!heap_.empty() && heap_.top().due <= now && heap_.top().due != INT64_MAX) {
             const uint32_t id = heap_.top().id;
             Cohort& c = cohorts_[id];
             by_key_.erase({c.due, c.interval});
@@ -893,11 +908,13 @@ void Tickers::Impl::timer_loop() {
             b->items = c.members;  // a copy: adds and drops may change the cohort while workers run this tick
             b->due = c.due;
             // Fixed rate on the absolute anchor; if we are more than an interval late, skip (and count)
-            // the ticks already missed rather than firing them in a burst.
-            int64_t next = c.due + c.interval;
+            // the ticks already missed rather than firing them in a burst: this tick is the last one due.
+            // 0 <= due <= now here, so due + k * interval <= now cannot overflow; the next one saturates.
+            int64_t next = add_sat(c.due, c.interval);
             if (next <= now) {
-                const int64_t missed = (now - next) / c.interval + 1;
-                next += missed * c.interval;
+                const int64_t missed = (now - c.due) / c.interval;  // >= 1
+                b->due = c.due + missed * c.interval;               // <= now
+                next = add_sat(b->due, c.interval);
                 b->missed = uint32_t(std::min<int64_t>(missed, UINT32_MAX));
             }
             c.due = next;
@@ -926,7 +943,7 @@ void Tickers::Impl::timer_loop() {
         // min_timeout_: look again by then. Work arriving while idle kicks us (kick_timer).
         if (inflight_.load(std::memory_order_acquire) > 0) {
             const int64_t mt = min_timeout_.load(std::memory_order_relaxed);
-            if (mt != INT64_MAX) wake = std::min(wake, now + mt);
+            if (mt != INT64_MAX) wake = std::min(wake, add_sat(now, mt));
         }
 
         lk.lock();

@@ -172,7 +172,8 @@ public:
         Duration default_timeout = std::chrono::seconds(10);
         Duration abandon_after = std::chrono::seconds(5);  // past the deadline, before a run is abandoned
         // A task that fails k times in a row next runs interval * 2^k later, at most this much later
-        // (never less often than its own interval); a success resets it. Zero: no back-off.
+        // (never less often than its own interval); a success resets it. Zero: no back-off. At most
+        // max_duration (longer is taken as max_duration).
         Duration backoff_max = std::chrono::minutes(5);
         std::shared_ptr<Clock> clock;                    // null = SteadyClock
         std::shared_ptr<spdlog::logger> logger;          // null = the "scheduler" logger
