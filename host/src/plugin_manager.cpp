@@ -715,22 +715,46 @@ std::optional<LoadError> PluginManager::start_tasks(const std::shared_ptr<Loaded
 }
 
 bool PluginManager::stop_plugins(std::vector<std::shared_ptr<LoadedPlugin>> ps, Duration bound) {
-    // Remove every task first so that all stop calls run in parallel, then wait for each.
+    // Remove every task first so that all stop calls run in parallel (removal cancels a run in flight, so a
+    // cooperative run returns at once and its stop call follows), then wait for each.
     for (auto& p : ps)
         for (auto& t : p->scheduled) tickers_.remove(t.id);
     const auto until = std::chrono::steady_clock::now() + bound;
+    const std::string bound_text =
+        format_duration(bound) + (bound == config_.shutdown_timeout ? " (shutdown_timeout)" : "");
     bool clean = true;
     for (auto& p : ps) {
         bool stuck = false;
         for (auto& t : p->scheduled) {
             auto left = std::max(Duration(0), Duration(until - std::chrono::steady_clock::now()));
             StopState st = tickers_.wait_stopped(t.id, left);
-            if (st == StopState::abandoned || st == StopState::timed_out) {
-                stuck = true;
-                log_->error("plugin '{}': task '{}' {}; the plugin is not shut down and stays loaded", p->name, t.name,
-                            st == StopState::abandoned ? "was abandoned (it ignored its cancellation)"
-                                                       : "did not finish its stop call within " + format_duration(bound));
+            if (st != StopState::abandoned && st != StopState::timed_out) continue;
+            // Name what held the stop up: the run (it did not return when cancelled), the stop call, or a
+            // stop call that never started.
+            std::string what = "was abandoned (it ignored its cancellation)";
+            if (st == StopState::timed_out) {
+                const auto a = tickers_.activity(t.id);
+                if (!a) continue;  // it stopped just now
+                const auto ago = [&] {
+                    return "(started " + detail::format_elapsed(tickers_.clock().now() - a->since) + " ago)";
+                };
+                switch (a->state) {
+                    case TaskActivity::State::in_run:
+                        what = "was still in its run " + ago() + " when the stop bound of " + bound_text + " ran out";
+                        break;
+                    case TaskActivity::State::in_stop_call:
+                        what = "did not finish its stop call within " + bound_text + ": still in it " + ago();
+                        break;
+                    case TaskActivity::State::idle:
+                        what = "had not started its stop call when the stop bound of " + bound_text + " ran out";
+                        break;
+                    case TaskActivity::State::abandoned:
+                        break;
+                }
             }
+            stuck = true;
+            log_->error("plugin '{}': task '{}' {}; the plugin is not shut down and stays loaded", p->name, t.name,
+                        what);
         }
         if (stuck) {
             clean = false;

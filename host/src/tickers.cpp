@@ -15,10 +15,20 @@
 // A slot is freed (generation + 1, free list) after its stop call, in bulk, and the timer is told in the
 // same critical section so that it drops the slot from its cohort before the slot can be reused.
 //
-// Deadlines are tracked per worker, not per run: a worker publishes (sequence, deadline, slot) in its
-// run word before each call; the timer scans the few workers at every wake-up, cancels a call past its
-// deadline by writing the call's sequence into the worker's cancel word, and abandons a call that ignores
-// it (a CAS on the run word decides between the returning worker and the timer).
+// Deadlines are tracked per worker, not per run: before each call a worker publishes in its record the
+// sequence (run word), deadline and task ID + kind (call word); the timer scans the few workers at every
+// wake-up, cancels a call past its deadline by writing the call's sequence into the worker's cancel word,
+// and abandons a call that ignores it (a CAS on the run word decides between the returning worker and the
+// timer). A cancel word only grows (cancel_call), and a call is cancelled only while it holds exactly that
+// sequence, so a late cancellation of one call can never hit the next.
+//
+// Cancellation by removal. remove() and stop() cancel the run in flight the same way: after setting
+// REMOVED they look for a worker whose published call is a run of that task and write its sequence. A
+// worker publishes a run *before* it claims the slot (with a provisional deadline, kUnstarted, that the
+// timer never acts on), so the claim CAS orders the publication before any later REMOVED: either the
+// claim fails, or whoever set REMOVED sees the call. No fence and no clock read are added per run. The
+// worker tells the two causes apart by cancel_sent (only the timer writes it): a cancelled run that the
+// timer did not cancel was removed, which is neither a timeout nor a failure.
 #include <tickhost/logging.hpp>
 #include <tickhost/tickers.hpp>
 
@@ -121,6 +131,25 @@ constexpr uint32_t kNoCohort = UINT32_MAX;
 
 // Worker run word: sequence << 2 | state.
 constexpr uint64_t kIdle = 0, kBusy = 1, kGone = 2;  // kGone: abandoned by the timer
+// Worker call word: the task ID of the call, with this bit set for a stop call (slot indexes stay far
+// below it: kSegSize * kMaxSegs = 2^28).
+constexpr uint64_t kStopCall = uint64_t(1) << 31;
+constexpr uint32_t call_slot(uint64_t call) { return uint32_t(call & ~kStopCall); }
+// A published run's deadline until its slot is claimed: the timer neither cancels nor abandons it.
+constexpr int64_t kUnstarted = INT64_MAX;
+
+// Saturating arithmetic for time values: schedules near the clamp or options near their limits must
+// never overflow (undefined behaviour), only stick at the end of time.
+int64_t add_sat(int64_t a, int64_t b) {
+    int64_t r;
+    if (__builtin_add_overflow(a, b, &r)) return b > 0 ? INT64_MAX : INT64_MIN;
+    return r;
+}
+int64_t mul_sat(int64_t a, int64_t b) {  // a, b >= 0
+    int64_t r;
+    if (__builtin_mul_overflow(a, b, &r)) return INT64_MAX;
+    return r;
+}
 
 int64_t to_ns(TimePoint t) { return t.time_since_epoch().count(); }
 TimePoint from_ns(int64_t ns) { return TimePoint(Duration(ns)); }
@@ -212,8 +241,8 @@ static_assert(sizeof(Slot) == 128, "two cache lines per task");
 // A tick's worth of runs (or a set of stop calls), shared by the workers that claim slices of it.
 struct Batch {
     std::vector<Member> items;
-    int64_t due = 0;
-    uint32_t missed = 0;  // ticks skipped because the timer was more than an interval late
+    int64_t due = 0;      // the tick the runs belong to (after any missed ones)
+    uint32_t missed = 0;  // ticks skipped because the timer was more than an interval late (due is the last)
     bool stop = false;    // stop calls rather than runs
     std::atomic<size_t> next{0};  // the next item to claim
 };
@@ -223,10 +252,10 @@ struct Worker {
     std::thread thread;
     // Published before each call (plain fields written before the release store of run_word).
     std::atomic<uint64_t> run_word{kIdle};  // seq << 2 | state
-    std::atomic<int64_t> deadline{INT64_MAX};
-    std::atomic<uint32_t> slot{0};
-    std::atomic<uint64_t> cancel{0};        // == seq of the call to cancel (RunContext reads it)
-    std::atomic<uint64_t> cancel_sent{0};   // seq already cancelled (timer-private in practice)
+    std::atomic<int64_t> deadline{INT64_MAX};  // kUnstarted while a run is published but not yet claimed
+    std::atomic<uint64_t> call{0};             // task ID | kStopCall for a stop call
+    std::atomic<uint64_t> cancel{0};           // == seq of the call to cancel (RunContext reads it); grows only
+    std::atomic<uint64_t> cancel_sent{0};      // seq the timer cancelled at its deadline (written by the timer)
     uint64_t seq = 0;                       // worker-private
     // The slice being executed, so the timer can hand the rest to others if this call is abandoned.
     std::atomic<Batch*> batch{nullptr};
@@ -266,8 +295,32 @@ struct Tickers::Impl : std::enable_shared_from_this<Tickers::Impl> {
     void push_batch(std::shared_ptr<Batch> b);
     // Runs items [lo, hi) of `b`. False if this worker was abandoned meanwhile (the thread must end).
     bool execute(Worker& w, const std::shared_ptr<Batch>& b, size_t lo, size_t hi, std::vector<uint32_t>& freed);
-    // One call (run or stop) of slot `m`. False if abandoned during it.
-    bool call(Worker& w, Slot& s, Member m, bool is_stop, int64_t due, TimePoint& start, std::vector<uint32_t>& freed);
+    // One call (run or stop) of slot `m`. For a run, `seq` is the sequence it was published and claimed
+    // under; a stop call (seq 0) is published here. False if abandoned during it.
+    bool call(Worker& w, Slot& s, Member m, bool is_stop, int64_t due, uint64_t seq, TimePoint& start,
+              std::vector<uint32_t>& freed);
+    // Publishes a call in the worker's record (read by the timer, remove(), stop(), activity()).
+    static uint64_t publish(Worker& w, uint64_t call, int64_t deadline) {
+        const uint64_t seq = ++w.seq;
+        w.deadline.store(deadline, std::memory_order_relaxed);
+        w.call.store(call, std::memory_order_relaxed);
+        w.run_word.store(seq << 2 | kBusy, std::memory_order_release);
+        return seq;
+    }
+    // Cancels call `seq` of `w`. The word only grows, so a late cancellation of an older call never
+    // overwrites that of a newer one. Release: the worker that sees it may read cancel_sent.
+    static void cancel_call(Worker& w, uint64_t seq) {
+        uint64_t c = w.cancel.load(std::memory_order_relaxed);
+        while (c <= seq &&
+               !w.cancel.compare_exchange_weak(c, seq, std::memory_order_release, std::memory_order_relaxed)) {
+        }
+    }
+    // Cancels the run (never a stop call) a worker is executing for task `only`, or with only == 0, the
+    // runs of every removed task. Reads each worker as scan_workers() does. Never blocks on task code.
+    void cancel_removed_runs(TaskId only);
+    // What slot `i` of generation `gen` is doing; mu_ held (so its timeout is stable). Nullopt: not that task.
+    std::optional<TaskActivity> activity_locked(uint32_t i, uint32_t gen) const;
+    std::string activity_text(const TaskActivity& a) const;  // "still in its run (started 1.2s ago)", ...
     int64_t scan_workers(int64_t now);
     // A run failed: count the streak, decide how many ticks to sit out, log changes of state (not every
     // failure: one broken task must not flood the log).
@@ -346,8 +399,8 @@ struct Tickers::Impl : std::enable_shared_from_this<Tickers::Impl> {
     std::atomic<int64_t> inflight_{0};  // calls queued or executing (abandoned ones excluded)
     std::atomic<int> idle_waiters_{0};  // threads in wait_idle()
 
-    // Workers (timer scans them; replaced when abandoned).
-    std::mutex wmu_;
+    // Workers (timer scans them; replaced when abandoned). Lock order: mu_ before wmu_.
+    mutable std::mutex wmu_;
     std::vector<std::shared_ptr<Worker>> workers_;
 
     // Lifecycle.
@@ -393,6 +446,7 @@ Tickers::Impl::Impl(Options o) : opt_(std::move(o)) {
     nworkers_ = opt_.workers ? opt_.workers : std::max(1u, std::thread::hardware_concurrency());
     if (opt_.default_timeout <= Duration::zero()) opt_.default_timeout = std::chrono::seconds(10);
     if (opt_.abandon_after < Duration::zero()) opt_.abandon_after = Duration::zero();
+    if (opt_.backoff_max > max_duration) opt_.backoff_max = max_duration;  // longer means nothing
 }
 
 // ---- add / remove / free --------------------------------------------------------------------------------
@@ -463,8 +517,10 @@ bool Tickers::Impl::remove(TaskId id) {
         stopped_cv_.notify_all();
         return true;
     }
-    // RUNNING was clear: nobody will make the stop call unless we queue it. Otherwise the worker that
-    // holds the run makes it when the run returns.
+    // RUNNING was set: a worker holds a run (or is sitting a tick out); it makes the stop call when the
+    // run returns. Tell the run to return now.
+    if (f & kRunning) cancel_removed_runs(make_id(i, gen));
+    // RUNNING was clear: nobody will make the stop call unless we queue it.
     if (!(f & kRunning)) {
         const bool from_idle = inflight_.fetch_add(1, std::memory_order_acq_rel) <= 0;
         bool was_empty;
@@ -528,20 +584,88 @@ StopState Tickers::Impl::wait_stopped(TaskId id, Duration bound) {
     }
 }
 
+void Tickers::Impl::cancel_removed_runs(TaskId only) {
+    std::lock_guard<std::mutex> lk(wmu_);  // held only for this scan; spawn_worker waits at most that long
+    for (auto& wp : workers_) {
+        Worker& w = *wp;
+        const uint64_t rw = w.run_word.load(std::memory_order_acquire);
+        if ((rw & 3) != kBusy) continue;
+        const uint64_t c = w.call.load(std::memory_order_relaxed);
+        std::atomic_thread_fence(std::memory_order_acquire);
+        if (w.run_word.load(std::memory_order_relaxed) != rw) continue;  // moved on: that call is over
+        if (c & kStopCall) continue;                                     // a stop call is never cut short
+        if (only != 0) {
+            if (c != only) continue;
+        } else {
+            const uint64_t sw = slot(call_slot(c)).word.load(std::memory_order_acquire);
+            if (gen_of(sw) != gen_of_id(c) || !(flags_of(sw) & kRemoved)) continue;
+        }
+        // Even if that run ended since, the sequence keeps this from reaching the worker's next call.
+        cancel_call(w, rw >> 2);
+    }
+}
+
+std::optional<TaskActivity> Tickers::Impl::activity_locked(uint32_t i, uint32_t gen) const {
+    const Slot& s = slot(i);
+    const uint64_t sw = s.word.load(std::memory_order_acquire);
+    if (gen_of(sw) != gen || !(flags_of(sw) & kActive)) return std::nullopt;
+    TaskActivity a;
+    if (flags_of(sw) & kAbandoned) a.state = TaskActivity::State::abandoned;
+    const TaskId id = make_id(i, gen);
+    std::lock_guard<std::mutex> lk(wmu_);
+    for (auto& wp : workers_) {
+        const Worker& w = *wp;
+        const uint64_t rw = w.run_word.load(std::memory_order_acquire);
+        if ((rw & 3) == kIdle) continue;
+        const uint64_t c = w.call.load(std::memory_order_relaxed);
+        const int64_t deadline = w.deadline.load(std::memory_order_relaxed);
+        std::atomic_thread_fence(std::memory_order_acquire);
+        if (w.run_word.load(std::memory_order_relaxed) != rw) continue;
+        if ((c & ~kStopCall) != id || deadline == kUnstarted) continue;
+        if ((rw & 3) == kGone) {  // the stuck call of an abandoned task, perhaps still executing
+            if (a.state == TaskActivity::State::abandoned && a.since == TimePoint{})
+                a.since = from_ns(deadline) - s.timeout;
+            continue;
+        }
+        if (a.state == TaskActivity::State::abandoned) continue;
+        a.state = (c & kStopCall) ? TaskActivity::State::in_stop_call : TaskActivity::State::in_run;
+        a.since = from_ns(deadline) - s.timeout;  // the worker's own start: no clock read of its own
+        break;
+    }
+    return a;
+}
+
+std::string Tickers::Impl::activity_text(const TaskActivity& a) const {
+    const std::string ago = "(started " + detail::format_elapsed(clock_->now() - a.since) + " ago)";
+    switch (a.state) {
+        case TaskActivity::State::in_run:
+            return "still in its run " + ago;
+        case TaskActivity::State::in_stop_call:
+            return "still in its stop call " + ago;
+        case TaskActivity::State::abandoned:
+            return "abandoned";
+        case TaskActivity::State::idle:
+            break;
+    }
+    return "its stop call had not started";
+}
+
 // ---- workers --------------------------------------------------------------------------------------------
 
 void Tickers::Impl::failed(Slot& s, const std::string& error) {
-    const uint32_t streak = s.fail_streak.load(std::memory_order_relaxed) + 1;
-    s.fail_streak.store(streak, std::memory_order_relaxed);
+    bump(s.fail_streak);  // saturating
+    const uint32_t streak = s.fail_streak.load(std::memory_order_relaxed);
     const int64_t interval = s.interval_ns.load(std::memory_order_relaxed);
     // Exponential: after k failures in a row the next run comes interval * 2^k later, up to backoff_max.
+    // interval and backoff_max are at most max_duration, and interval * ticks stays <= backoff_max; the
+    // products saturate all the same.
     const int64_t cap_ticks = opt_.backoff_max.count() > interval ? opt_.backoff_max.count() / interval : 1;
     const int64_t factor = streak >= 62 ? INT64_MAX : (int64_t(1) << streak);
     const int64_t ticks = std::min(factor, cap_ticks);
     const bool capped = ticks == cap_ticks;
     const bool newly_capped = capped && (streak == 1 || std::min(factor / 2, cap_ticks) < cap_ticks);
     s.sit_out = opt_.backoff_max.count() > 0 ? uint32_t(std::min<int64_t>(ticks - 1, UINT32_MAX)) : 0;
-    const std::string next = detail::format_elapsed(Duration(interval * (int64_t(s.sit_out) + 1)));
+    const std::string next = detail::format_elapsed(Duration(mul_sat(interval, int64_t(s.sit_out) + 1)));
     if (streak == 1)
         log_->error("task '{}': run failed: {}{}", s.name, error,
                     s.sit_out ? "; backing off, next run in " + next : std::string());
@@ -649,16 +773,27 @@ bool Tickers::Impl::execute(Worker& w, const std::shared_ptr<Batch>& b, size_t l
         w.cursor.store(k, std::memory_order_relaxed);
         Slot& s = slot(m.slot);
         if (b->stop) {
-            if (!call(w, s, m, true, 0, start, freed)) return false;
+            if (!call(w, s, m, true, 0, 0, start, freed)) return false;
             continue;
         }
         uint64_t word = s.word.load(std::memory_order_acquire);
+        auto gone = [&] {
+            const uint32_t f = flags_of(word);
+            return gen_of(word) != m.gen || !(f & kActive) || (f & (kRemoved | kAbandoned));
+        };
+        if (gone()) continue;
+        if (flags_of(word) & kRunning) {
+            s.skipped.fetch_add(1, std::memory_order_relaxed);  // never overlap a task with itself
+            continue;
+        }
+        // Publish the run before claiming it (see the top of this file): a remove() or stop() that sets
+        // REMOVED after our claim then finds it here and cancels it.
+        const uint64_t seq = publish(w, make_id(m.slot, m.gen), kUnstarted);
         bool claimed = false;
         for (;;) {
-            const uint32_t f = flags_of(word);
-            if (gen_of(word) != m.gen || !(f & kActive) || (f & (kRemoved | kAbandoned))) break;  // gone
-            if (f & kRunning) {
-                s.skipped.fetch_add(1, std::memory_order_relaxed);  // never overlap a task with itself
+            if (gone()) break;
+            if (flags_of(word) & kRunning) {
+                s.skipped.fetch_add(1, std::memory_order_relaxed);
                 break;
             }
             if (s.word.compare_exchange_weak(word, word | kRunning, std::memory_order_acq_rel)) {
@@ -666,16 +801,18 @@ bool Tickers::Impl::execute(Worker& w, const std::shared_ptr<Batch>& b, size_t l
                 break;
             }
         }
-        if (!claimed) continue;
+        if (!claimed) {
+            // Never started: withdraw it. Nobody abandons a call with deadline kUnstarted, so a store will do.
+            w.run_word.store(seq << 2 | kIdle, std::memory_order_release);
+            continue;
+        }
         if (b->missed) s.skipped.fetch_add(b->missed, std::memory_order_relaxed);
-        if (!call(w, s, m, false, b->due + int64_t(b->missed) * s.interval_ns.load(std::memory_order_relaxed), start,
-                  freed))
-            return false;
+        if (!call(w, s, m, false, b->due, seq, start, freed)) return false;
     }
     return true;
 }
 
-bool Tickers::Impl::call(Worker& w, Slot& s, Member m, bool is_stop, int64_t due, TimePoint& start,
+bool Tickers::Impl::call(Worker& w, Slot& s, Member m, bool is_stop, int64_t due, uint64_t seq, TimePoint& start,
                          std::vector<uint32_t>& freed) {
     const TaskId id = make_id(m.slot, m.gen);
     for (;;) {
@@ -683,6 +820,7 @@ bool Tickers::Impl::call(Worker& w, Slot& s, Member m, bool is_stop, int64_t due
             // Backing off after failures: this tick is sat out (and counted as skipped).
             --s.sit_out;
             s.skipped.fetch_add(1, std::memory_order_relaxed);
+            w.run_word.store(seq << 2 | kIdle, std::memory_order_release);  // withdraw the unstarted run
             const uint64_t prev = s.word.fetch_and(~uint64_t(kRunning), std::memory_order_acq_rel);
             if (!(flags_of(prev) & kRemoved)) return true;
             s.word.fetch_or(kRunning, std::memory_order_acq_rel);
@@ -690,10 +828,10 @@ bool Tickers::Impl::call(Worker& w, Slot& s, Member m, bool is_stop, int64_t due
         }
         start = call_start(s.timeout);
         const TimePoint deadline = start + s.timeout;
-        const uint64_t seq = ++w.seq;
-        w.deadline.store(to_ns(deadline), std::memory_order_relaxed);
-        w.slot.store(m.slot, std::memory_order_relaxed);
-        w.run_word.store(seq << 2 | kBusy, std::memory_order_release);
+        if (is_stop)
+            seq = publish(w, id | kStopCall, to_ns(deadline));  // a new sequence: no cancellation of the run hits it
+        else
+            w.deadline.store(to_ns(deadline), std::memory_order_relaxed);  // the run is claimed: now it has one
 
         RunContext ctx(id, s.name, is_stop ? start : from_ns(due), deadline, *clock_, w.cancel, seq);
         TaskResult r;
@@ -704,10 +842,16 @@ bool Tickers::Impl::call(Worker& w, Slot& s, Member m, bool is_stop, int64_t due
         } catch (...) {
             r = TaskResult::failure("unknown exception");
         }
-        // The timer writes our sequence into the cancel word when it sees the deadline pass: only then is
-        // the end time worth a clock read (for the log line).
-        const bool overran = w.cancel.load(std::memory_order_relaxed) == seq;
-        const TimePoint end = overran ? clock_->now() : start;
+        // Cancelled: by the timer at the deadline (it wrote cancel_sent first), or by remove()/stop().
+        // Only then is the end time worth a clock read (for the log line).
+        const bool cancelled = w.cancel.load(std::memory_order_relaxed) == seq;
+        bool timed_out = false;
+        TimePoint end = start;
+        if (cancelled) {
+            std::atomic_thread_fence(std::memory_order_acquire);  // pairs with cancel_call's release
+            timed_out = is_stop || w.cancel_sent.load(std::memory_order_relaxed) == seq;
+            end = clock_->now();
+        }
         uint64_t expected = seq << 2 | kBusy;
         if (!w.run_word.compare_exchange_strong(expected, seq << 2 | kIdle, std::memory_order_acq_rel)) {
             // The timer abandoned this call and gave the rest of our slice to others.
@@ -719,16 +863,22 @@ bool Tickers::Impl::call(Worker& w, Slot& s, Member m, bool is_stop, int64_t due
             if (flags_of(prev) & kRemoved) freed.push_back(m.slot);
             return false;
         }
-        if (overran) {
+        if (timed_out) {
             bump(s.timeouts);
             log_->error("task '{}': {} took {}, past its timeout of {}", s.name, is_stop ? "stop call" : "run",
                         detail::format_elapsed(end - start), detail::format_elapsed(s.timeout));
+        } else if (cancelled) {
+            // The task was removed (or the registry stopped) during the run: what it returns is moot.
+            log_->debug("task '{}': run cancelled by the task's removal returned after {}{}", s.name,
+                        detail::format_elapsed(end - start), r.ok ? std::string() : " (" + r.error + ")");
         }
         if (is_stop) {
             if (!r.ok) log_->error("task '{}': stop call failed: {}", s.name, r.error);
         } else if (!r.ok) {
-            bump(s.failures);
-            failed(s, r.error);
+            if (!cancelled || timed_out) {
+                bump(s.failures);
+                failed(s, r.error);
+            }
         } else if (s.fail_streak.load(std::memory_order_relaxed) > 0) {
             log_->info("task '{}': recovered after {} failed run(s); back to every {}", s.name,
                        s.fail_streak.load(std::memory_order_relaxed),
@@ -763,21 +913,22 @@ int64_t Tickers::Impl::scan_workers(int64_t now) {
         if ((rw & 3) != kBusy) continue;
         const uint64_t seq = rw >> 2;
         const int64_t deadline = w.deadline.load(std::memory_order_relaxed);
-        const uint32_t si = w.slot.load(std::memory_order_relaxed);
+        const uint32_t si = call_slot(w.call.load(std::memory_order_relaxed));
         std::atomic_thread_fence(std::memory_order_acquire);
         if (w.run_word.load(std::memory_order_relaxed) != rw) continue;  // moved on meanwhile
+        if (deadline == kUnstarted) continue;  // published, not claimed yet (inflight_ keeps us looking)
         Slot& s = slot(si);
         if (w.cancel_sent.load(std::memory_order_relaxed) != seq) {
             if (now < deadline) {
                 next = std::min(next, deadline);
                 continue;
             }
-            w.cancel.store(seq, std::memory_order_relaxed);
-            w.cancel_sent.store(seq, std::memory_order_relaxed);
+            w.cancel_sent.store(seq, std::memory_order_relaxed);  // before the cancel: the worker reads it after
+            cancel_call(w, seq);
             log_->warn("task '{}': timeout of {} reached; cancellation requested", s.name,
                        detail::format_elapsed(s.timeout));
         }
-        const int64_t abandon_at = deadline + opt_.abandon_after.count();
+        const int64_t abandon_at = add_sat(deadline, opt_.abandon_after.count());
         if (now < abandon_at) {
             next = std::min(next, abandon_at);
             continue;
@@ -879,7 +1030,8 @@ void Tickers::Impl::timer_loop() {
         timer_apply(incoming);
         incoming.clear();
         const int64_t now = to_ns(clock_->now());
-        while (!heap_.empty() && heap_.top().due <= now) {
+        // A cohort at INT64_MAX has run out of time (its due saturated): it never comes due again.
+        while (!heap_.empty() && heap_.top().due <= now && heap_.top().due != INT64_MAX) {
             const uint32_t id = heap_.top().id;
             Cohort& c = cohorts_[id];
             by_key_.erase({c.due, c.interval});
@@ -893,11 +1045,13 @@ void Tickers::Impl::timer_loop() {
             b->items = c.members;  // a copy: adds and drops may change the cohort while workers run this tick
             b->due = c.due;
             // Fixed rate on the absolute anchor; if we are more than an interval late, skip (and count)
-            // the ticks already missed rather than firing them in a burst.
-            int64_t next = c.due + c.interval;
+            // the ticks already missed rather than firing them in a burst: this tick is the last one due.
+            // 0 <= due <= now here, so due + k * interval <= now cannot overflow; the next one saturates.
+            int64_t next = add_sat(c.due, c.interval);
             if (next <= now) {
-                const int64_t missed = (now - next) / c.interval + 1;
-                next += missed * c.interval;
+                const int64_t missed = (now - c.due) / c.interval;  // >= 1
+                b->due = c.due + missed * c.interval;               // <= now
+                next = add_sat(b->due, c.interval);
                 b->missed = uint32_t(std::min<int64_t>(missed, UINT32_MAX));
             }
             c.due = next;
@@ -926,7 +1080,7 @@ void Tickers::Impl::timer_loop() {
         // min_timeout_: look again by then. Work arriving while idle kicks us (kick_timer).
         if (inflight_.load(std::memory_order_acquire) > 0) {
             const int64_t mt = min_timeout_.load(std::memory_order_relaxed);
-            if (mt != INT64_MAX) wake = std::min(wake, now + mt);
+            if (mt != INT64_MAX) wake = std::min(wake, add_sat(now, mt));
         }
 
         lk.lock();
@@ -1038,6 +1192,7 @@ bool Tickers::Impl::stop(Duration bound) {
     }
     removed_unfreed_.fetch_add(removed, std::memory_order_relaxed);
     abandoned_unfreed_.fetch_add(abandoned, std::memory_order_relaxed);
+    if (removed) cancel_removed_runs(0);  // the runs in flight: return now, the stop calls follow
     {
         // Abandoned tasks whose stuck call already returned get no stop call: free them directly.
         auto abandoned_now = [&](const Member& m) {
@@ -1062,10 +1217,13 @@ bool Tickers::Impl::stop(Duration bound) {
         if (!clean) {
             const uint32_t n = slot_count_.load(std::memory_order_acquire);
             for (uint32_t i = 0; i < n; ++i) {
-                const uint32_t f = flags_of(slot(i).word.load(std::memory_order_acquire));
-                if ((f & kActive) && (f & kRemoved) && !(f & kAbandoned))
-                    log_->error("task '{}': still running when the stop bound of {} ran out; left behind",
-                                slot(i).name, detail::format_elapsed(bound));
+                const uint64_t w = slot(i).word.load(std::memory_order_acquire);
+                const uint32_t f = flags_of(w);
+                if (!(f & kActive) || !(f & kRemoved) || (f & kAbandoned)) continue;
+                const auto a = activity_locked(i, gen_of(w));
+                if (!a) continue;
+                log_->error("task '{}': {} when the stop bound of {} ran out; left behind", slot(i).name,
+                            activity_text(*a), detail::format_elapsed(bound));
             }
         }
         timer_stop_ = true;
@@ -1098,11 +1256,18 @@ bool Tickers::Impl::stop(Duration bound) {
         // detached thread makes no stop call after we return and exits instead of rejoining the pool.
         for (auto& w : ws) {
             uint64_t rw = w->run_word.load(std::memory_order_acquire);
-            if ((rw & 3) != kBusy) continue;
+            // A run published but not claimed yet is withdrawn or started within moments: wait for which
+            // (the worker withdraws it with a plain store, so it must not be abandoned while unstarted).
+            for (int k = 0; k < 1000 && (rw & 3) == kBusy && w->deadline.load(std::memory_order_relaxed) == kUnstarted;
+                 ++k) {
+                std::this_thread::sleep_for(std::chrono::microseconds(100));
+                rw = w->run_word.load(std::memory_order_acquire);
+            }
+            if ((rw & 3) != kBusy || w->deadline.load(std::memory_order_relaxed) == kUnstarted) continue;
             if (w->run_word.compare_exchange_strong(rw, (rw & ~uint64_t(3)) | kGone, std::memory_order_acq_rel)) {
-                Slot& s = slot(w->slot.load(std::memory_order_relaxed));
+                Slot& s = slot(call_slot(w->call.load(std::memory_order_relaxed)));
                 const uint64_t prev = s.word.fetch_or(kAbandoned, std::memory_order_acq_rel);
-                w->cancel.store(rw >> 2, std::memory_order_relaxed);
+                cancel_call(*w, rw >> 2);
                 if (flags_of(prev) & kRemoved) abandoned_unfreed_.fetch_add(1, std::memory_order_relaxed);
             }
         }
@@ -1195,6 +1360,13 @@ std::optional<TaskStats> Tickers::stats(TaskId id) const {
     st.skipped = s.skipped.load(std::memory_order_relaxed);
     st.timeouts = s.timeouts.load(std::memory_order_relaxed);
     return st;
+}
+
+std::optional<TaskActivity> Tickers::activity(TaskId id) const {
+    const uint32_t i = slot_of(id), gen = gen_of_id(id);
+    if (gen == 0 || i >= impl_->slot_count_.load(std::memory_order_acquire)) return std::nullopt;
+    std::lock_guard<std::mutex> lk(impl_->mu_);  // the slot is neither freed nor reused meanwhile
+    return impl_->activity_locked(i, gen);
 }
 
 size_t Tickers::size() const {

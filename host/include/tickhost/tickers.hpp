@@ -20,15 +20,19 @@
 //  - No lock is held while task code runs. add/remove/stats are safe from any thread, including from
 //    inside a running task (a task may remove itself).
 //  - remove(id) never blocks. After it returns no new run is dispatched (a worker that was at that moment
-//    starting one may still begin it); the stop call fn(ctx, true) runs exactly once, after the in-flight
-//    run returned, bounded by the task's timeout. After wait_stopped() says stopped, none of the task's
-//    code runs any more and its callable has been destroyed.
+//    starting one may still begin it, already cancelled); the run in flight, if any, is cancelled (its
+//    RunContext::cancelled() turns true, so a cooperative run returns at once; that is neither a timeout
+//    nor a failure); the stop call fn(ctx, true) runs exactly once, after that run returned, bounded by the
+//    task's timeout and not cancelled itself. After wait_stopped() says stopped, none of the task's code
+//    runs any more and its callable has been destroyed.
 //  - A failing task backs off: after k failed runs in a row its next run comes interval * 2^k later (up to
 //    Options::backoff_max); a success resets it. The log says so when it starts, caps and recovers.
 //  - IDs: slot index + generation. Slots are reused like the original design's free list; an ID value
 //    never comes back, and a stale ID is refused.
-//  - start() and stop() are idempotent. stop() ends every task (stop calls included) and joins the threads;
-//    tasks added afterwards run when start() is called again.
+//  - start() and stop() are idempotent. stop() ends every task as remove() does (runs in flight cancelled,
+//    stop calls made) and joins the threads; tasks added afterwards run when start() is called again.
+//  - activity(id) says what a task is doing (between calls, in its run, in its stop call, abandoned) and
+//    since when: for reports on what held a stop up.
 #pragma once
 
 #include <atomic>
@@ -153,8 +157,22 @@ struct TaskStats {
     uint64_t runs = 0;      // runs that returned (stop call not included)
     uint64_t failures = 0;  // runs that returned an error or threw
     uint64_t skipped = 0;   // ticks skipped because the previous run was still going (or the timer was late)
-    uint64_t timeouts = 0;  // runs whose deadline passed
+    uint64_t timeouts = 0;  // runs whose deadline passed (not runs cancelled by remove() or stop())
     uint64_t consecutive_failures = 0;  // failed runs in a row (0 after a success); drives the back-off
+};
+
+// What a task is doing at the moment (Tickers::activity).
+struct TaskActivity {
+    enum class State {
+        idle,          // between calls, or its next call (run or stop call) is queued and has not started
+        in_run,        // executing a run
+        in_stop_call,  // executing its stop call
+        abandoned,     // a call ignored its cancellation and was abandoned; its code may still be executing
+    };
+    State state = State::idle;
+    // When the current call started (for abandoned: the stuck call), on the registry's clock. Unset (the
+    // epoch) for idle, and for an abandoned task whose stuck call already returned.
+    TimePoint since{};
 };
 
 // How wait_stopped() ended.
@@ -172,7 +190,8 @@ public:
         Duration default_timeout = std::chrono::seconds(10);
         Duration abandon_after = std::chrono::seconds(5);  // past the deadline, before a run is abandoned
         // A task that fails k times in a row next runs interval * 2^k later, at most this much later
-        // (never less often than its own interval); a success resets it. Zero: no back-off.
+        // (never less often than its own interval); a success resets it. Zero: no back-off. At most
+        // max_duration (longer is taken as max_duration).
         Duration backoff_max = std::chrono::minutes(5);
         std::shared_ptr<Clock> clock;                    // null = SteadyClock
         std::shared_ptr<spdlog::logger> logger;          // null = the "scheduler" logger
@@ -193,19 +212,24 @@ public:
     // Adds every (interval, task) in order; returns their IDs in the same order.
     std::vector<TaskId> add_all(std::vector<std::pair<Duration, TickTask>> tasks);
 
-    // Stops a task: no new run starts after this returns; its stop call follows the in-flight run.
-    // Never blocks and never runs task code on the caller's thread. False for a stale or unknown ID.
+    // Stops a task: no new run starts after this returns; the in-flight run is cancelled and its stop call
+    // follows when it returns. Never blocks and never runs task code on the caller's thread. False for a
+    // stale or unknown ID.
     bool remove(TaskId id);
     // Waits up to `bound` for the stop call of a removed task to return.
     StopState wait_stopped(TaskId id, Duration bound);
 
     void start();
-    // Removes every task, waits up to `bound` for their stop calls, joins the threads. Idempotent.
-    // Returns false if some stop call did not return in time (its task is abandoned).
+    // Removes every task (cancelling the runs in flight), waits up to `bound` for their stop calls, joins
+    // the threads. Idempotent. Returns false if some call did not return in time (its task is abandoned;
+    // the log names each such task, whether it was in its run or its stop call, and since when).
     bool stop(Duration bound = std::chrono::seconds(30));
     bool running() const;
 
     std::optional<TaskStats> stats(TaskId id) const;
+    // What the task is doing now. Nullopt for a stale or unknown ID, and once a removed task has stopped.
+    // Cheap (a look at the few workers), never blocks on task code; a snapshot that may be stale at once.
+    std::optional<TaskActivity> activity(TaskId id) const;
     size_t size() const;  // tasks registered and not removed
     const Clock& clock() const;
     size_t worker_count() const;

@@ -214,7 +214,8 @@ typedef struct th_host_api {
     void (*log)(th_ctx ctx, int32_t level, const char* msg, size_t len);
 
     /* @since 1.0. 1 when the host wants this call to end early (its deadline passed, or the host is
-     * stopping), 0 otherwise. Stale contexts answer 1. Cheap: poll it in loops. */
+     * stopping the task: plugin unload or reload, host shutdown), 0 otherwise. A stop call is cancelled
+     * only by its own deadline. Stale contexts answer 1. Cheap: poll it in loops. */
     int32_t (*is_cancelled)(th_ctx ctx);
 
     /* @since 1.0. Nanoseconds left before this call's deadline (negative once past). Stale: 0. */
