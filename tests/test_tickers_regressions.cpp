@@ -145,3 +145,29 @@ TEST(TickersRegression, DirtyStopLeftovers) {
     t.start();
     EXPECT_TRUE(t.stop(10s)) << "second stop waits for b forever";
 }
+
+// A task added while a freed slot's drop waits in the timer's queue (drops do not wake the timer) must still
+// wake the timer: before, its first run waited for the timer's next wake-up (here: an hour).
+TEST(TickersRegression, AddAfterARemovalWakesTheSleepingTimer) {
+    Tickers t(Tickers::Options{2, 1h});
+    t.start();
+    auto noop = [](RunContext&, bool) { return TaskResult::success(); };
+    t.add(1h, {"far", 1h, noop});
+    // x's stop call takes a moment, so its slot is freed (and the drop queued) after the timer went back to
+    // sleep following remove()'s kick.
+    const TaskId x = t.add(1h, {"x", 1h, [](RunContext&, bool is_stop) {
+                                    if (is_stop) std::this_thread::sleep_for(100ms);
+                                    return TaskResult::success();
+                                }});
+    std::this_thread::sleep_for(100ms);  // the timer takes both adds and goes to sleep for an hour
+    ASSERT_TRUE(t.remove(x));
+    ASSERT_EQ(t.wait_stopped(x, 10s), StopState::stopped);  // its slot is freed: a drop is queued for the timer
+    std::this_thread::sleep_for(50ms);
+    std::atomic<int> runs{0};
+    t.add(20ms, {"soon", 1h, [&](RunContext&, bool is_stop) {
+                     if (!is_stop) ++runs;
+                     return TaskResult::success();
+                 }});
+    EXPECT_TRUE(eventually([&] { return runs.load() > 0; }, 10s)) << "the new task never ran";
+    EXPECT_TRUE(t.stop());
+}

@@ -175,7 +175,7 @@ bool Host::stop() {
     config_watch_.reset();
     plugin_watch_ptr_ = nullptr;
     plugin_watch_.reset();
-    bool clean = plugins_->unload_all(std::max(left(), Duration::zero()));
+    bool clean = plugins_->unload_all(std::max(left(), Duration::zero()), config_.shutdown_timeout);
     // What embedders added themselves still gets its stop calls; give them at least a moment.
     clean = tickers_->stop(std::max(left(), Duration(std::chrono::milliseconds(100)))) && clean;
     started_ = false;

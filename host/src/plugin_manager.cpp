@@ -714,14 +714,20 @@ std::optional<LoadError> PluginManager::start_tasks(const std::shared_ptr<Loaded
                      "retried when it or host.toml changes"};
 }
 
-bool PluginManager::stop_plugins(std::vector<std::shared_ptr<LoadedPlugin>> ps, Duration bound) {
+bool PluginManager::stop_plugins(std::vector<std::shared_ptr<LoadedPlugin>> ps, Duration bound, Duration total) {
     // Remove every task first so that all stop calls run in parallel (removal cancels a run in flight, so a
     // cooperative run returns at once and its stop call follows), then wait for each.
     for (auto& p : ps)
         for (auto& t : p->scheduled) tickers_.remove(t.id);
     const auto until = std::chrono::steady_clock::now() + bound;
+    // The bound that applied: shutdown_timeout, or what the host's stop had left of it.
+    const bool part = total > Duration::zero() && total != bound;
     const std::string bound_text =
-        format_duration(bound) + (bound == config_.shutdown_timeout ? " (shutdown_timeout)" : "");
+        format_duration(part ? total : bound) +
+        (part ? " (shutdown_timeout; " +
+                    format_duration(std::chrono::duration_cast<std::chrono::milliseconds>(bound)) + " of it left)"
+              : bound == config_.shutdown_timeout ? " (shutdown_timeout)"
+                                                  : "");
     bool clean = true;
     for (auto& p : ps) {
         bool stuck = false;
@@ -802,13 +808,13 @@ bool PluginManager::unload(const fs::path& file, Duration bound) {
     return true;
 }
 
-bool PluginManager::unload_all(Duration bound) {
+bool PluginManager::unload_all(Duration bound, Duration total) {
     std::lock_guard<std::mutex> lk(mu_);
     std::vector<std::shared_ptr<LoadedPlugin>> ps;
     for (auto& [f, p] : by_file_) ps.push_back(p);
     by_file_.clear();
     if (ps.empty()) return true;
-    return stop_plugins(std::move(ps), bound);
+    return stop_plugins(std::move(ps), bound, total);
 }
 
 namespace {

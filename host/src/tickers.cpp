@@ -368,6 +368,7 @@ struct Tickers::Impl : std::enable_shared_from_this<Tickers::Impl> {
     std::atomic<uint32_t> slot_count_{0};
     std::vector<uint32_t> free_;
     std::vector<Op> pending_;         // for the timer, in order
+    bool adds_told_ = false;          // an add in pending_ has notified the timer since it last took pending_
     size_t active_ = 0;               // slots holding a task (freed ones excluded)
     std::atomic<size_t> removed_unfreed_{0};    // removed, not yet freed
     std::atomic<size_t> abandoned_unfreed_{0};  // of those, abandoned (no stop call will come)
@@ -488,7 +489,10 @@ TaskId Tickers::Impl::add(Duration interval, TickTask task, TimePoint first_due)
     s.sit_out = 0;
     s.word.store(pack(gen, kActive), std::memory_order_release);
     ++active_;
-    const bool wake = pending_.empty();
+    // Drops (free_slots) are queued without waking the timer; an add must wake it unless an add since its
+    // last look already did (a new task's first due time may be earlier than the timer's next wake-up).
+    const bool wake = !adds_told_;
+    adds_told_ = true;
     pending_.push_back({std::max<int64_t>(to_ns(first_due), 0), i, gen});
     lk.unlock();
     // The timer takes everything pending when it wakes, so one notify per burst of adds is enough.
@@ -1024,6 +1028,7 @@ void Tickers::Impl::timer_loop() {
     std::unique_lock<std::mutex> lk(mu_);
     for (;;) {
         incoming.swap(pending_);
+        adds_told_ = false;
         if (timer_stop_) break;
         lk.unlock();
 

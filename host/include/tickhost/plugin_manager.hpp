@@ -151,7 +151,8 @@ public:
     bool unload(const std::filesystem::path& file, Duration bound);
     // Unloads every plugin: all tasks are removed first (their stop calls run in parallel), then each
     // plugin is shut down and unloaded. False if some stop call did not return within `bound`.
-    bool unload_all(Duration bound);
+    // `total`, when given, is the whole bound `bound` is what is left of (for the stop report).
+    bool unload_all(Duration bound, Duration total = Duration::zero());
 
     // For authors' tools (`tickhost check`). Loads `file` exactly as load() would — regular-file and ELF
     // checks, a shadow copy, dlopen RTLD_NOW | RTLD_LOCAL, entry point, ABI negotiation, descriptor checks —
@@ -197,7 +198,7 @@ private:
     // Adds every task of an initialised plugin to the Tickers, all or nothing: on failure the tasks already
     // added are removed, the plugin is shut down (bounded) and the error returned.
     std::optional<LoadError> start_tasks(const Plugin& p);
-    bool stop_plugins(std::vector<Plugin> ps, Duration bound);
+    bool stop_plugins(std::vector<Plugin> ps, Duration bound, Duration total = Duration::zero());
     std::optional<LoadError> add_new(const std::filesystem::path& file, detail::StagedFile& staged,
                                      const std::string& sha);
     std::optional<LoadError> replace(const Plugin& old, detail::StagedFile& staged, const std::string& sha);
