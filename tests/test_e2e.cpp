@@ -399,3 +399,71 @@ TEST(EndToEnd, APluginWhoseTasksFailToStartHasNoneOfThemScheduled) {
     p.signal(SIGTERM);
     EXPECT_EQ(p.wait(), 0) << read_file(d.log);
 }
+
+namespace {
+// HostDir plus fx_hostile with the given behaviours and extra host.toml text.
+struct HostileDir : HostDir {
+    fs::path out = tmp / "hostile.out";
+    fs::path release = tmp / "release";
+    HostileDir(const std::string& behaviours, const std::string& shutdown_timeout, const std::string& extra = "") {
+        fs::copy_file(HOSTILE_SO, plugins / "hostile.so");
+        std::string toml = read_file(this->toml);
+        toml.replace(toml.find("shutdown_timeout = \"10s\""), 24, "shutdown_timeout = \"" + shutdown_timeout + "\"");
+        write_file(this->toml, toml + "[plugins.hostile.config]\nbehaviours = \"" + behaviours + "\"\nout = \"" +
+                                   out.string() + "\"\nrelease = \"" + release.string() + "\"\n" + extra);
+    }
+    ~HostileDir() { write_file(release, ""); }
+    bool saw(const std::string& line) const { return read_file(out).find(line) != std::string::npos; }
+};
+}  // namespace
+
+// Item 3: a well-behaved run that polls is_cancelled under a 60 s timeout ends at once on SIGTERM; its stop
+// call and the plugin's shutdown follow; exit 0 (before: it ran to its deadline, no shutdown, exit 1).
+TEST(EndToEnd, SigtermCancelsACooperativeRunAndTheHostStopsCleanly) {
+    HostileDir d("overrun", "30s", "[plugins.hostile.tasks.overrun]\ntimeout = \"60s\"\n");
+    Process p({TICKHOST_EXE, "--config", d.toml.string()}, d.log);
+    ASSERT_TRUE(eventually([&] { return d.saw("overrun run"); }, 20s)) << read_file(d.log);
+    std::this_thread::sleep_for(200ms);  // inside its 60 s run
+    const auto t0 = std::chrono::steady_clock::now();
+    p.signal(SIGTERM);
+    EXPECT_EQ(p.wait(20s), 0) << read_file(d.log);
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 15s);  // loose: before, 60 s and exit 1
+    EXPECT_TRUE(d.saw("overrun saw cancel")) << read_file(d.out);
+    EXPECT_TRUE(d.saw("overrun stop")) << read_file(d.out);
+    EXPECT_TRUE(d.saw("shutdown")) << read_file(d.out);
+    EXPECT_TRUE(has(d.log, "stopped cleanly")) << read_file(d.log);
+}
+
+// Item 5: a task still inside its run when the bound runs out is named as such, with the bound that applied.
+TEST(EndToEnd, TheStopReportSaysATaskWasStillInItsRun) {
+    HostileDir d("stuck", "1s", "[plugins.hostile.tasks.stuck]\ntimeout = \"30s\"\n");
+    Process p({TICKHOST_EXE, "--config", d.toml.string()}, d.log);
+    ASSERT_TRUE(eventually([&] { return d.saw("stuck run"); }, 20s)) << read_file(d.log);
+    p.signal(SIGTERM);
+    EXPECT_EQ(p.wait(20s), 1) << read_file(d.log);
+    const std::string log = read_file(d.log);
+    EXPECT_NE(log.find("task 'stuck' was still in its run (started"), std::string::npos) << log;
+    EXPECT_NE(log.find("when the stop bound of 1s (shutdown_timeout"), std::string::npos) << log;
+    EXPECT_EQ(log.find("did not finish its stop call"), std::string::npos) << log;
+}
+
+// Item 1: durations past the maximum, in a plugin file at start, in a file dropped in later and in host.toml
+// on SIGHUP: each is refused by name and the host keeps running (before: "cannot start" exit 1,
+// std::terminate on SIGHUP, a half-scheduled plugin from the watcher).
+TEST(EndToEnd, DurationsPastTheMaximumAreRefusedByNameAndTheHostKeepsRunning) {
+    HostDir d;
+    fs::copy_file(fs::path(FIXTURE_DIR) / "fx_bad_interval_above_max.so", d.plugins / "forever.so");
+    Process p({TICKHOST_EXE, "--config", d.toml.string()}, d.log);
+    ASSERT_TRUE(eventually([&] { return read_file(d.health).rfind("online", 0) == 0; }, 20s)) << read_file(d.log);
+    EXPECT_TRUE(has(d.log, "TH_E_BAD_DESCRIPTOR")) << read_file(d.log);
+    fs::copy_file(fs::path(FIXTURE_DIR) / "fx_bad_timeout_above_max.so", d.plugins / "patient.so");
+    ASSERT_TRUE(eventually([&] { return has(d.log, "patient.so: not loaded"); }, 20s)) << read_file(d.log);
+    write_file(d.toml, read_file(d.toml) + "[plugins.hello.tasks.greet]\ntimeout = \"1000000h\"\n");
+    p.signal(SIGHUP);
+    ASSERT_TRUE(eventually([&] { return has(d.log, "is longer than the longest duration"); }, 20s)) << read_file(d.log);
+    EXPECT_TRUE(has(d.log, "keeping the running configuration")) << read_file(d.log);
+    const std::string before = read_file(d.health);
+    ASSERT_TRUE(eventually([&] { return read_file(d.health) != before; }, 10s)) << "stopped beating";
+    p.signal(SIGTERM);
+    EXPECT_EQ(p.wait(), 0) << read_file(d.log);
+}

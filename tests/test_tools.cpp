@@ -270,6 +270,17 @@ TEST(Tools, RunOnceBoundsAShutdownThatNeverReturns) {
     EXPECT_TRUE(has(r.out, "shutdown did not return within 1s")) << r.out;
 }
 
+TEST(Tools, RunOnceRefusesDurationsPastTheMaximum) {
+    Result r = run(std::string("run-once ") + HELLO_SO + " --timeout 9000h");
+    EXPECT_EQ(r.status, 2) << r.out;
+    EXPECT_TRUE(has(r.out, "--timeout: '9000h' is longer than the longest duration tickhost accepts, 8760h")) << r.out;
+    r = run(std::string("run-once ") + HELLO_SO + " --set every=1000000h");
+    EXPECT_EQ(r.status, 2) << r.out;
+    EXPECT_TRUE(has(r.out, "--set every: '1000000h' is longer than the longest duration")) << r.out;
+    r = run(std::string("run-once ") + HELLO_SO + " --timeout 8760h --set who=x");
+    EXPECT_EQ(r.status, 0) << r.out;
+}
+
 TEST(Tools, NewPluginWritesAProjectAndRefusesToOverwrite) {
     TempDir tmp;
     Result r = run("new-plugin my-probe --dir " + (tmp / "p").string());
