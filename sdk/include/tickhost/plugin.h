@@ -48,10 +48,14 @@
  *  - Durations are signed 64-bit nanoseconds (int64_t). Times are on the host's monotonic clock.
  *
  * Threading:
- *  - tickhost_plugin_entry is called on the host's loader thread; init and shutdown on a host thread of their
- *    own while the loader waits for them, one at a time. Each is bounded: an init that does not return
- *    within the plugin's timeout refuses the plugin (its library then stays mapped for good, since its code
- *    may still run), and a shutdown that does not return is left behind the same way.
+ *  - Loads, unloads and restarts are serialized: one at a time, on whichever host thread asked for them (the
+ *    start-up, the directory watcher, a reload). tickhost_plugin_entry, init and shutdown are each called on
+ *    a thread of their own, created for that call, while the asking thread waits for them with a bound:
+ *    the entry point and init the plugin's timeout (for the entry point: [plugins.<file stem>] timeout, as
+ *    its name is not known yet, else [host] default_timeout), shutdown what is left of the stop bound. One
+ *    that does not return in time refuses the plugin (TH_E_ENTRY_TIMEOUT, TH_E_INIT_FAILED) or is left
+ *    behind, its library mapped for good since its code may still run. Static constructors run inside the
+ *    loader and are not bounded. ("loader thread" below means this.)
  *  - init and shutdown may be called more than once on one loaded library: a settings change in host.toml
  *    restarts the plugin in place (every task's stop call, shutdown, then init again with the new config,
  *    on the same library; no reload, so static and global variables keep their values). An init that
@@ -100,8 +104,8 @@
  *
  * Memory: the host never frees what the plugin allocated (state, descriptors, names) and the plugin never
  * frees what the host hands out. Nothing the plugin returns may point to its stack.
- * Blocking: run may block, but only until its deadline (poll is_cancelled); entry, init and shutdown block
- * the loader thread (every other load waits), so keep them short. No callback may longjmp or unwind
+ * Blocking: run may block, but only until its deadline (poll is_cancelled); entry, init and shutdown hold
+ * up every other load, unload and reload while they run (up to their bound), so keep them short. No callback may longjmp or unwind
  * (exceptions, panics) across the boundary: catch everything inside the plugin. (Out of contract, a C++
  * exception that reaches the host from run or init is caught there: the call counts as failed, the
  * exception's text is logged with the task's name, the call's context is closed and the next run is

@@ -89,7 +89,8 @@ public:
     void warn(std::string_view m) const { log(LogLevel::warn, m); }
     void error(std::string_view m) const { log(LogLevel::error, m); }
 
-    // True once the deadline passed or the host is stopping: return soon.
+    // True once the deadline passed, the task is being removed (plugin unloaded, replaced or restarted with
+    // new settings) or the host is stopping: return soon.
     bool is_cancelled() const { return api_->is_cancelled(ctx_) != 0; }
     std::chrono::nanoseconds remaining() const { return std::chrono::nanoseconds(api_->remaining_ns(ctx_)); }
     // The tick this run belongs to, on the monotonic clock (steady_clock's epoch on Linux): now - due() is
