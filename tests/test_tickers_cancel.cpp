@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "log_capture.hpp"
 #include "test_util.hpp"
 
 using namespace std::chrono_literals;
@@ -21,32 +22,14 @@ using tickhost::test::eventually;
 
 namespace {
 
-struct Log {
-    std::shared_ptr<spdlog::sinks::ringbuffer_sink_mt> sink = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(2000);
-    std::shared_ptr<spdlog::logger> logger = std::make_shared<spdlog::logger>("scheduler-cancel-test", sink);
-    Log() { logger->set_level(spdlog::level::trace); }
-    size_t count(const std::string& a, const std::string& b = "") const {
-        size_t n = 0;
-        for (auto& line : sink->last_formatted())
-            n += line.find(a) != std::string::npos && line.find(b) != std::string::npos;
-        return n;
-    }
-    bool contains(const std::string& a, const std::string& b = "") const { return count(a, b) > 0; }
-    std::string text() const {
-        std::string out;
-        for (auto& line : sink->last_formatted()) out += line;
-        return out;
-    }
+// The registry's log, kept for assertions.
+struct Log : tickhost::test::CapturedLog {
+    Log() : CapturedLog("scheduler-cancel-test") {}
 };
 
 Tickers::Options options(Log& log, size_t workers, std::shared_ptr<Clock> clock = nullptr,
                          Duration abandon_after = 5s) {
-    Tickers::Options o;
-    o.workers = workers;
-    o.clock = std::move(clock);
-    o.logger = log.logger;
-    o.abandon_after = abandon_after;
-    return o;
+    return log.options(workers, std::move(clock), abandon_after);
 }
 
 // A task whose run polls its cancellation (as a well-behaved plugin does) under a long timeout, and whose

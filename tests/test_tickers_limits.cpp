@@ -13,35 +13,20 @@
 #include <thread>
 #include <vector>
 
+#include "log_capture.hpp"
+
 using namespace std::chrono_literals;
 using namespace tickhost;
 
 namespace {
 
-struct Log {
-    std::shared_ptr<spdlog::sinks::ringbuffer_sink_mt> sink = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(2000);
-    std::shared_ptr<spdlog::logger> logger = std::make_shared<spdlog::logger>("scheduler-limits-test", sink);
-    Log() { logger->set_level(spdlog::level::trace); }
-    size_t count(const std::string& a, const std::string& b = "") const {
-        size_t n = 0;
-        for (auto& line : sink->last_formatted())
-            n += line.find(a) != std::string::npos && line.find(b) != std::string::npos;
-        return n;
-    }
-    bool contains(const std::string& a, const std::string& b = "") const { return count(a, b) > 0; }
-    std::string text() const {
-        std::string out;
-        for (auto& line : sink->last_formatted()) out += line;
-        return out;
-    }
+// The registry's log, kept for assertions.
+struct Log : tickhost::test::CapturedLog {
+    Log() : CapturedLog("scheduler-limits-test") {}
 };
 
 Tickers::Options options(Log& log, size_t workers, std::shared_ptr<Clock> clock) {
-    Tickers::Options o;
-    o.workers = workers;
-    o.clock = std::move(clock);
-    o.logger = log.logger;
-    return o;
+    return log.options(workers, std::move(clock));
 }
 
 }  // namespace

@@ -23,9 +23,11 @@ struct Result {
     std::string out;  // stdout and stderr
 };
 
-Result run(const std::string& args) {
+// stdout and stderr together; with `with_stderr` false, stdout only (stderr goes to the test's own), for
+// output that must be well-formed on its own.
+Result run(const std::string& args, bool with_stderr = true) {
     Result r;
-    std::FILE* p = ::popen((std::string(TICKHOST_EXE) + " " + args + " 2>&1").c_str(), "r");
+    std::FILE* p = ::popen((std::string(TICKHOST_EXE) + " " + args + (with_stderr ? " 2>&1" : "")).c_str(), "r");
     if (!p) return r;
     char buf[4096];
     size_t n;
@@ -35,18 +37,7 @@ Result run(const std::string& args) {
     return r;
 }
 
-// stdout only (stderr goes to the test's own): for output that must be well-formed on its own.
-Result run_stdout(const std::string& args) {
-    Result r;
-    std::FILE* p = ::popen((std::string(TICKHOST_EXE) + " " + args).c_str(), "r");
-    if (!p) return r;
-    char buf[4096];
-    size_t n;
-    while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-    const int st = ::pclose(p);
-    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-    return r;
-}
+Result run_stdout(const std::string& args) { return run(args, false); }
 
 size_t count(const std::string& text, const std::string& part) {
     size_t n = 0;
