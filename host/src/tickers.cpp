@@ -386,7 +386,7 @@ struct Tickers::Impl : std::enable_shared_from_this<Tickers::Impl> {
     std::vector<uint32_t> free_cohorts_;
     struct KeyHash {
         size_t operator()(const std::pair<int64_t, int64_t>& k) const {
-            return std::hash<int64_t>()(k.first * 31 + k.second);
+            return std::hash<uint64_t>()(uint64_t(k.first) * 31 + uint64_t(k.second));  // wraps, no UB
         }
     };
     std::unordered_map<std::pair<int64_t, int64_t>, uint32_t, KeyHash> by_key_;
