@@ -30,17 +30,20 @@
 
 #include <spdlog/sinks/base_sink.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
 #include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
-#include <filesystem>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <thread>
@@ -68,43 +71,55 @@ struct Args {
     bool duration_set = false;
 };
 
-[[noreturn]] void usage(const char* msg) {
-    std::fprintf(stderr,
-                 "tickhost-bench: %s\n"
-                 "usage: tickhost-bench scheduler --tasks N --interval-ms I --duration-s D [--addremove-n K]\n"
-                 "                                [--no-addremove] [--workers W]\n"
-                 "       tickhost-bench plugin --tasks N --interval-ms I --duration-s D [--workers W]\n"
-                 "       tickhost-bench reload [--cycles C]\n"
-                 "       tickhost-bench idle [--tasks N] [--duration-s D]\n",
-                 msg);
+const char* kUsage =
+    "usage: tickhost-bench scheduler --tasks N --interval-ms I --duration-s D [--addremove-n K]\n"
+    "                                [--no-addremove] [--workers W]\n"
+    "       tickhost-bench plugin --tasks N --interval-ms I --duration-s D [--workers W]\n"
+    "       tickhost-bench reload [--cycles C]\n"
+    "       tickhost-bench idle [--tasks N] [--duration-s D]\n";
+
+[[noreturn]] void usage(const std::string& msg) {
+    std::fprintf(stderr, "tickhost-bench: %s\n%s", msg.c_str(), kUsage);
     std::exit(2);
 }
 
 Args parse(int argc, char** argv) {
     Args a;
-    int i = 1;
-    if (i < argc && argv[i][0] != '-') a.mode = argv[i++];
-    for (; i < argc; ++i) {
-        std::string k = argv[i];
-        auto val = [&]() -> const char* {
-            if (i + 1 >= argc) usage(("missing value for " + k).c_str());
-            return argv[++i];
-        };
-        if (k == "--tasks") a.tasks = std::atol(val()), a.tasks_set = true;
-        else if (k == "--cycles") a.cycles = std::atol(val());
-        else if (k == "--interval-ms") a.interval_ms = std::atol(val());
-        else if (k == "--duration-s") a.duration_s = std::atof(val()), a.duration_set = true;
-        else if (k == "--addremove-n") a.addremove_n = std::atol(val());
-        else if (k == "--no-addremove") a.no_addremove = true;
-        else if (k == "--addremove-only") a.addremove_only = true;
-        else if (k == "--workers") a.workers = size_t(std::atol(val()));
-        else if (k == "--threads") (void)val();  // the peers' knob; tickhost's is --workers
-        else usage(("unknown argument " + k).c_str());
+    CLI::App app{"tickhost-bench", "tickhost-bench"};
+    app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // the last one given wins
+    app.add_option("mode", a.mode);
+    auto* tasks = app.add_option("--tasks", a.tasks);
+    app.add_option("--cycles", a.cycles);
+    app.add_option("--interval-ms", a.interval_ms);
+    auto* duration = app.add_option("--duration-s", a.duration_s);
+    app.add_option("--addremove-n", a.addremove_n);
+    app.add_flag("--no-addremove", a.no_addremove);
+    app.add_flag("--addremove-only", a.addremove_only);  // the add/remove child (run_addremove_child)
+    app.add_option("--workers", a.workers);
+    std::string threads;
+    app.add_option("--threads", threads);  // the peers' knob, taken and ignored; tickhost's is --workers
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::CallForHelp&) {
+        std::fputs(kUsage, stdout);
+        std::exit(0);
+    } catch (const CLI::ParseError& e) {
+        usage(e.what());
     }
+    a.tasks_set = tasks->count() > 0;
+    a.duration_set = duration->count() > 0;
     if (a.mode.empty()) a.mode = "scheduler";
     if (a.tasks < 0 || a.interval_ms <= 0 || a.duration_s <= 0) usage("bad arguments");
     return a;
 }
+
+// The JSON lines: one object per line, keys in the order given, numbers rounded as the peers print them.
+using Json = nlohmann::ordered_json;
+double rounded(double v, int decimals) {
+    const double f = std::pow(10.0, decimals);
+    return std::round(v * f) / f;
+}
+void print_line(const Json& j) { std::printf("%s\n", j.dump().c_str()); }
 
 double cpu_s() {
     rusage ru{};
@@ -155,9 +170,9 @@ int addremove_only(const Args& a) {
     for (auto id : ids) t.remove(id);
     wait_for(stops, a.addremove_n);
     auto t2 = Clock::now();
-    std::printf("{\"add_per_s\":%.0f,\"remove_per_s\":%.0f,\"stops\":%ld}\n",
-                double(a.addremove_n) / std::chrono::duration<double>(t1 - t0).count(),
-                double(a.addremove_n) / std::chrono::duration<double>(t2 - t1).count(), stops.load());
+    print_line({{"add_per_s", std::llround(double(a.addremove_n) / std::chrono::duration<double>(t1 - t0).count())},
+                {"remove_per_s", std::llround(double(a.addremove_n) / std::chrono::duration<double>(t2 - t1).count())},
+                {"stops", stops.load()}});
     return 0;
 }
 
@@ -206,15 +221,27 @@ void print_runs(const char* mode, const Args& a, const Histogram& hist, double a
                 const Window& w, long stops, double register_ms, size_t workers) {
     const long K = long(a.duration_s * 1000.0 / double(a.interval_ms));
     const auto sum = hist.summarize();
-    std::printf(
-        "{\"peer\":\"tickhost\",\"mode\":\"%s\",\"tasks\":%ld,\"interval_ms\":%ld,\"duration_s\":%g,\"runs\":%llu,"
-        "\"expected_runs\":%ld,\"late_p50_us\":%llu,\"late_p99_us\":%llu,\"late_max_us\":%llu,"
-        "\"cpu_s\":%.3f,\"rss_peak_kb\":%ld,\"add_per_s\":%.0f,\"remove_per_s\":%.0f,\"stop_ms\":%.3f,"
-        "\"stops\":%ld,\"register_ms\":%.1f,\"early\":%llu,\"addremove_n\":%ld,\"threads\":%d,\"workers\":%zu}\n",
-        mode, a.tasks, a.interval_ms, a.duration_s, (unsigned long long)sum.count, a.tasks * K,
-        (unsigned long long)sum.p50_us, (unsigned long long)sum.p99_us, (unsigned long long)sum.max_us, cpu_s(),
-        rss_peak_kb(), add_per_s, remove_per_s, w.stop_ms, stops, register_ms, (unsigned long long)sum.early,
-        add_per_s > 0 ? a.addremove_n : 0L, w.threads, workers);
+    print_line({{"peer", "tickhost"},
+                {"mode", mode},
+                {"tasks", a.tasks},
+                {"interval_ms", a.interval_ms},
+                {"duration_s", a.duration_s},
+                {"runs", sum.count},
+                {"expected_runs", a.tasks * K},
+                {"late_p50_us", sum.p50_us},
+                {"late_p99_us", sum.p99_us},
+                {"late_max_us", sum.max_us},
+                {"cpu_s", rounded(cpu_s(), 3)},
+                {"rss_peak_kb", rss_peak_kb()},
+                {"add_per_s", std::llround(add_per_s)},
+                {"remove_per_s", std::llround(remove_per_s)},
+                {"stop_ms", rounded(w.stop_ms, 3)},
+                {"stops", stops},
+                {"register_ms", rounded(register_ms, 1)},
+                {"early", sum.early},
+                {"addremove_n", add_per_s > 0 ? a.addremove_n : 0L},
+                {"threads", w.threads},
+                {"workers", workers}});
 }
 
 int scheduler_mode(const Args& a) {
@@ -352,13 +379,20 @@ int reload_mode(const Args& a) {
     }
     host.stop();
     const auto pd = percentiles(drop), pr = percentiles(replace), px = percentiles(del);
-    std::printf(
-        "{\"peer\":\"tickhost\",\"mode\":\"reload\",\"cycles\":%ld,\"drop_to_run_p50_ms\":%.2f,"
-        "\"drop_to_run_p99_ms\":%.2f,\"drop_to_run_max_ms\":%.2f,\"replace_to_run_p50_ms\":%.2f,"
-        "\"replace_to_run_p99_ms\":%.2f,\"replace_to_run_max_ms\":%.2f,\"delete_to_stop_p50_ms\":%.2f,"
-        "\"delete_to_stop_p99_ms\":%.2f,\"delete_to_stop_max_ms\":%.2f,\"interval_ms\":10,\"settle_ms\":%.0f}\n",
-        a.cycles, pd.p50, pd.p99, pd.max, pr.p50, pr.p99, pr.max, px.p50, px.p99, px.max,
-        double(config.settle.count()) / 1e6);
+    print_line({{"peer", "tickhost"},
+                {"mode", "reload"},
+                {"cycles", a.cycles},
+                {"drop_to_run_p50_ms", rounded(pd.p50, 2)},
+                {"drop_to_run_p99_ms", rounded(pd.p99, 2)},
+                {"drop_to_run_max_ms", rounded(pd.max, 2)},
+                {"replace_to_run_p50_ms", rounded(pr.p50, 2)},
+                {"replace_to_run_p99_ms", rounded(pr.p99, 2)},
+                {"replace_to_run_max_ms", rounded(pr.max, 2)},
+                {"delete_to_stop_p50_ms", rounded(px.p50, 2)},
+                {"delete_to_stop_p99_ms", rounded(px.p99, 2)},
+                {"delete_to_stop_max_ms", rounded(px.max, 2)},
+                {"interval_ms", 10},
+                {"settle_ms", std::llround(double(config.settle.count()) / 1e6)}});
     return 0;
 }
 
@@ -441,9 +475,13 @@ int idle_mode(const Args& a) {
     const size_t tasks = host.tickers().size();
     host.stop();
     // The measuring thread's own sleep counts once: leave it out.
-    std::printf("{\"peer\":\"tickhost\",\"mode\":\"idle\",\"tasks\":%zu,\"duration_s\":%g,\"context_switches\":%ld,"
-                "\"cpu_s\":%.4f,\"threads\":%d}\n",
-                tasks, seconds, std::max(0L, after - before - 1), cpu1 - cpu0, threads);
+    print_line({{"peer", "tickhost"},
+                {"mode", "idle"},
+                {"tasks", tasks},
+                {"duration_s", seconds},
+                {"context_switches", std::max(0L, after - before - 1)},
+                {"cpu_s", rounded(cpu1 - cpu0, 4)},
+                {"threads", threads}});
     return 0;
 }
 
@@ -457,5 +495,5 @@ int main(int argc, char** argv) {
     if (a.mode == "reload") return reload_mode(a);
     if (a.mode == "plugin") return plugin_mode(a);
     if (a.mode == "idle") return idle_mode(a);
-    usage(("unknown mode " + a.mode).c_str());
+    usage("unknown mode " + a.mode);
 }

@@ -9,6 +9,8 @@ PACKAGES=(
   libboost-dev                       # Boost.DLL (header-only)
   libtomlplusplus-dev                # host.toml
   libssl-dev                         # SHA-256 of plugin files (OpenSSL EVP)
+  libcli11-dev                       # the tickhost command line (CLI11, header-only)
+  nlohmann-json3-dev                 # JSON output: check --json, tickhost-bench (header-only)
   libspdlog-dev libfmt-dev           # logging
   libgtest-dev libgmock-dev          # tests
   libbenchmark-dev                   # bench/: tickhost-micro (Google Benchmark)

@@ -1,9 +1,11 @@
 // The authors' tools of the real `tickhost` binary: check, run-once, new-plugin (their error paths; the
 // happy paths against an installed tickhost are in tests/install).
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include <cstdio>
 #include <string>
+#include <vector>
 
 #include <sys/wait.h>
 
@@ -74,6 +76,61 @@ TEST(Tools, BadCommandLinesExit2) {
     EXPECT_EQ(run("new-plugin x --lang rust").status, 2);
 }
 
+// What a usage error says: the subcommand, the problem, a near miss's likely meaning; then the usage.
+TEST(Tools, UsageErrorsNameTheProblem) {
+    Result r = run("check --jsn x.so");
+    EXPECT_EQ(r.status, 2);
+    EXPECT_TRUE(has(r.out, "tickhost check: unknown option '--jsn'; did you mean '--json'?")) << r.out;
+    EXPECT_TRUE(has(r.out, "usage: tickhost check")) << r.out;
+    r = run(std::string("run-once ") + HELLO_SO + " --task");
+    EXPECT_EQ(r.status, 2);
+    EXPECT_TRUE(has(r.out, "tickhost run-once: --task needs NAME")) << r.out;
+    r = run(std::string("run-once ") + HELLO_SO + " " + HELLO_SO);
+    EXPECT_EQ(r.status, 2);
+    EXPECT_TRUE(has(r.out, "one plugin file at a time")) << r.out;
+    r = run(std::string("run-once ") + HELLO_SO + " --log-level loud");
+    EXPECT_EQ(r.status, 2);
+    EXPECT_TRUE(has(r.out, "--log-level: 'loud' is not a level")) << r.out;
+    r = run(std::string("run-once ") + HELLO_SO + " --set big=9000h");
+    EXPECT_EQ(r.status, 2);
+    EXPECT_TRUE(has(r.out, "--set big: '9000h' is longer than the longest duration")) << r.out;
+    // The host's options before a subcommand are not the subcommand's: refused, not silently dropped.
+    r = run(std::string("--config elsewhere.toml check ") + HELLO_SO);
+    EXPECT_EQ(r.status, 2);
+    EXPECT_TRUE(has(r.out, "the options before 'check' are the host's")) << r.out;
+    r = run("help chek");
+    EXPECT_EQ(r.status, 2);
+    EXPECT_TRUE(has(r.out, "help: no subcommand 'chek'; did you mean 'check'?")) << r.out;
+}
+
+// The help of each subcommand lists the options it takes, with their value names.
+TEST(Tools, HelpListsEachOption) {
+    const std::pair<const char*, std::vector<const char*>> cases[] = {
+        {"check", {"--json", "-c, --config PATH", "-h, --help"}},
+        {"run-once",
+         {"-t, --task NAME", "-c, --config PATH", "-s, --set KEY=VALUE", "--timeout DURATION",
+          "-l, --log-level LEVEL"}},
+        {"new-plugin", {"--lang cpp|c", "--dir DIR"}},
+    };
+    for (const auto& [sub, options] : cases) {
+        const Result r = run(std::string("help ") + sub);
+        EXPECT_EQ(r.status, 0) << sub;
+        for (const char* o : options)
+            EXPECT_TRUE(has(r.out, std::string("\n  ") + (o[1] == '-' ? "    " : "") + o)) << o << "\n" << r.out;
+    }
+}
+
+// Every spelling of an option: short, long, --name=value, repeated (the last wins), and "--" before a file.
+TEST(Tools, RunOnceTakesEverySpellingOfItsOptions) {
+    TempDir tmp;
+    const fs::path out = tmp / "probe.out";
+    const Result r = run("run-once -s out=" + out.string() + " --set=name=eq -s count=7 -t nope --task=tick " +
+                         "-l warn --log-level=info --timeout=5s -- " + fixture("fx_probe"));
+    EXPECT_EQ(r.status, 0) << r.out;
+    EXPECT_TRUE(has(r.out, "result ok")) << r.out;
+    EXPECT_TRUE(has(read_file(out), "init name=eq count=7")) << read_file(out);
+}
+
 TEST(Tools, CheckPrintsTheDescriptor) {
     const Result r = run(std::string("check ") + HELLO_SO + " " + COUNTER_C_SO);
     EXPECT_EQ(r.status, 0) << r.out;
@@ -121,6 +178,52 @@ TEST(Tools, CheckJsonAndNoShadowCopiesLeft) {
     EXPECT_TRUE(has(r.out, "\"ok\":false,\"error\":{\"code\":-103,\"name\":\"TH_E_ABI_MAJOR\"")) << r.out;
     ASSERT_TRUE(fs::is_directory(tmp / "shadow"));
     EXPECT_TRUE(fs::is_empty(tmp / "shadow")) << "shadow copies left behind";
+}
+
+// A plugin's version and description are bytes it chose, not necessarily UTF-8: `check --json` still prints
+// one well-formed JSON document (nlohmann's parser refuses ill-formed UTF-8), invalid sequences become U+FFFD,
+// control characters are escaped, valid UTF-8 and the keys stay as they are.
+TEST(Tools, CheckJsonIsWellFormedWhateverThePluginDeclares) {
+    const Result r = run_stdout("check --json " + fixture("fx_bad_utf8") + " " + fixture("fx_raw") + " " + HELLO_SO);
+    EXPECT_EQ(r.status, 0) << r.out;
+    EXPECT_EQ(count(r.out, "\n"), 1u) << r.out;  // one line: tools read it with a line reader
+    nlohmann::json doc;
+    ASSERT_NO_THROW(doc = nlohmann::json::parse(r.out)) << r.out;
+    ASSERT_TRUE(doc.is_object()) << r.out;
+    EXPECT_EQ(doc["ok"], true);
+    ASSERT_EQ(doc["plugins"].size(), 3u) << r.out;
+    const std::string replacement = "\xef\xbf\xbd";  // U+FFFD
+    const auto& bad = doc["plugins"][0];
+    EXPECT_EQ(bad["name"], "bad_utf8");
+    const std::string version = bad["version"], description = bad["description"];
+    EXPECT_EQ(version, "1.0" + replacement);
+    EXPECT_EQ(description.rfind(replacement, 0), 0u) << description;
+    EXPECT_TRUE(has(description, " bad ")) << description;
+    EXPECT_TRUE(has(description, "\x01 \"quoted\" ")) << description;
+    EXPECT_EQ(description.find('\xff'), std::string::npos) << description;
+    EXPECT_EQ(description.find('\xc0'), std::string::npos) << description;
+    EXPECT_EQ(bad["tasks"][0]["name"], "tick");
+    // Valid UTF-8 with control characters in it comes back byte for byte.
+    const auto& raw = doc["plugins"][1];
+    EXPECT_EQ(raw["version"], "1.0.0\n[host] forged");
+    EXPECT_EQ(raw["description"], "raw C ABI\x1b[2J fixture");
+    EXPECT_TRUE(has(r.out, "\"version\":\"1.0.0\\n[host] forged\"")) << r.out;
+    EXPECT_TRUE(has(r.out, "C ABI\\u001b[2J")) << r.out;
+    // The shape of before: the same keys, in the same order, for every plugin.
+    const auto ordered = nlohmann::ordered_json::parse(r.out);
+    auto keys = [](const nlohmann::ordered_json& j) {
+        std::vector<std::string> k;
+        for (auto it = j.begin(); it != j.end(); ++it) k.push_back(it.key());
+        return k;
+    };
+    EXPECT_EQ(keys(ordered), (std::vector<std::string>{"ok", "host_abi", "plugins"}));
+    for (const auto& p : ordered["plugins"]) {
+        EXPECT_EQ(keys(p),
+                  (std::vector<std::string>{"file", "ok", "name", "version", "description", "abi", "sha256", "has_init",
+                                            "has_shutdown", "go_runtime", "ignored_name", "tasks"}))
+            << p.dump();
+        EXPECT_EQ(keys(p["tasks"][0]), (std::vector<std::string>{"name", "interval_ns", "timeout_ns"}));
+    }
 }
 
 // Each file is checked in a process of its own: two Go plugins (which could never both load in one process)

@@ -1,30 +1,67 @@
-// Pieces shared by the tickhost subcommands: argument helpers, JSON strings, log routing for tools.
+// Pieces shared by the tickhost subcommands: the parsed command line, log routing for tools, durations for
+// people. The command line is parsed in cli.cpp only (CLI11); the subcommands take plain structs.
 #pragma once
 
 #include <tickhost/config.hpp>
 
 #include <chrono>
 #include <cstdio>
+#include <optional>
 #include <string>
-#include <string_view>
+#include <utility>
+#include <vector>
 
 namespace tickhost::app {
 
-// Subcommands: each gets argv without the program name and the subcommand (argv[0] is the subcommand).
-int cmd_check(int argc, char** argv);
-int cmd_run_once(int argc, char** argv);
-int cmd_new_plugin(int argc, char** argv);
+// `tickhost [--config PATH] [--log-level LEVEL]`: run the host.
+struct HostArgs {
+    std::string config_path = "host.toml";
+    std::string log_level;  // empty: [host] log_level of host.toml; else a valid spdlog level name
+};
 
-// Prints "tickhost <cmd>: <msg>" and the usage to stderr; returns the usage exit status (2).
-int usage_error(const char* cmd, const std::string& msg, const char* usage);
+// `tickhost check [--json] [--config PATH] FILE...`
+struct CheckArgs {
+    bool json = false;
+    std::string config_path;         // empty: the defaults
+    std::vector<std::string> files;  // at least one
+};
 
-// Reads the value of an option given as "--name VALUE" or "--name=VALUE". Returns false if `a` is not that
-// option; sets *missing when the value is absent.
-bool option_value(int argc, char** argv, int& i, std::string_view name, std::string_view short_name, std::string* out,
-                  bool* missing);
+// `tickhost run-once FILE [--task NAME] [--config PATH] [--set KEY=VALUE]... [--timeout D] [--log-level L]`
+struct RunOnceArgs {
+    std::string file;
+    std::string task;  // empty: the plugin's first task
+    std::string config_path;
+    std::string log_level = "info";                        // a valid spdlog level name
+    std::optional<Duration> timeout;                       // positive, at most max_duration
+    std::vector<std::pair<std::string, std::string>> set;  // KEY (non-empty), VALUE (untyped), in order given
+};
 
-// A JSON string literal (quotes included) with everything JSON requires escaped.
-std::string json_string(std::string_view s);
+// `tickhost new-plugin NAME [--lang cpp|c] [--dir DIR]`
+struct NewPluginArgs {
+    std::string name;          // a valid plugin name
+    std::string lang = "cpp";  // "cpp" or "c"
+    std::string dir;           // empty: ./NAME
+};
+
+struct CommandLine {
+    enum class Run { exit, host, check, run_once, new_plugin };
+    Run run = Run::exit;
+    int exit_status = 0;  // Run::exit: help or version printed (0), or a usage error reported (2)
+    HostArgs host;
+    CheckArgs check;
+    RunOnceArgs run_once;
+    NewPluginArgs new_plugin;
+};
+
+// Parses the whole command line. Help (`--help`, `help [SUBCOMMAND]`), the version and usage errors (the
+// message, a "did you mean" for near misses, then the usage on stderr) are printed here and come back as
+// Run::exit with the status to exit with.
+CommandLine parse_command_line(int argc, char** argv);
+
+// Subcommands, given their parsed arguments; each returns the process's exit status.
+int cmd_check(const CheckArgs& args);
+int cmd_run_once(const RunOnceArgs& args);
+int cmd_new_plugin(const NewPluginArgs& args);
 
 // "1.234 ms", "15 us", "2.5 s": a measured duration for people.
 std::string human_duration(std::chrono::nanoseconds d);

@@ -8,6 +8,8 @@
 #include <tickhost/plugin_manager.hpp>
 #include <tickhost/tickers.hpp>
 
+#include <nlohmann/json.hpp>
+
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
@@ -25,22 +27,6 @@
 
 namespace tickhost::app {
 namespace {
-
-const char* kCheckUsage = R"(usage: tickhost check [--json] [--config PATH] FILE...
-
-Loads each plugin file exactly as the host would (regular file, size and ELF checks, a private shadow copy,
-dlopen RTLD_NOW | RTLD_LOCAL, entry point, ABI negotiation, descriptor checks), prints its name, version,
-description, ABI version and tasks with their default interval and timeout, and unloads it. Each file is
-checked in a process of its own: files cannot affect each other, and one that crashes is reported.
-init is not called and no task runs (use `tickhost run-once` for that).
-
-options:
-  --json             print one JSON document on stdout instead of text
-  -c, --config PATH  take shadow_dir, default_timeout, max_plugin_size and the file checks from this host.toml
-  -h, --help         show this help
-exit status: 0 every file would load, 1 some file would be refused (the error is named, with what to do),
-             2 bad command line or host.toml
-)";
 
 struct Outcome {
     std::string file;
@@ -88,37 +74,41 @@ void print_text(const Outcome& o, Duration default_timeout) {
             i.name.c_str());
 }
 
+// One JSON document, compact, keys in this order. Strings the plugin declared are bytes, not necessarily UTF-8:
+// invalid sequences become U+FFFD, so that the document stays well-formed.
 void print_json(const std::vector<Outcome>& all, bool ok) {
-    std::string s = "{\"ok\":" + std::string(ok ? "true" : "false") +
-                    ",\"host_abi\":" + json_string(abi_text(TH_ABI_MAJOR, TH_ABI_MINOR)) + ",\"plugins\":[";
-    for (size_t n = 0; n < all.size(); ++n) {
-        const Outcome& o = all[n];
-        s += n ? "," : "";
-        s += "{\"file\":" + json_string(o.file) + ",\"ok\":" + (o.info ? "true" : "false");
+    using Json = nlohmann::ordered_json;
+    Json plugins = Json::array();
+    for (const Outcome& o : all) {
+        Json p = {{"file", o.file}, {"ok", o.info.has_value()}};
         if (!o.info) {
-            s += ",\"error\":{\"code\":" + std::to_string(o.error.code) +
-                 ",\"name\":" + json_string(o.error.code_name) + ",\"reason\":" + json_string(o.error.reason) +
-                 ",\"hint\":" + json_string(o.error.hint) + "}}";
+            p["error"] = {{"code", int(o.error.code)},
+                          {"name", o.error.code_name},
+                          {"reason", o.error.reason},
+                          {"hint", o.error.hint}};
+            plugins.push_back(std::move(p));
             continue;
         }
         const PluginFileInfo& i = *o.info;
-        s += ",\"name\":" + json_string(i.name) + ",\"version\":" + json_string(i.version) +
-             ",\"description\":" + json_string(i.description) +
-             ",\"abi\":" + json_string(abi_text(i.abi_major, i.abi_minor)) + ",\"sha256\":" + json_string(i.sha256) +
-             ",\"has_init\":" + (i.has_init ? "true" : "false") +
-             ",\"has_shutdown\":" + (i.has_shutdown ? "true" : "false") +
-             ",\"go_runtime\":" + (i.go_runtime ? "true" : "false") +
-             ",\"ignored_name\":" + (o.ignored_name ? "true" : "false") + ",\"tasks\":[";
-        for (size_t k = 0; k < i.tasks.size(); ++k) {
-            const auto& t = i.tasks[k];
-            s += std::string(k ? "," : "") + "{\"name\":" + json_string(t.name) +
-                 ",\"interval_ns\":" + std::to_string(t.default_interval.count()) +
-                 ",\"timeout_ns\":" + std::to_string(t.default_timeout.count()) + "}";
-        }
-        s += "]}";
+        p["name"] = i.name;
+        p["version"] = i.version;
+        p["description"] = i.description;
+        p["abi"] = abi_text(i.abi_major, i.abi_minor);
+        p["sha256"] = i.sha256;
+        p["has_init"] = i.has_init;
+        p["has_shutdown"] = i.has_shutdown;
+        p["go_runtime"] = i.go_runtime;
+        p["ignored_name"] = o.ignored_name;
+        Json tasks = Json::array();
+        for (const auto& t : i.tasks)
+            tasks.push_back({{"name", t.name},
+                             {"interval_ns", t.default_interval.count()},
+                             {"timeout_ns", t.default_timeout.count()}});
+        p["tasks"] = std::move(tasks);
+        plugins.push_back(std::move(p));
     }
-    s += "]}\n";
-    std::fputs(s.c_str(), stdout);
+    const Json doc = {{"ok", ok}, {"host_abi", abi_text(TH_ABI_MAJOR, TH_ABI_MINOR)}, {"plugins", std::move(plugins)}};
+    std::fputs((doc.dump(-1, ' ', false, Json::error_handler_t::replace) + "\n").c_str(), stdout);
 }
 
 // ---- one file, one process ---------------------------------------------------------------------------
@@ -325,28 +315,9 @@ bool check_in_child(Outcome* o, const HostConfig& config, Duration bound, std::s
 
 }  // namespace
 
-int cmd_check(int argc, char** argv) {
-    bool json = false;
-    std::string config_path;
-    std::vector<std::string> files;
-    for (int i = 1; i < argc; ++i) {
-        const std::string a = argv[i];
-        bool missing = false;
-        if (a == "-h" || a == "--help") {
-            std::fputs(kCheckUsage, stdout);
-            return 0;
-        } else if (a == "--json") {
-            json = true;
-        } else if (option_value(argc, argv, i, "--config", "-c", &config_path, &missing)) {
-            if (missing) return usage_error("check", "--config needs a path", kCheckUsage);
-        } else if (a.size() > 1 && a[0] == '-') {
-            return usage_error("check", "unknown option '" + a + "'", kCheckUsage);
-        } else {
-            files.push_back(a);
-        }
-    }
-    if (files.empty()) return usage_error("check", "name at least one plugin file", kCheckUsage);
-
+int cmd_check(const CheckArgs& args) {
+    const std::string& config_path = args.config_path;
+    const bool json = args.json;
     HostConfig config;
     try {
         if (!config_path.empty()) config = load_config(config_path);
@@ -363,7 +334,7 @@ int cmd_check(int argc, char** argv) {
     for (auto& [name, s] : config.plugins)
         if (s.timeout) longest = std::max(longest, *s.timeout);
     const Duration bound = longest + std::chrono::seconds(30);
-    for (const auto& f : files) {
+    for (const auto& f : args.files) {
         Outcome o;
         o.file = f;
         std::string fatal;

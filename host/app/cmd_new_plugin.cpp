@@ -15,29 +15,6 @@ namespace fs = std::filesystem;
 namespace tickhost::app {
 namespace {
 
-const char* kNewPluginUsage = R"(usage: tickhost new-plugin NAME [--lang cpp|c] [--dir DIR]
-
-Writes a ready-to-build plugin project into DIR (default: ./NAME):
-  CMakeLists.txt   find_package(tickhost) and tickhost_add_plugin(NAME ...)
-  NAME.cpp/.c      a plugin with one task that logs a greeting (C++ layer, or the plain C ABI)
-  host.toml        a host configuration that loads plugins from ./plugins.d
-  README.md        how to build, check, run once and run it in a host
-NAME is the plugin's name: letters, digits, '_' or '-', at most 64 characters.
-
-options:
-  --lang cpp|c   the plugin's language (default: cpp)
-  --dir DIR      where to write the project (must not exist, or be empty)
-  -h, --help     show this help
-exit status: 0 written, 1 the directory is not empty or cannot be written, 2 bad command line
-)";
-
-bool valid_name(const std::string& n) {
-    if (n.empty() || n.size() > 64) return false;
-    for (unsigned char c : n)
-        if (!(std::isalnum(c) || c == '_' || c == '-')) return false;
-    return true;
-}
-
 // "my-probe" -> "my_probe" (C identifiers), "MyProbe" (C++ class).
 std::string ident(const std::string& n) {
     std::string s;
@@ -189,31 +166,8 @@ bool write(const fs::path& p, const std::string& text) {
 
 }  // namespace
 
-int cmd_new_plugin(int argc, char** argv) {
-    std::string name, lang = "cpp", dir;
-    for (int i = 1; i < argc; ++i) {
-        const std::string a = argv[i];
-        bool missing = false;
-        if (a == "-h" || a == "--help") {
-            std::fputs(kNewPluginUsage, stdout);
-            return 0;
-        } else if (option_value(argc, argv, i, "--lang", "", &lang, &missing)) {
-            if (missing) return usage_error("new-plugin", "--lang needs cpp or c", kNewPluginUsage);
-        } else if (option_value(argc, argv, i, "--dir", "", &dir, &missing)) {
-            if (missing) return usage_error("new-plugin", "--dir needs a directory", kNewPluginUsage);
-        } else if (a.size() > 1 && a[0] == '-') {
-            return usage_error("new-plugin", "unknown option '" + a + "'", kNewPluginUsage);
-        } else if (name.empty()) {
-            name = a;
-        } else {
-            return usage_error("new-plugin", "one NAME only ('" + a + "' is a second one)", kNewPluginUsage);
-        }
-    }
-    if (name.empty()) return usage_error("new-plugin", "name the plugin", kNewPluginUsage);
-    if (!valid_name(name))
-        return usage_error("new-plugin", "'" + name + "' is not a plugin name ([A-Za-z0-9_-], 1..64 characters)",
-                           kNewPluginUsage);
-    if (lang != "cpp" && lang != "c") return usage_error("new-plugin", "--lang is cpp or c", kNewPluginUsage);
+int cmd_new_plugin(const NewPluginArgs& args) {
+    const std::string &name = args.name, &lang = args.lang, &dir = args.dir;
     const fs::path root = dir.empty() ? fs::path(name) : fs::path(dir);
     std::error_code ec;
     if (fs::exists(root, ec) && !(fs::is_directory(root, ec) && fs::is_empty(root, ec))) {

@@ -15,25 +15,6 @@
 namespace tickhost::app {
 namespace {
 
-const char* kRunOnceUsage = R"(usage: tickhost run-once FILE [--task NAME] [--config PATH] [--set KEY=VALUE]...
-                         [--timeout DURATION] [--log-level LEVEL]
-
-Loads FILE as the host would (every check), initialises it with its [plugins.<name>] settings, runs one task
-once on the host's scheduler (with its deadline and cancellation flag), prints its status, duration and log
-lines, then makes the task's stop call, shuts the plugin down and unloads it.
-
-options:
-  -t, --task NAME        the task to run (default: the plugin's first task)
-  -c, --config PATH      host.toml to take [plugins.<name>] settings, default_timeout and shadow_dir from
-  -s, --set KEY=VALUE    a value of [plugins.<name>.config] (wins over --config); repeatable. VALUE is read
-                         as true/false, an integer, a number, or else a string ("quotes" optional)
-      --timeout DURATION the run's timeout, e.g. 500ms, 10s (default: as the host would resolve it)
-  -l, --log-level LEVEL  trace, debug, info (default), warn, error, critical, off
-  -h, --help             show this help
-exit status: 0 the run and the stop call returned TH_OK, 1 the plugin was refused, its init failed, or a
-             call failed or overran its deadline, 2 bad command line or host.toml
-)";
-
 // --set values: typed like the TOML a user would have written in host.toml.
 PluginValues::Value parse_value(const std::string& v) {
     if (v == "true") return true;
@@ -63,61 +44,18 @@ void print_call(const char* what, const TaskCallReport& c) {
 
 }  // namespace
 
-int cmd_run_once(int argc, char** argv) {
-    std::string file, config_path, log_level = "info", timeout_text;
+int cmd_run_once(const RunOnceArgs& args) {
+    const std::string& file = args.file;
+    const std::string& config_path = args.config_path;
     RunOnceOptions options;
-    for (int i = 1; i < argc; ++i) {
-        const std::string a = argv[i];
-        bool missing = false;
-        std::string v;
-        if (a == "-h" || a == "--help") {
-            std::fputs(kRunOnceUsage, stdout);
-            return 0;
-        } else if (option_value(argc, argv, i, "--task", "-t", &options.task, &missing)) {
-            if (missing) return usage_error("run-once", "--task needs a name", kRunOnceUsage);
-        } else if (option_value(argc, argv, i, "--config", "-c", &config_path, &missing)) {
-            if (missing) return usage_error("run-once", "--config needs a path", kRunOnceUsage);
-        } else if (option_value(argc, argv, i, "--log-level", "-l", &log_level, &missing)) {
-            if (missing) return usage_error("run-once", "--log-level needs a level", kRunOnceUsage);
-        } else if (option_value(argc, argv, i, "--timeout", "", &timeout_text, &missing)) {
-            if (missing) return usage_error("run-once", "--timeout needs a duration", kRunOnceUsage);
-            auto d = parse_duration(timeout_text);
-            if (!d || d->count() <= 0)
-                return usage_error("run-once",
-                                   "--timeout: '" + timeout_text + "' is not a positive duration (e.g. 500ms, 10s)",
-                                   kRunOnceUsage);
-            if (*d > max_duration)
-                return usage_error("run-once",
-                                   "--timeout: '" + timeout_text +
-                                       "' is longer than the longest duration tickhost accepts, 8760h (365 days)",
-                                   kRunOnceUsage);
-            options.timeout = *d;
-        } else if (option_value(argc, argv, i, "--set", "-s", &v, &missing)) {
-            const auto eq = v.find('=');
-            if (missing || eq == std::string::npos || eq == 0)
-                return usage_error("run-once", "--set needs KEY=VALUE", kRunOnceUsage);
-            const std::string value = v.substr(eq + 1);
-            // A value written as a duration is bounded like every duration (the plugin may schedule with it).
-            if (auto d = parse_duration(value); d && *d > max_duration)
-                return usage_error("run-once",
-                                   "--set " + v.substr(0, eq) + ": '" + value +
-                                       "' is longer than the longest duration tickhost accepts, 8760h (365 days)",
-                                   kRunOnceUsage);
-            options.config.set(v.substr(0, eq), parse_value(value));
-        } else if (a.size() > 1 && a[0] == '-') {
-            return usage_error("run-once", "unknown option '" + a + "'", kRunOnceUsage);
-        } else if (file.empty()) {
-            file = a;
-        } else {
-            return usage_error("run-once", "one plugin file at a time ('" + a + "' is a second one)", kRunOnceUsage);
-        }
-    }
-    if (file.empty()) return usage_error("run-once", "name the plugin file", kRunOnceUsage);
+    options.task = args.task;
+    options.timeout = args.timeout;
+    for (const auto& [key, value] : args.set) options.config.set(key, parse_value(value));
 
     HostConfig config;
     try {
         if (!config_path.empty()) config = load_config(config_path);
-        log_lines_to(stdout, log_level);
+        log_lines_to(stdout, args.log_level);
     } catch (const std::exception& e) {
         std::fprintf(stderr, "tickhost run-once: %s\n", e.what());
         return 2;

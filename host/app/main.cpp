@@ -28,128 +28,24 @@
 #define TICKHOST_VERSION "dev"
 #endif
 
-namespace {
-
-const char* kUsage = R"(usage: tickhost [--config PATH] [--log-level LEVEL]
-       tickhost --help | --version | help [SUBCOMMAND]
-       tickhost check [--json] FILE...            load plugin files as the host would; show what they declare
-       tickhost run-once FILE [--task NAME] ...   init, one run, the stop call, unload; show status and logs
-       tickhost new-plugin NAME [--lang cpp|c]    write a ready-to-build plugin project
-       (tickhost <subcommand> --help for its options)
-
-Runs the task plugins found in plugin_dir (see host.toml) on their schedules.
-
-options:
-  -c, --config PATH      host.toml to use (default: ./host.toml)
-  -l, --log-level LEVEL  override [host] log_level: trace, debug, info, warn, error, critical, off
-  -h, --help             show this help
-  -V, --version          show the version and the plugin ABI version
-
-signals:
-  SIGINT, SIGTERM        graceful stop: every task gets its stop call, plugins are unloaded, exit 0
-                         (a second one exits at once with status 130)
-  SIGHUP                 re-read host.toml and apply changed plugin settings (also done when the file changes)
-exit status: 0 stopped cleanly, 1 something did not stop in time, 2 bad command line or host.toml
-)";
-
-int usage_error(const std::string& msg) {
-    std::fprintf(stderr, "tickhost: %s\n%s", msg.c_str(), kUsage);
-    return 2;
-}
-
-size_t edit_distance(const std::string& a, const std::string& b) {
-    std::vector<size_t> row(b.size() + 1);
-    for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
-    for (size_t i = 1; i <= a.size(); ++i) {
-        size_t diag = row[0];
-        row[0] = i;
-        for (size_t j = 1; j <= b.size(); ++j) {
-            const size_t up = row[j];
-            row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
-            diag = up;
-        }
-    }
-    return row[b.size()];
-}
-
-// "; did you mean 'check'?" for a near miss among `known`, else "".
-std::string did_you_mean(const std::string& word, std::initializer_list<const char*> known) {
-    std::string best;
-    size_t best_d = 3;  // at most two edits away
-    for (const char* k : known) {
-        const size_t d = edit_distance(word, k);
-        if (d < best_d) best_d = d, best = k;
-    }
-    return best.empty() ? "" : "; did you mean '" + best + "'?";
-}
-
-}  // namespace
-
 int main(int argc, char** argv) {
-    if (argc > 1) {
-        const std::string cmd = argv[1];
-        if (cmd == "check") return tickhost::app::cmd_check(argc - 1, argv + 1);
-        if (cmd == "run-once") return tickhost::app::cmd_run_once(argc - 1, argv + 1);
-        if (cmd == "new-plugin") return tickhost::app::cmd_new_plugin(argc - 1, argv + 1);
-        if (cmd == "help") {
-            // `tickhost help` and `tickhost help SUBCOMMAND`, as git and systemctl users expect.
-            if (argc == 2) {
-                std::fputs(kUsage, stdout);
-                return 0;
-            }
-            const std::string sub = argv[2];
-            char help[] = "--help";
-            char* sub_argv[] = {argv[2], help, nullptr};
-            if (sub == "check") return tickhost::app::cmd_check(2, sub_argv);
-            if (sub == "run-once") return tickhost::app::cmd_run_once(2, sub_argv);
-            if (sub == "new-plugin") return tickhost::app::cmd_new_plugin(2, sub_argv);
-            return usage_error("help: no subcommand '" + sub + "'" +
-                               did_you_mean(sub, {"check", "run-once", "new-plugin"}));
-        }
-        if (!cmd.empty() && cmd[0] != '-')
-            return usage_error("unknown subcommand '" + cmd + "'" +
-                               did_you_mean(cmd, {"check", "run-once", "new-plugin", "help"}));
+    using tickhost::app::CommandLine;
+    const CommandLine cl = tickhost::app::parse_command_line(argc, argv);
+    switch (cl.run) {
+        case CommandLine::Run::exit:
+            return cl.exit_status;
+        case CommandLine::Run::check:
+            return tickhost::app::cmd_check(cl.check);
+        case CommandLine::Run::run_once:
+            return tickhost::app::cmd_run_once(cl.run_once);
+        case CommandLine::Run::new_plugin:
+            return tickhost::app::cmd_new_plugin(cl.new_plugin);
+        case CommandLine::Run::host:
+            break;
     }
-    std::string config_path = "host.toml";
-    std::string log_level;
-    for (int i = 1; i < argc; ++i) {
-        std::string a = argv[i];
-        auto value = [&](const char* name) -> const char* {
-            if (i + 1 >= argc) return nullptr;
-            (void)name;
-            return argv[++i];
-        };
-        if (a == "-h" || a == "--help") {
-            std::fputs(kUsage, stdout);
-            return 0;
-        } else if (a == "-V" || a == "--version") {
-            std::printf("tickhost %s (plugin ABI %d.%d)\n", TICKHOST_VERSION, TH_ABI_MAJOR, TH_ABI_MINOR);
-            return 0;
-        } else if (a == "-c" || a == "--config") {
-            const char* v = value("--config");
-            if (!v) return usage_error("--config needs a path");
-            config_path = v;
-        } else if (a.rfind("--config=", 0) == 0) {
-            config_path = a.substr(9);
-        } else if (a == "-l" || a == "--log-level") {
-            const char* v = value("--log-level");
-            if (!v) return usage_error("--log-level needs a level");
-            log_level = v;
-        } else if (a.rfind("--log-level=", 0) == 0) {
-            log_level = a.substr(12);
-        } else {
-            return usage_error("unknown argument '" + a + "'" +
-                               did_you_mean(a.substr(0, a.find('=')),
-                                            {"--config", "--log-level", "--help", "--version"}));
-        }
-    }
+    const std::string& config_path = cl.host.config_path;
+    const std::string& log_level = cl.host.log_level;
 
-    if (!log_level.empty()) {
-        static const char* const levels[] = {"trace", "debug", "info", "warn", "error", "critical", "off"};
-        if (std::find(std::begin(levels), std::end(levels), log_level) == std::end(levels))
-            return usage_error("--log-level: '" + log_level +
-                               "' is not a level (use trace, debug, info, warn, error, critical or off)");
-    }
     tickhost::HostConfig config;
     try {
         config = tickhost::load_config(config_path);
