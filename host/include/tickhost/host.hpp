@@ -8,7 +8,7 @@
 //       return tickhost::TaskResult::success();
 //   }});
 //   host.start();   // starts the scheduler, loads every plugin in plugin_dir
-//   ...
+//   std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the application runs
 //   host.stop();    // stop calls, plugin shutdown and unload, bounded by shutdown_timeout
 #pragma once
 

@@ -1,14 +1,17 @@
 // Tickers: a registry of periodic tasks run by one timer thread and a bounded worker pool.
 //
+//   std::atomic<bool> online{false};
 //   tickhost::Tickers tickers;                       // options: worker count, default timeout, clock, logger
-//   auto id = tickers.add(std::chrono::seconds(1), {"health", {}, [](tickhost::RunContext& ctx, bool is_stop) {
-//       set_online(!is_stop);                        // every tick: online; the one stop call: offline
-//       return tickhost::TaskResult::ok();
+//   auto id = tickers.add(std::chrono::milliseconds(100), {"health", {}, [&](tickhost::RunContext&, bool is_stop) {
+//       online = !is_stop;                           // every tick: online; the one stop call: offline
+//       return tickhost::TaskResult::success();
 //   }});
 //   tickers.start();
-//   ...
+//   std::this_thread::sleep_for(std::chrono::milliseconds(350));  // the application runs; so does the task
 //   tickers.remove(id);                              // never blocks; stop call follows the last run
 //   tickers.stop();                                  // stop calls for every task, then joins the threads
+//
+// (This example is compiled and run by the tests, as is the one in host.hpp.)
 //
 // Contract:
 //  - Fixed rate on an absolute anchor: run k of a task is due at first_due + k * interval (no drift).
