@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 #include <spdlog/sinks/ringbuffer_sink.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
 
 #include <dirent.h>
 #include <fstream>
@@ -430,4 +431,38 @@ TEST(ReloadQueue, ABurstOfRequestsCoalescesIntoAReloadOfTheLatestFile) {
     std::this_thread::sleep_for(200ms);  // let a coalesced follow-up reload finish, if one is queued
     EXPECT_LE(host.reloads_done(), 3u) << "200 requests should coalesce";
     EXPECT_TRUE(host.stop());
+}
+
+// Keys that take effect only at a restart: said once per change of the file, and a value set back to the one
+// the host runs with is not "changed". shutdown_timeout applies to the next stop.
+TEST(ReloadQueue, RestartOnlyKeysAreComparedWithTheRunningValues) {
+    auto sink = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(2000);
+    tickhost::set_log_sinks({sink}, spdlog::level::debug);
+    auto count = [&](const std::string& what) {
+        size_t n = 0;
+        for (auto& l : sink->last_formatted()) n += l.find(what) != std::string::npos;
+        return n;
+    };
+    TempDir tmp;
+    const fs::path toml = tmp / "host.toml";
+    fs::create_directories(tmp / "plugins.d");
+    auto write_toml = [&](int workers, const std::string& shutdown) {
+        write_file(toml, "[host]\nplugin_dir = \"plugins.d\"\nshadow_dir = \"shadow\"\nwatch = \"off\"\nworkers = " +
+                             std::to_string(workers) + "\nshutdown_timeout = \"" + shutdown + "\"\n");
+    };
+    write_toml(2, "30s");
+    Host host(tickhost::load_config(toml));
+    host.start();
+    write_toml(3, "30s");
+    ASSERT_TRUE(host.reload_config());
+    EXPECT_EQ(count("[host] workers changed; it takes effect after a restart"), 1u);
+    ASSERT_TRUE(host.reload_config());  // the same file again: nothing new to say
+    EXPECT_EQ(count("[host] workers changed"), 1u);
+    write_toml(2, "7s");
+    ASSERT_TRUE(host.reload_config());
+    EXPECT_EQ(count("[host] workers changed"), 1u) << "a value set back to the running one is not a change";
+    EXPECT_EQ(count("[host] workers is back to the value the host runs with"), 1u);
+    EXPECT_EQ(host.shutdown_timeout(), 7s);
+    EXPECT_TRUE(host.stop());
+    tickhost::set_log_sinks({std::make_shared<spdlog::sinks::stderr_color_sink_mt>()}, spdlog::level::info);
 }

@@ -101,7 +101,7 @@ int main(int argc, char** argv) {
     int first = 0;
     auto begin_stop = [&](const char* why) {
         log->info("{}: stopping (stop calls, then unload; bound {})", why,
-                  tickhost::format_duration(config.shutdown_timeout));
+                  tickhost::format_duration(host->shutdown_timeout()));
         host->plugins().set_stopping(true);  // a start in progress skips the plugins it has not loaded yet
         stopper = std::thread([&] {
             starter.join();  // a start in progress ends first (the manager skips what is left of it)
@@ -129,18 +129,18 @@ int main(int argc, char** argv) {
             }
             first = s;
             begin_stop((std::string(strsignal(s)) + " received").c_str());
-            stop_deadline = std::chrono::steady_clock::now() + config.shutdown_timeout + std::chrono::seconds(1);
+            stop_deadline = std::chrono::steady_clock::now() + host->shutdown_timeout() + std::chrono::seconds(1);
         } else if (start_failed && !first) {
             first = -1;
             begin_stop("the host could not start");
-            stop_deadline = std::chrono::steady_clock::now() + config.shutdown_timeout + std::chrono::seconds(1);
+            stop_deadline = std::chrono::steady_clock::now() + host->shutdown_timeout() + std::chrono::seconds(1);
         }
         if (first && done) break;
         if (first && std::chrono::steady_clock::now() > stop_deadline) {
             log->error(
                 "the stop did not finish within shutdown_timeout ({}); exiting 1 with plugin code still "
                 "running (named above)",
-                tickhost::format_duration(config.shutdown_timeout));
+                tickhost::format_duration(host->shutdown_timeout()));
             tickhost::flush_logs();
             std::_Exit(1);
         }

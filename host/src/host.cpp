@@ -44,6 +44,7 @@ Host::Host(HostConfig config)
       plugins_(std::make_unique<PluginManager>(*tickers_, config_)) {
     // Every path the host keeps is absolute before any plugin code runs: a plugin may chdir().
     if (!config_.source.empty()) config_.source = std::filesystem::absolute(config_.source);
+    shutdown_timeout_ns_ = config_.shutdown_timeout.count();
 }
 
 Host::~Host() { stop(); }
@@ -152,6 +153,7 @@ bool Host::reload_config() {
         log->info("{}: configuration reloaded", config_.source.string());
         config_.plugins = next.plugins;
         config_.log_level = next.log_level;
+        shutdown_timeout_ns_ = next.shutdown_timeout.count();  // the next stop's bound
         plugins_->apply_config(std::move(next));
         applied = true;
     });
@@ -163,7 +165,8 @@ bool Host::stop() {
     stopped_ = true;
     // One clock for the whole stop: ending the watchers and a reload in progress count against the bound.
     const auto t0 = std::chrono::steady_clock::now();
-    auto left = [&] { return Duration(config_.shutdown_timeout - (std::chrono::steady_clock::now() - t0)); };
+    const Duration bound = shutdown_timeout();
+    auto left = [&] { return Duration(bound - (std::chrono::steady_clock::now() - t0)); };
     // No more loads or reloads from here on; an event or reload in flight returns at its next step.
     plugins_->set_stopping(true);
     {
@@ -175,7 +178,7 @@ bool Host::stop() {
     config_watch_.reset();
     plugin_watch_ptr_ = nullptr;
     plugin_watch_.reset();
-    bool clean = plugins_->unload_all(std::max(left(), Duration::zero()), config_.shutdown_timeout);
+    bool clean = plugins_->unload_all(std::max(left(), Duration::zero()), bound);
     // What embedders added themselves still gets its stop calls; give them at least a moment.
     clean = tickers_->stop(std::max(left(), Duration(std::chrono::milliseconds(100)))) && clean;
     started_ = false;

@@ -114,6 +114,12 @@ bool is_plugin_file_name(const fs::path& path) {
 
 PluginManager::PluginManager(Tickers& tickers, HostConfig config)
     : tickers_(tickers), config_(std::move(config)), log_(get_logger("plugins")) {
+    file_config_ = config_;
+    running_workers_ = config_.workers;
+    running_watch_ = config_.watch;
+    running_poll_interval_ = config_.poll_interval;
+    running_settle_ = config_.settle;
+    running_backoff_max_ = config_.backoff_max;
     cache_ = std::make_unique<detail::ShadowCache>(config_.shadow_dir, log_);
 }
 
@@ -569,15 +575,25 @@ void PluginManager::apply_config(HostConfig next) {
     if (stopping_) return;
     {
         std::lock_guard<std::mutex> lk(mu_);
-        auto restart_needed = [&](const char* key, bool changed) {
-            if (changed) log_->warn("host.toml: [host] {} changed; it takes effect after a restart", key);
+        // Keys that need a restart: said once per change of the file, against what the host runs with (a key
+        // set back to its running value is said to be in effect again, not "changed").
+        auto restart_needed = [&](const char* key, bool differs_from_running, bool changed_in_file) {
+            if (!changed_in_file) return;
+            if (differs_from_running)
+                log_->warn("host.toml: [host] {} changed; it takes effect after a restart", key);
+            else
+                log_->info("host.toml: [host] {} is back to the value the host runs with", key);
         };
-        restart_needed("plugin_dir", next.plugin_dir != config_.plugin_dir);
-        restart_needed("workers", next.workers != config_.workers);
-        restart_needed("shadow_dir", next.shadow_dir != config_.shadow_dir);
-        restart_needed("watch", next.watch != config_.watch);
-        restart_needed("poll_interval", next.poll_interval != config_.poll_interval);
-        restart_needed("settle", next.settle != config_.settle);
+        const HostConfig& file = file_config_;  // what the file said last time
+        restart_needed("plugin_dir", next.plugin_dir != config_.plugin_dir, next.plugin_dir != file.plugin_dir);
+        restart_needed("workers", next.workers != running_workers_, next.workers != file.workers);
+        restart_needed("shadow_dir", next.shadow_dir != config_.shadow_dir, next.shadow_dir != file.shadow_dir);
+        restart_needed("watch", next.watch != running_watch_, next.watch != file.watch);
+        restart_needed("poll_interval", next.poll_interval != running_poll_interval_,
+                       next.poll_interval != file.poll_interval);
+        restart_needed("settle", next.settle != running_settle_, next.settle != file.settle);
+        restart_needed("backoff_max", next.backoff_max != running_backoff_max_, next.backoff_max != file.backoff_max);
+        file_config_ = next;
         next.plugin_dir = config_.plugin_dir;  // keep running on what we watch
         next.shadow_dir = config_.shadow_dir;
         const HostConfig prev = config_;

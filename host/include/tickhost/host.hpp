@@ -59,6 +59,8 @@ public:
     Tickers& tickers() { return *tickers_; }
     PluginManager& plugins() { return *plugins_; }
     const HostConfig& config() const { return config_; }
+    // The bound of the next stop: [host] shutdown_timeout as last applied (a reload changes it). Thread-safe.
+    Duration shutdown_timeout() const { return Duration(shutdown_timeout_ns_.load()); }
 
 private:
     HostConfig config_;
@@ -76,6 +78,7 @@ private:
     bool rq_pending_ = false;
     bool rq_stop_ = false;
     std::atomic<uint64_t> reloads_done_{0};
+    std::atomic<int64_t> shutdown_timeout_ns_{0};
     bool started_ = false;
     bool stopped_ = false;
 };

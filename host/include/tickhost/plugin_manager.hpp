@@ -212,6 +212,11 @@ private:
 
     Tickers& tickers_;
     HostConfig config_;
+    HostConfig file_config_;  // what host.toml said at the last apply_config (for "changed" messages)
+    // [host] keys that take effect only at a restart: the values the host runs with.
+    size_t running_workers_ = 0;
+    WatchMode running_watch_ = WatchMode::automatic;
+    Duration running_poll_interval_{0}, running_settle_{0}, running_backoff_max_{0};
     std::shared_ptr<spdlog::logger> log_;
     std::unique_ptr<detail::ShadowCache> cache_;
     mutable std::mutex mu_;
