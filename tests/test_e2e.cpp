@@ -467,3 +467,24 @@ TEST(EndToEnd, DurationsPastTheMaximumAreRefusedByNameAndTheHostKeepsRunning) {
     p.signal(SIGTERM);
     EXPECT_EQ(p.wait(), 0) << read_file(d.log);
 }
+
+// A refused file is said once: its retry (at the first rescan, or after settle) with the same outcome is not.
+TEST(EndToEnd, ARefusedFileIsLoggedOnce) {
+    HostDir d;
+    write_file(d.plugins / "junk.so", "not a library\n");
+    Process p({TICKHOST_EXE, "--config", d.toml.string()}, d.log);
+    ASSERT_TRUE(eventually([&] { return read_file(d.health).rfind("online", 0) == 0; }, 20s)) << read_file(d.log);
+    write_file(d.plugins / "junk2.so", "not a library either\n");
+    ASSERT_TRUE(eventually([&] { return has(d.log, "junk2.so: not loaded"); }, 20s)) << read_file(d.log);
+    std::this_thread::sleep_for(1500ms);  // settle (300 ms) and the retry are long past
+    const std::string log = read_file(d.log);
+    auto count = [&](const std::string& what) {
+        size_t n = 0;
+        for (size_t at = log.find(what); at != std::string::npos; at = log.find(what, at + 1)) ++n;
+        return n;
+    };
+    EXPECT_EQ(count("junk.so: not loaded"), 1u) << log;
+    EXPECT_EQ(count("junk2.so: not loaded"), 1u) << log;
+    p.signal(SIGTERM);
+    EXPECT_EQ(p.wait(), 0) << read_file(d.log);
+}

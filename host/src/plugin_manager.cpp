@@ -205,10 +205,16 @@ bool PluginManager::retry_worthy(const fs::path& file) const {
 
 std::optional<LoadError> PluginManager::refuse(const fs::path& file, const std::string& what, LoadError e,
                                                const std::string& sha256) {
-    log_->error("{}: {}: {}", file.string(), what, e.message());
     Failure& f = failed_[file];
     // A file refused by the loader right after it changed may be half written: worth one retry.
     const bool again = f.sha256 == sha256 && !sha256.empty();
+    // Said once: the retry of the same content with the same outcome is not news.
+    const std::string line = what + ": " + e.message();
+    if (again && f.message == line)
+        log_->debug("{}: {} (the same content again)", file.string(), line);
+    else
+        log_->error("{}: {}", file.string(), line);
+    f.message = line;
     f.retried = again;
     f.sha256 = sha256;
     f.retry = e.code == TH_E_NOT_A_LIBRARY;
@@ -563,7 +569,7 @@ std::optional<LoadError> PluginManager::replace(const Plugin& old, detail::Stage
                 log_->warn("{}: restored the old version {}: {}", file.string(), describe(*old), task_list(*old));
             }
         }
-        failed_[file] = Failure{sha, false, false};
+        failed_[file] = Failure{sha, false, false, false, {}};
         return err;
     }
     by_file_[file] = neu;
@@ -630,7 +636,7 @@ void PluginManager::apply_config(HostConfig next) {
                     "plugin '{}' failed to start with the new settings: {}; fix [plugins.{}] in host.toml "
                     "(it is retried when host.toml or its file changes)",
                     p->name, err->message(), p->name);
-                failed_[p->file] = Failure{p->lib->sha256(), false, false};
+                failed_[p->file] = Failure{p->lib->sha256(), false, false, false, {}};
                 continue;
             }
             by_file_[p->file] = p;

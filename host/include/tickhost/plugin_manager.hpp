@@ -185,6 +185,7 @@ private:
         bool retry = false;  // the failure may be a half-written file
         bool retried = false;
         bool duplicate = false;  // refused for a name in use: retried when that plugin goes
+        std::string message;     // what was logged, not to log it twice
     };
     std::optional<LoadError> sync_locked(const std::filesystem::path& file);
     std::optional<LoadError> sync_guarded(const std::filesystem::path& file);  // sync_locked, catching everything
