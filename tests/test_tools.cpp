@@ -378,6 +378,24 @@ TEST(Tools, RunOnceRefusesDurationsPastTheMaximum) {
     EXPECT_EQ(r.status, 0) << r.out;
 }
 
+// check and run-once read a file exactly as the host does: its folder's owner and mode are checked too.
+TEST(Tools, CheckAndRunOnceApplyTheFolderChecksOfARealLoad) {
+    TempDir tmp;
+    const fs::path dir = tmp / "open";
+    fs::create_directories(dir);
+    fs::permissions(dir, fs::perms::all);  // 0777: anybody may swap the plugin
+    fs::copy_file(HELLO_SO, dir / "hello.so");
+    Result r = run("check " + (dir / "hello.so").string());
+    EXPECT_EQ(r.status, 1) << r.out;
+    EXPECT_TRUE(has(r.out, "refused: TH_E_INSECURE_FILE: plugin_dir " + dir.string() + " has mode 0777")) << r.out;
+    r = run("run-once " + (dir / "hello.so").string());
+    EXPECT_NE(r.status, 0) << r.out;
+    EXPECT_TRUE(has(r.out, "TH_E_INSECURE_FILE")) << r.out;
+    write_file(tmp / "host.toml", "[host]\nallow_insecure = true\nshadow_dir = \"shadow\"\n");
+    r = run("check --config " + (tmp / "host.toml").string() + " " + (dir / "hello.so").string());
+    EXPECT_EQ(r.status, 0) << r.out;
+}
+
 TEST(Tools, NewPluginWritesAProjectAndRefusesToOverwrite) {
     TempDir tmp;
     Result r = run("new-plugin my-probe --dir " + (tmp / "p").string());

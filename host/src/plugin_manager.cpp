@@ -252,8 +252,7 @@ std::optional<LoadError> PluginManager::sync_locked(const fs::path& file) {
     // Read once, in bounded memory, into a shadow copy: checked, hashed and scanned on the way.
     detail::StagedFile staged;
     LoadFailure rf;
-    if (!detail::check_plugin_dir(file.parent_path(), policy(), &rf) ||
-        !detail::stage_plugin_file(file, *cache_, policy(), &staged, &rf)) {
+    if (!stage_checked(file, &staged, &rf)) {
         if (old && !staged.opened) {
             log_->error("{}: cannot read the new version: {}; plugin '{}' keeps running", file.string(), rf.reason,
                         old->name);
@@ -324,6 +323,15 @@ std::optional<LoadError> PluginManager::pin_mismatch(const std::string& name, co
                      "its sha256 is " + sha + " but host.toml pins [plugins." + name + "] sha256 = \"" +
                          it->second.sha256 + "\"",
                      "install the file that was pinned, or pin this one (sha256sum " + file.string() + ")"};
+}
+
+bool PluginManager::stage_checked(const fs::path& file, detail::StagedFile* staged, LoadFailure* err) {
+    // The same steps for the host, `check` and `run-once`: the folder's owner and mode, then the file read
+    // once into its shadow copy (checked, hashed and scanned on the way).
+    std::error_code ec;
+    const fs::path dir = fs::absolute(file, ec).parent_path();  // "probe.so": the working directory
+    return detail::check_plugin_dir(ec ? file.parent_path() : dir, policy(), err) &&
+           detail::stage_plugin_file(file, *cache_, policy(), staged, err);
 }
 
 detail::FilePolicy PluginManager::policy() const {
@@ -867,7 +875,7 @@ std::optional<PluginFileInfo> PluginManager::inspect(const fs::path& file, LoadE
     std::lock_guard<std::mutex> lk(mu_);
     detail::StagedFile staged;
     LoadFailure rf;
-    if (!detail::stage_plugin_file(file, *cache_, policy(), &staged, &rf)) {
+    if (!stage_checked(file, &staged, &rf)) {  // the folder's checks too, as the host makes them
         if (err) *err = to_error(rf);
         return std::nullopt;
     }
@@ -904,7 +912,7 @@ std::optional<RunOnceReport> PluginManager::run_once(const fs::path& file, const
     };
     detail::StagedFile staged;
     LoadFailure rf;
-    if (!detail::stage_plugin_file(file, *cache_, policy(), &staged, &rf)) return fail(to_error(rf));
+    if (!stage_checked(file, &staged, &rf)) return fail(to_error(rf));  // the folder's checks too
     LoadError e;
     Plugin p = prepare(file, staged, &e);
     if (!p) return fail(e);

@@ -44,6 +44,7 @@ class ShadowCache;
 struct LoadedPlugin;
 struct FilePolicy;
 class StagedFile;
+struct LoadFailure;
 }  // namespace detail
 
 // Why a file was not loaded. what() of the log line: "<file>: <code>: <reason>; <hint>".
@@ -208,6 +209,8 @@ private:
     std::optional<LoadError> pin_mismatch(const std::string& name, const std::filesystem::path& file,
                                           const std::string& sha) const;
     detail::FilePolicy policy() const;
+    // plugin_dir's checks for the file's folder, then stage_plugin_file: the one way a file is read.
+    bool stage_checked(const std::filesystem::path& file, detail::StagedFile* staged, detail::LoadFailure* err);
     // Calls the plugin's shutdown, bounded; false (logged) if it did not return within `bound`.
     bool shutdown(detail::LoadedPlugin& p, Duration bound);
 
