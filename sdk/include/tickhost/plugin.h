@@ -200,7 +200,8 @@ typedef struct th_task_def th_task_def;
  * A table of function pointers, owned by the host, valid from tickhost_plugin_entry until the plugin is
  * unloaded. It only grows at the end: check `struct_size` before calling a member added after 1.0.
  * Strings passed in are `const char*` + length (need not be NUL-terminated); the host copies what it keeps.
- * Strings passed out point into host memory; each member says how long they stay valid.
+ * Strings passed out point into host memory, are UTF-8 and NUL-terminated (their length is given too, where
+ * the member has an out_len, and never counts the NUL); each member says how long they stay valid.
  * No member ever unwinds into the plugin; one that cannot do its work for lack of memory returns TH_ERROR
  * (log: drops the message). */
 typedef struct th_host_api {
@@ -292,6 +293,9 @@ struct th_task_def {
     th_run_fn run;               /* required */
     void* state;                 /* optional; passed to run instead of the plugin state when non-NULL */
 };
+
+/* Strings in th_task_def and th_plugin_def (names, version, description) have no length member: each must
+ * be a NUL-terminated UTF-8 string that stays valid for as long as its struct (add_task copies its name). */
 
 /* ---- The plugin -----------------------------------------------------------------------------------------
  * init(ctx, &state): optional. Read config, allocate state, declare tasks with add_task. Return TH_OK, or
