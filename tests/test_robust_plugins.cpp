@@ -336,3 +336,23 @@ TEST(RobustPlugins, PluginWhoseStopCallHangsIsNotRestartedOnASettingsChange) {
     EXPECT_EQ(count_of(read_file(h.tmp / "hostile.out"), "shutdown"), 0u) << "never shut down or re-initialised";
     write_file(release, "");
 }
+
+// ---- host services never throw into a plugin's C frames ---------------------------------------------------
+#if defined(TICKHOST_FAULT_SEAMS)
+// Inside every service that looks up its context, the test-only fault point "host_api" throws (as an
+// allocation could): each service still answers with a status (TH_ERROR), log drops its message, the run
+// goes on, and once the fault is gone the services answer normally again.
+TEST(RobustPlugins, HostServicesThatFailInsideAnswerWithAStatusNeverAnException) {
+    Harness h;
+    const fs::path out = h.tmp / "raw.out";
+    ASSERT_FALSE(h.load(raw(h, "services"))) << h.log_text();
+    const std::string normal = "svc config_string=0 config_int=-2 set_error=0 add_task=-5 logged";
+    ASSERT_TRUE(eventually([&] { return read_file(out).find(normal) != std::string::npos; })) << read_file(out);
+    setenv("TICKHOST_FAULT", "host_api:raw", 1);
+    const bool failed_inside = eventually(
+        [&] { return read_file(out).find("svc config_string=1 config_int=1 set_error=1 add_task=1 logged") != std::string::npos; });
+    unsetenv("TICKHOST_FAULT");
+    EXPECT_TRUE(failed_inside) << read_file(out);
+    EXPECT_TRUE(eventually([&] { return read_file(out).find(normal) != std::string::npos; })) << read_file(out);
+}
+#endif
