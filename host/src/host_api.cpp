@@ -6,6 +6,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cstring>
 #include <stdexcept>
 
@@ -318,15 +319,19 @@ th_status api_add_task(th_ctx c, const th_task_def* def) {
             copy.name = name->c_str();
             // The checks a static task gets: printable name, run, 0 < interval <= max, 0 <= timeout <= max.
             if (!validate_task(copy, nullptr)) return TH_E_INVALID_ARGUMENT;
-            if (d.seen.count(*name)) return TH_E_INVALID_ARGUMENT;  // unique within the plugin
+            if (d.seen.count(std::string_view(*name))) return TH_E_INVALID_ARGUMENT;  // unique within the plugin
             if (d.static_count + d.tasks.size() >= d.cap) {
                 ++d.refused_over_cap;
                 return TH_E_TOO_MANY_TASKS;
             }
-            // Copied: the plugin's definition (and its name) need not outlive this call.
-            d.tasks.reserve(d.tasks.size() + 1);
-            d.names.reserve(d.names.size() + 1);
-            d.seen.insert(*name);
+            // Copied: the plugin's definition (and its name) need not outlive this call. Room is made first
+            // (growing geometrically), so that nothing below can throw once the name is in `seen`.
+            auto room = [](auto& v) {
+                if (v.size() == v.capacity()) v.reserve(std::max<size_t>(16, v.capacity() * 2));
+            };
+            room(d.tasks);
+            room(d.names);
+            d.seen.insert(*name);  // a view of the copy: `names` owns it, at a stable address
             d.tasks.push_back(copy);
             d.names.push_back(std::move(name));
             return TH_OK;

@@ -44,7 +44,8 @@ std::string escape_plugin_text(std::string_view text, size_t cap = kMaxPluginTex
 struct InitDeclarations {
     std::vector<th_task_def> tasks;                   // copies; names point into `names`
     std::vector<std::unique_ptr<std::string>> names;  // owns the copied task names
-    std::unordered_set<std::string> seen;             // every task name so far (static ones included)
+    std::unordered_set<std::string_view> seen;        // every task name so far (static ones: the plugin's
+                                                      // own strings; declared ones: `names`)
     size_t cap = 0;                                   // static + declared tasks allowed ([host] max_tasks_per_plugin)
     size_t static_count = 0;                          // static tasks (count against the cap)
     size_t refused_over_cap = 0;                      // add_task calls refused with TH_E_TOO_MANY_TASKS
