@@ -89,12 +89,18 @@ TEST(EndToEnd, SigtermStopsGracefullyAndHeartbeatGoesOffline) {
     ASSERT_TRUE(eventually([&] { return read_file(d.health).rfind("online", 0) == 0; }, 20s)) << read_file(d.log);
     ASSERT_TRUE(eventually([&] { return read_file(d.log).find("hello, world #2") != std::string::npos; }))
         << read_file(d.log);
+    ASSERT_TRUE(eventually([&] { return read_file(d.log).find("count0: first run") != std::string::npos; }))
+        << read_file(d.log);
     p.signal(SIGTERM);
     EXPECT_EQ(p.wait(), 0) << read_file(d.log);
     EXPECT_TRUE(std::regex_match(read_file(d.health), std::regex("offline \\d+ \\d{13}\n"))) << read_file(d.health);
     const std::string log = read_file(d.log);
     EXPECT_NE(log.find("loaded plugin 'counter_c'"), std::string::npos) << log;
     EXPECT_NE(log.find("goodbye, world"), std::string::npos) << log;
+    // Each example plugin says at info level that it runs (a newcomer sees all three working).
+    EXPECT_NE(log.find("[plugin.heartbeat] [beat] online: "), std::string::npos) << log;
+    EXPECT_NE(log.find("[plugin.hello] [greet] hello, world #1"), std::string::npos) << log;
+    EXPECT_NE(log.find("[plugin.counter_c] [count0] count0: first run"), std::string::npos) << log;
     EXPECT_NE(log.find("unloaded plugin 'heartbeat'"), std::string::npos) << log;
     EXPECT_NE(log.find("stopped cleanly"), std::string::npos) << log;
     EXPECT_TRUE(fs::is_empty(d.tmp / "shadow")) << "shadow copies left behind";
