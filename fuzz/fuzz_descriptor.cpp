@@ -1,7 +1,8 @@
 // Fuzzes plugin descriptor validation (what the host checks after tickhost_plugin_entry returns) on
 // descriptors built from the input: every refusal has a named TH_E_* code and a reason; anything accepted
 // really satisfies the ABI's rules. A descriptor that lies about task_count (more tasks than its array
-// holds) cannot be detected by any host and is not generated, except above the 4096 limit.
+// holds) cannot be detected by any host and is not generated, except above the task cap (here 4096, as
+// [host] max_tasks_per_plugin could be), which is refused before any task is read.
 #include "loader.hpp"
 
 #include <fuzzer/FuzzedDataProvider.h>
@@ -49,7 +50,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     def.task_count = in.ConsumeBool() ? n : 4097 + in.ConsumeIntegral<uint16_t>();
 
     LoadFailure err;
-    if (validate_descriptor(&def, &err)) {
+    if (validate_descriptor(&def, &err, 4096)) {
         check(def.abi_major == TH_ABI_MAJOR && def.abi_minor <= TH_ABI_MINOR);
         check(valid_plugin_name(def.name));
         check(def.task_count > 0 || def.init);

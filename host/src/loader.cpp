@@ -604,8 +604,8 @@ bool validate_descriptor(const th_plugin_def* def, LoadFailure* err, uint32_t ma
                     "point tasks at the array of th_task_def");
     if (def->task_count > max_tasks)
         return fail(err, TH_E_TOO_MANY_TASKS,
-                    "it declares " + std::to_string(def->task_count) + " static tasks; at most " +
-                        std::to_string(max_tasks) + " are allowed ([host] max_tasks_per_plugin)",
+                    "it declares " + std::to_string(def->task_count) + " static tasks; [host] max_tasks_per_plugin is " +
+                        std::to_string(max_tasks),
                     "declare fewer tasks, or raise [host] max_tasks_per_plugin in host.toml");
     if (def->task_count == 0 && !def->init)
         return fail(err, TH_E_NO_TASKS, "the plugin declares no task and has no init to declare them",
@@ -628,7 +628,7 @@ const th_host_info* host_info() {
 // ---- Library --------------------------------------------------------------------------------------------
 
 std::shared_ptr<Library> Library::load(StagedFile& staged, std::shared_ptr<spdlog::logger> log, Duration entry_bound,
-                                       LoadFailure* err) {
+                                       LoadFailure* err, uint32_t max_tasks) {
     const fs::path source = staged.source;
     std::shared_ptr<Library> lib(new Library());
     lib->log_ = std::move(log);
@@ -724,7 +724,7 @@ std::shared_ptr<Library> Library::load(StagedFile& staged, std::shared_ptr<spdlo
         fail(err, TH_E_ENTRY_NULL, TH_ENTRY_SYMBOL " returned NULL", "the plugin refused to load; see its own log");
         return nullptr;
     }
-    if (!validate_descriptor(def, err)) return nullptr;
+    if (!validate_descriptor(def, err, max_tasks)) return nullptr;
     lib->def_ = def;
     return lib;
 }

@@ -100,8 +100,10 @@ public:
     // descriptor. The entry point is called on a thread of its own, bounded by `entry_bound`: one that does
     // not return is refused (TH_E_ENTRY_TIMEOUT) and its library stays mapped for good. Returns null and
     // fills `err` on failure (the shadow copy is then already removed, unless the library is pinned).
+    // `max_tasks`: [host] max_tasks_per_plugin; a descriptor claiming more static tasks is refused before
+    // any of them is read (a lying task_count cannot be detected, but it cannot make the host read far).
     static std::shared_ptr<Library> load(StagedFile& staged, std::shared_ptr<spdlog::logger> log, Duration entry_bound,
-                                         LoadFailure* err);
+                                         LoadFailure* err, uint32_t max_tasks = 100000);
     ~Library();
     Library(const Library&) = delete;
     Library& operator=(const Library&) = delete;

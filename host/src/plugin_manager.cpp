@@ -295,7 +295,8 @@ PluginManager::Plugin PluginManager::prepare(const fs::path& file, detail::Stage
     // The entry point is bounded like init, by [plugins.<file stem>] timeout (its declared name is not
     // known before it returns), else the host's default.
     const PluginSettings& by_file = config_.plugin(file.stem().string());
-    auto lib = detail::Library::load(staged, log_, by_file.timeout ? *by_file.timeout : config_.default_timeout, &f);
+    auto lib = detail::Library::load(staged, log_, by_file.timeout ? *by_file.timeout : config_.default_timeout, &f,
+                                     config_.max_tasks_per_plugin);
     if (!lib) {
         *err = to_error(f);
         return nullptr;
