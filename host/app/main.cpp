@@ -111,10 +111,12 @@ int main(int argc, char** argv) {
     };
     // The whole stop is bounded by shutdown_timeout; past it (and a moment for the log), exit 1.
     std::chrono::steady_clock::time_point stop_deadline{};
-    const timespec tick{0, 100 * 1000 * 1000};
+    // While running, wake once a second (to put back signal dispositions a plugin's run may have changed);
+    // while stopping, ten times a second (to see the stop end). A signal ends the wait at once either way.
+    const timespec idle_tick{1, 0}, stop_tick{0, 100 * 1000 * 1000};
     for (;;) {
         siginfo_t info;
-        const int s = sigtimedwait(&sigs, &info, &tick);
+        const int s = sigtimedwait(&sigs, &info, first ? &stop_tick : &idle_tick);
         tickhost::restore_guarded_signals();
         if (s == SIGHUP) {
             if (!first) {

@@ -6,8 +6,9 @@
 // guard_signals() installs the host's own handler for each signal (it only forwards the signal to the
 // signal thread, where it is blocked and pending for sigwait); restore_guarded_signals() puts that handler
 // back wherever a plugin replaced it and says so. The host calls it after every call of plugin code on the
-// load path (entry, init, shutdown) and its signal loop every 100 ms, so a plugin's change lasts at most
-// that long.
+// load path (entry, init, shutdown) and its signal loop once a second. (On Linux a blocked signal is not
+// discarded even while its disposition is SIG_IGN, only when SIG_IGN is set while it is pending; the guard
+// closes that window and the one of a plugin thread that unblocks a signal.)
 #pragma once
 
 #include <initializer_list>
