@@ -9,18 +9,15 @@
 
 #include <spdlog/spdlog.h>
 
-#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
-#include <iostream>
 #include <memory>
 #include <string>
 #include <thread>
-#include <vector>
 
 #include <pthread.h>
 
