@@ -1,21 +1,18 @@
 #include <tickhost/logging.hpp>
 #include <tickhost/plugin_manager.hpp>
 
-#include "bounded_call.hpp"
 #include "fault.hpp"
 #include "host_api.hpp"
+#include "load_pipeline.hpp"
 #include "loader.hpp"
+#include "plugin_instance.hpp"
 #include "time_format.hpp"
 
 #include <spdlog/spdlog.h>
 
-#include <cxxabi.h>
 #include <algorithm>
-#include <condition_variable>
 #include <cstring>
-#include <functional>
 #include <set>
-#include <thread>
 
 #include <sys/stat.h>
 
@@ -24,79 +21,23 @@ namespace fs = std::filesystem;
 namespace tickhost {
 namespace detail {
 
-// One loaded plugin version: its library, its state, its tasks. Shared by the manager and by every task
-// binding, so the library stays mapped while any run or stop call of it may execute.
+// The manager's record of one plugin version: the instance that runs its code, its settings and tasks.
+// Shared by the manager and the operations in flight on it.
 struct LoadedPlugin {
-    std::shared_ptr<Library> lib;
+    std::shared_ptr<PluginInstance> inst;
     fs::path file;
     std::string name;
-    PluginSettings settings;  // a copy: the plugin's config values must not change under it
-    CtxOwner owner;           // init's context: plugin-level services
-    std::unique_ptr<ContextSlot> ctx;
-    void* state = nullptr;
-    bool initialised = false;
-    std::vector<th_task_def> tasks;  // static then dynamic, copied
-    std::vector<std::unique_ptr<std::string>> task_names;
+    PluginSettings settings;  // what it was (or is to be) started with
+    TaskList tasks;           // after init: static then declared
     std::vector<PluginTaskInfo> scheduled;
-};
-
-// What a scheduled plugin task holds: its context and a reference to its plugin.
-struct TaskBinding {
-    CtxOwner owner;
-    ContextSlot ctx{&owner};
-    th_run_fn run = nullptr;
-    void* state = nullptr;
-    std::shared_ptr<LoadedPlugin> plugin;
 };
 
 }  // namespace detail
 
-using detail::call_bounded;
 using detail::LoadedPlugin;
 using detail::LoadFailure;
-using detail::TaskBinding;
-
-namespace {
-
-LoadError to_error(const LoadFailure& f) { return LoadError{f.code, detail::status_name(f.code), f.reason, f.hint}; }
-
-TaskResult run_result(th_status st, std::string err) {
-    switch (st) {
-    case TH_OK: return TaskResult::success();
-    case TH_ERROR:
-        return TaskResult::failure(err.empty() ? "returned TH_ERROR without a message (call set_error)" : std::move(err));
-    case TH_CANCELLED: return TaskResult::failure(err.empty() ? "cancelled" : "cancelled: " + err);
-    default:
-        return TaskResult::failure("returned unknown status " + std::to_string(st) + (err.empty() ? "" : ": " + err));
-    }
-}
-
-// A plugin whose code may still run (a stuck stop call, an abandoned run, a shutdown that never returned)
-// is never shut down or unloaded: it is kept, with its state, for the life of the process. Held in a list
-// that is never destroyed, so that its state stays reachable for the code that may still use it (and leak
-// checkers see a deliberate keep, not a leak).
-void keep_forever(std::shared_ptr<LoadedPlugin> p) {
-    static std::mutex mu;
-    static auto* kept = new std::vector<std::shared_ptr<LoadedPlugin>>;
-    p->lib->pin();
-    std::lock_guard<std::mutex> lk(mu);
-    kept->push_back(std::move(p));
-}
-
-// What an init call leaves behind, shared with the thread that makes it (which may outlive the wait).
-struct InitCall {
-    th_status status = TH_OK;
-    void* state = nullptr;
-    detail::InitDeclarations declared;  // what add_task recorded
-    std::string thrown;                 // the text of an exception init let cross the C ABI
-};
-
-std::chrono::steady_clock::time_point steady(TimePoint t) {
-    return std::chrono::steady_clock::time_point(std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-        t.time_since_epoch()));
-}
-
-}  // namespace
+using detail::schedule_of;
+using detail::to_error;
 
 bool is_plugin_file_name(const fs::path& path) {
 #if defined(_WIN32)
@@ -120,12 +61,12 @@ PluginManager::PluginManager(Tickers& tickers, HostConfig config)
     running_poll_interval_ = config_.poll_interval;
     running_settle_ = config_.settle;
     running_backoff_max_ = config_.backoff_max;
-    cache_ = std::make_unique<detail::ShadowCache>(config_.shadow_dir, log_);
+    pipeline_ = std::make_unique<detail::LoadPipeline>(config_, log_);
 }
 
 PluginManager::~PluginManager() { unload_all(config_.shutdown_timeout); }
 
-const fs::path& PluginManager::shadow_dir() const { return cache_->dir(); }
+const fs::path& PluginManager::shadow_dir() const { return pipeline_->shadow_dir(); }
 
 size_t PluginManager::load_directory() {
     reconcile();
@@ -252,7 +193,7 @@ std::optional<LoadError> PluginManager::sync_locked(const fs::path& file) {
     // Read once, in bounded memory, into a shadow copy: checked, hashed and scanned on the way.
     detail::StagedFile staged;
     LoadFailure rf;
-    if (!stage_checked(file, &staged, &rf)) {
+    if (!pipeline_->stage(file, &staged, &rf)) {
         if (old && !staged.opened) {
             log_->error("{}: cannot read the new version: {}; plugin '{}' keeps running", file.string(), rf.reason,
                         old->name);
@@ -271,11 +212,11 @@ std::optional<LoadError> PluginManager::sync_locked(const fs::path& file) {
     }
     const std::string sha = staged.sha256;
     // A pin on the file's own name is checked before any of its code runs (dlopen runs static constructors).
-    if (auto e = pin_mismatch(file.stem().string(), file, sha)) {
+    if (auto e = pipeline_->pin_mismatch(file.stem().string(), file, sha)) {
         if (old) e->hint += "; " + old->name + " keeps running";
         return refuse(file, old ? "new version refused" : "not loaded", *e, sha);
     }
-    if (old && old->lib->sha256() == sha) {
+    if (old && old->inst->sha256() == sha) {
         log_->debug("{}: content unchanged (sha256 {}); nothing to do", file.string(), sha.substr(0, 12));
         failed_.erase(file);
         return std::nullopt;  // the staged copy goes with `staged`
@@ -290,53 +231,14 @@ std::optional<LoadError> PluginManager::sync_locked(const fs::path& file) {
     return result;
 }
 
-PluginManager::Plugin PluginManager::prepare(const fs::path& file, detail::StagedFile& staged, LoadError* err) {
-    LoadFailure f;
-    // The entry point is bounded like init, by [plugins.<file stem>] timeout (its declared name is not
-    // known before it returns), else the host's default.
-    const PluginSettings& by_file = config_.plugin(file.stem().string());
-    auto lib = detail::Library::load(staged, log_, by_file.timeout ? *by_file.timeout : config_.default_timeout, &f,
-                                     config_.max_tasks_per_plugin);
-    if (!lib) {
-        *err = to_error(f);
-        return nullptr;
-    }
-    // A pin on the name the plugin declares (the file may be named otherwise). Its entry point has run.
-    if (auto e = pin_mismatch(lib->def().name, file, lib->sha256())) {
-        *err = *e;
-        return nullptr;
-    }
+PluginManager::Plugin PluginManager::open(const fs::path& file, detail::StagedFile& staged, LoadError* err) {
+    auto inst = pipeline_->open(file, staged, err);
+    if (!inst) return nullptr;
     auto p = std::make_shared<LoadedPlugin>();
-    p->lib = lib;
+    p->inst = std::move(inst);
     p->file = file;
-    p->name = lib->def().name;
-    p->owner.plugin = p->name;
-    p->owner.logger = get_logger("plugin." + p->name);
-    p->ctx = std::make_unique<detail::ContextSlot>(&p->owner);
+    p->name = p->inst->def().name;
     return p;
-}
-
-std::optional<LoadError> PluginManager::pin_mismatch(const std::string& name, const fs::path& file,
-                                                    const std::string& sha) const {
-    auto it = config_.plugins.find(name);
-    if (it == config_.plugins.end() || it->second.sha256.empty() || it->second.sha256 == sha) return std::nullopt;
-    return LoadError{TH_E_CHECKSUM_MISMATCH, "TH_E_CHECKSUM_MISMATCH",
-                     "its sha256 is " + sha + " but host.toml pins [plugins." + name + "] sha256 = \"" +
-                         it->second.sha256 + "\"",
-                     "install the file that was pinned, or pin this one (sha256sum " + file.string() + ")"};
-}
-
-bool PluginManager::stage_checked(const fs::path& file, detail::StagedFile* staged, LoadFailure* err) {
-    // The same steps for the host, `check` and `run-once`: the folder's owner and mode, then the file read
-    // once into its shadow copy (checked, hashed and scanned on the way).
-    std::error_code ec;
-    const fs::path dir = fs::absolute(file, ec).parent_path();  // "probe.so": the working directory
-    return detail::check_plugin_dir(ec ? file.parent_path() : dir, policy(), err) &&
-           detail::stage_plugin_file(file, *cache_, policy(), staged, err);
-}
-
-detail::FilePolicy PluginManager::policy() const {
-    return {config_.allow_insecure, config_.allow_symlinks, config_.max_plugin_size};
 }
 
 const LoadedPlugin* PluginManager::find_name(const std::string& name, const LoadedPlugin* except) const {
@@ -346,118 +248,34 @@ const LoadedPlugin* PluginManager::find_name(const std::string& name, const Load
 }
 
 std::optional<LoadError> PluginManager::initialise(LoadedPlugin& p, const PluginSettings* settings) {
-    const th_plugin_def& def = p.lib->def();
+    const th_plugin_def& def = p.inst->def();
     p.settings = settings ? *settings : config_.plugin(p.name);
-    p.owner.config = &p.settings.config;
-    p.tasks.clear();
-    p.task_names.clear();
+    p.tasks = {};
     p.scheduled.clear();
-    p.state = nullptr;
     const size_t cap = config_.max_tasks_per_plugin;
-    const std::string cap_hint = "declare fewer tasks (check [plugins." + p.name +
-                                 ".config]), or raise [host] max_tasks_per_plugin in host.toml";
     if (def.task_count > cap)
         return LoadError{TH_E_TOO_MANY_TASKS, "TH_E_TOO_MANY_TASKS",
                          "it declares " + std::to_string(def.task_count) +
                              " static tasks; [host] max_tasks_per_plugin is " + std::to_string(cap),
-                         cap_hint};
-    for (uint32_t i = 0; i < def.task_count; ++i) p.tasks.push_back(def.tasks[i]);
-    // init runs on a thread of its own, bounded by the plugin's timeout, so that an init that never returns
-    // costs one thread and its memory, not the loader (and with it every later load, reload and stop).
+                         "declare fewer tasks (check [plugins." + p.name +
+                             ".config]), or raise [host] max_tasks_per_plugin in host.toml"};
     const Duration bound = p.settings.timeout ? *p.settings.timeout : config_.default_timeout;
-    if (def.init) {
-        auto call = std::make_shared<InitCall>();
-        call->declared.cap = cap;
-        call->declared.static_count = p.tasks.size();
-        for (auto& t : p.tasks) call->declared.seen.insert(t.name);
-        bool returned = false;
-        std::string err;
-        {
-            p.owner.init = &call->declared;
-            th_ctx c = p.ctx->open(nullptr, 0, std::chrono::steady_clock::now() + bound);
-            // Closes the context and detaches add_task on every path (also if no thread could be started).
-            struct CloseInit {
-                detail::ContextSlot& slot;
-                std::string* err;
-                ~CloseInit() {
-                    std::string e = slot.close_init();  // from here on its context is stale, add_task refused
-                    if (err) *err = std::move(e);
-                }
-            } guard{*p.ctx, &err};
-            try {
-                returned = call_bounded(
-                    [call, lib = p.lib, c] {
-                        try {
-                            call->status = lib->def().init(c, &call->state);
-                        } catch (abi::__forced_unwind&) {
-                            throw;  // pthread_exit/cancel: must unwind; the wait below reports it as hung
-                        } catch (const std::exception& e) {
-                            call->status = TH_E_INIT_FAILED;
-                            call->thrown = detail::escape_plugin_text(e.what());
-                        } catch (...) {
-                            call->status = TH_E_INIT_FAILED;
-                            call->thrown = "an exception that is not a std::exception";
-                        }
-                    },
-                    bound);
-            } catch (const std::exception& e) {  // no thread for init (resource exhaustion)
-                guard.err = nullptr;
-                return LoadError{TH_E_INIT_FAILED, "TH_E_INIT_FAILED",
-                                 std::string("init could not be called: ") + e.what(),
-                                 "check the host's thread and memory limits; the file is retried when it changes"};
-            }
-        }
-        if (!returned) {
-            p.lib->pin();  // its init may still be running: never unmap it; whatever it allocated is leaked
-            return LoadError{TH_E_INIT_FAILED, "TH_E_INIT_FAILED",
-                             "init did not return within " + format_duration(bound) +
-                                 "; the plugin is refused, its init is left running and its library stays mapped "
-                                 "until the host exits",
-                             "fix the plugin's init (it must return; long work belongs in a task), or raise "
-                             "[plugins." + p.name + "] timeout in host.toml"};
-        }
-        if (!call->thrown.empty())
-            return LoadError{TH_E_INIT_FAILED, "TH_E_INIT_FAILED",
-                             "init let an exception cross the C ABI (out of contract): " + call->thrown,
-                             "catch every exception inside the plugin (the C++ layer, plugin.hpp, does)"};
-        const size_t refused = call->declared.refused_over_cap;
-        if (refused) {
-            LoadError e{TH_E_TOO_MANY_TASKS, "TH_E_TOO_MANY_TASKS",
-                        "init tried to declare more tasks than [host] max_tasks_per_plugin = " + std::to_string(cap) +
-                            " allows (" + std::to_string(refused) + " add_task call(s) refused" +
-                            (call->status == TH_OK ? "" : "; init then returned " + detail::status_name(call->status)) +
-                            ")",
-                        cap_hint};
-            if (call->status == TH_OK && def.shutdown) {  // it initialised: undo that
-                p.state = call->state;
-                if (!shutdown(p, bound)) p.lib->pin();
-            }
-            return e;
-        }
-        if (call->status != TH_OK)
-            return LoadError{TH_E_INIT_FAILED, "TH_E_INIT_FAILED",
-                             "init returned " + detail::status_name(call->status) + (err.empty() ? "" : ": " + err),
-                             "check [plugins." + p.name + ".config] in host.toml and the plugin's documentation"};
-        p.state = call->state;
-        for (auto& d : call->declared.tasks) p.tasks.push_back(d);
-        for (auto& n : call->declared.names) p.task_names.push_back(std::move(n));
-    }
-    p.initialised = true;
-    // Tasks declared from init get the same checks as static ones.
+    if (auto e = p.inst->init(p.settings.config, bound, cap, &p.tasks)) return e;
+    // Every task gets the same checks, static or declared, whatever runs the plugin's code.
     auto undo = [&](LoadFailure f) {
-        if (def.shutdown && !shutdown(p, bound)) p.lib->pin();
-        p.initialised = false;
+        if (!p.inst->shutdown(bound)) p.inst->abandon();
+        p.tasks = {};
         return to_error(f);
     };
     std::set<std::string> seen;
     LoadFailure f;
-    for (auto& t : p.tasks) {
+    for (auto& t : p.tasks.tasks) {
         if (!detail::validate_task(t, &f)) return undo(f);
         if (!seen.insert(t.name).second)
             return undo({TH_E_BAD_DESCRIPTOR, "two tasks are named '" + std::string(t.name) + "'",
                          "give each task a unique name"});
     }
-    if (p.tasks.empty())
+    if (p.tasks.tasks.empty())
         return undo({TH_E_NO_TASKS, "the plugin declared no task", "declare at least one task (or check its config)"});
     for (auto& [task, _] : p.settings.tasks)
         if (!seen.count(task)) {
@@ -481,7 +299,7 @@ std::string version_of(const th_plugin_def& d) {
     return d.version && *d.version ? detail::escape_plugin_text(d.version, 64) : "(no version)";
 }
 std::string describe(const LoadedPlugin& p) {
-    return "'" + p.name + "' " + version_of(p.lib->def()) + " [sha256 " + p.lib->sha256().substr(0, 12) + "]";
+    return "'" + p.name + "' " + version_of(p.inst->def()) + " [sha256 " + p.inst->sha256().substr(0, 12) + "]";
 }
 // "a every 1s (timeout 10s), b every ..., and 995 more": at most kShown tasks, so that a plugin with many
 // tasks gets a short line.
@@ -501,7 +319,7 @@ std::string task_list(const LoadedPlugin& p) {
 std::optional<LoadError> PluginManager::add_new(const fs::path& file, detail::StagedFile& staged,
                                                 const std::string& sha) {
     LoadError e;
-    Plugin p = prepare(file, staged, &e);
+    Plugin p = open(file, staged, &e);
     if (!p) return refuse(file, "not loaded", e, sha);
     if (const LoadedPlugin* other = find_name(p->name, nullptr))
         return refuse(file, "not loaded",
@@ -517,7 +335,7 @@ std::optional<LoadError> PluginManager::add_new(const fs::path& file, detail::St
     if (auto err = initialise(*p)) return refuse(file, "not loaded", *err, sha);
     if (auto err = start_tasks(p)) return refuse(file, "not loaded", *err, sha);
     by_file_[file] = p;
-    const th_plugin_def& d = p->lib->def();
+    const th_plugin_def& d = p->inst->def();
     log_->info("loaded plugin {} from {}{}{}: {}", describe(*p), file.filename().string(),
                d.description && *d.description ? " — " : "",
                d.description ? detail::escape_plugin_text(d.description, 256) : "", task_list(*p));
@@ -527,7 +345,7 @@ std::optional<LoadError> PluginManager::add_new(const fs::path& file, detail::St
 std::optional<LoadError> PluginManager::replace(const Plugin& old, detail::StagedFile& staged, const std::string& sha) {
     const fs::path& file = old->file;
     const std::string keeps = "; " + describe(*old) + " keeps running";
-    if (old->lib->has_go_runtime())
+    if (!old->inst->replaceable())
         return refuse(file, "new version not loaded",
                       {TH_E_NOT_ALLOWED, "TH_E_NOT_ALLOWED",
                        "plugin " + describe(*old) +
@@ -537,7 +355,7 @@ std::optional<LoadError> PluginManager::replace(const Plugin& old, detail::Stage
                       sha);
     // 1. Load and check the new version first, from its own shadow copy. No init yet.
     LoadError e;
-    Plugin neu = prepare(file, staged, &e);
+    Plugin neu = open(file, staged, &e);
     if (!neu) {
         e.hint += keeps;
         return refuse(file, "new version refused", e, sha);
@@ -645,7 +463,7 @@ void PluginManager::apply_config(HostConfig next) {
                     "plugin '{}' failed to start with the new settings: {}; fix [plugins.{}] in host.toml "
                     "(it is retried when host.toml or its file changes)",
                     p->name, err->message(), p->name);
-                failed_[p->file] = Failure{p->lib->sha256(), false, false, false, {}};
+                failed_[p->file] = Failure{p->inst->sha256(), false, false, false, {}};
                 continue;
             }
             by_file_[p->file] = p;
@@ -655,56 +473,6 @@ void PluginManager::apply_config(HostConfig next) {
     reconcile();
 }
 
-namespace {
-// host.toml's task setting, then its plugin setting, then the plugin's own default.
-std::pair<Duration, Duration> schedule_of(const PluginSettings& s, const th_task_def& t, Duration default_timeout) {
-    auto it = s.tasks.find(t.name);
-    const TaskSettings* ts = it == s.tasks.end() ? nullptr : &it->second;
-    const Duration interval = ts && ts->interval ? *ts->interval
-                              : s.interval       ? *s.interval
-                                                 : Duration(t.default_interval_ns);
-    const Duration timeout = ts && ts->timeout          ? *ts->timeout
-                             : s.timeout                ? *s.timeout
-                             : t.default_timeout_ns > 0 ? Duration(t.default_timeout_ns)
-                                                        : default_timeout;
-    return {interval, timeout};
-}
-
-// The adapter between the scheduler and a plugin task: a context for each call, the C call, its status.
-TickTask make_tick_task(const std::shared_ptr<LoadedPlugin>& p, const th_task_def& t, Duration timeout) {
-    auto b = std::make_shared<TaskBinding>();
-    b->owner.plugin = p->name;
-    b->owner.task = t.name;
-    b->owner.logger = p->owner.logger;
-    b->owner.config = &p->settings.config;
-    b->run = t.run;
-    b->state = t.state ? t.state : p->state;
-    b->plugin = p;  // keeps the library mapped for as long as the task exists in the registry
-    return TickTask{p->name + "/" + t.name, timeout, [b](RunContext& rc, bool is_stop) {
-                        th_ctx c = b->ctx.open(&rc.cancel_word(), rc.cancel_value(), steady(rc.deadline()), steady(rc.due()));
-                        // The context is closed on every path: a run that lets an exception cross the C ABI
-                        // (out of contract) must not leave it open, or every later call would be stale.
-                        detail::CallGuard guard(b->ctx);
-                        th_status st;
-                        try {
-                            st = b->run(b->state, c, is_stop ? 1 : 0);
-                        } catch (abi::__forced_unwind&) {
-                            throw;  // thread cancellation must unwind on; the guard closes the context
-                        } catch (const std::exception& e) {
-                            guard.close();
-                            return TaskResult::failure(
-                                "let an exception cross the C ABI (out of contract; catch it inside the plugin): " +
-                                detail::escape_plugin_text(e.what()));
-                        } catch (...) {
-                            guard.close();
-                            return TaskResult::failure(
-                                "let an exception that is not a std::exception cross the C ABI (out of contract; "
-                                "catch everything inside the plugin)");
-                        }
-                        return run_result(st, guard.close());
-                    }};
-}
-}  // namespace
 
 std::optional<LoadError> PluginManager::start_tasks(const std::shared_ptr<LoadedPlugin>& p) {
     // One anchor for the whole plugin: its tasks with the same interval come due together, one batch per
@@ -716,11 +484,13 @@ std::optional<LoadError> PluginManager::start_tasks(const std::shared_ptr<Loaded
     try {
         const TimePoint anchor = tickers_.clock().now();
         p->scheduled.clear();
-        p->scheduled.reserve(p->tasks.size());  // push_back below cannot throw after an add
-        for (auto& t : p->tasks) {
+        p->scheduled.reserve(p->tasks.tasks.size());  // push_back below cannot throw after an add
+        for (size_t i = 0; i < p->tasks.tasks.size(); ++i) {
+            const th_task_def& t = p->tasks.tasks[i];
             adding = t.name;
             const auto [interval, timeout] = schedule_of(p->settings, t, config_.default_timeout);
-            const TaskId id = tickers_.add(interval, make_tick_task(p, t, timeout), anchor + interval);
+            const TaskId id = tickers_.add(
+                interval, TickTask{p->name + "/" + t.name, timeout, p->inst->task_fn(i, t.name)}, anchor + interval);
             p->scheduled.push_back({t.name, interval, timeout, id, anchor + interval});
             adding = nullptr;
             if (p->scheduled.size() == 1) detail::fault_point("start_tasks", p->name);  // test seam
@@ -795,35 +565,18 @@ bool PluginManager::stop_plugins(std::vector<std::shared_ptr<LoadedPlugin>> ps, 
         }
         if (stuck) {
             clean = false;
-            keep_forever(p);  // its code may still be running: never unmap it
+            p->inst->abandon();  // its code may still be running: never unmap it
             continue;
         }
         const auto left = std::max(Duration(until - std::chrono::steady_clock::now()), Duration(std::chrono::milliseconds(100)));
-        if (p->initialised && p->lib->def().shutdown && !shutdown(*p, left)) {
+        if (!p->inst->shutdown(left)) {
             clean = false;
-            p->initialised = false;
-            keep_forever(p);
+            p->inst->abandon();
             continue;
         }
-        p->initialised = false;
         log_->info("unloaded plugin '{}' ({})", p->name, p->file.filename().string());
     }
     return clean;
-}
-
-bool PluginManager::shutdown(LoadedPlugin& p, Duration bound) {
-    const th_shutdown_fn fn = p.lib->def().shutdown;
-    std::string threw;
-    if (call_bounded([fn, state = p.state, lib = p.lib] { fn(state); }, bound, &threw)) {
-        if (!threw.empty())
-            log_->error("plugin '{}': shutdown {} (an exception must not cross the C ABI; catch it in the plugin)",
-                        p.name, threw);
-        return true;
-    }
-    log_->error("plugin '{}': shutdown did not return within {}; it is left running and its library stays mapped "
-                "until the host exits",
-                p.name, format_duration(bound));
-    return false;
 }
 
 bool PluginManager::unload(const fs::path& file, Duration bound) {
@@ -850,9 +603,9 @@ bool PluginManager::unload_all(Duration bound, Duration total) {
 
 namespace {
 PluginInfo info_of(const LoadedPlugin& p) {
-    const th_plugin_def& d = p.lib->def();
+    const th_plugin_def& d = p.inst->def();
     return PluginInfo{p.name, d.version ? d.version : "", d.description ? d.description : "", p.file,
-                      p.lib->shadow(), p.lib->sha256(), p.scheduled};
+                      p.inst->shadow(), p.inst->sha256(), p.scheduled};
 }
 }  // namespace
 
@@ -868,122 +621,6 @@ std::optional<PluginInfo> PluginManager::plugin(const std::string& name) const {
     for (auto& [f, p] : by_file_)
         if (p->name == name) return info_of(*p);
     return std::nullopt;
-}
-
-// ---- authors' tools ------------------------------------------------------------------------------------
-
-std::optional<PluginFileInfo> PluginManager::inspect(const fs::path& file, LoadError* err) {
-    std::lock_guard<std::mutex> lk(mu_);
-    detail::StagedFile staged;
-    LoadFailure rf;
-    if (!stage_checked(file, &staged, &rf)) {  // the folder's checks too, as the host makes them
-        if (err) *err = to_error(rf);
-        return std::nullopt;
-    }
-    LoadError e;
-    Plugin p = prepare(file, staged, &e);
-    if (!p) {
-        if (err) *err = e;
-        return std::nullopt;
-    }
-    const th_plugin_def& d = p->lib->def();
-    PluginFileInfo info;
-    info.file = file;
-    info.sha256 = p->lib->sha256();
-    info.name = p->name;
-    info.version = d.version ? d.version : "";
-    info.description = d.description ? d.description : "";
-    info.abi_major = d.abi_major;
-    info.abi_minor = d.abi_minor;
-    info.has_init = d.init != nullptr;
-    info.has_shutdown = d.shutdown != nullptr;
-    info.go_runtime = p->lib->has_go_runtime();
-    for (uint32_t i = 0; i < d.task_count; ++i)
-        info.tasks.push_back(
-            {d.tasks[i].name, Duration(d.tasks[i].default_interval_ns), Duration(d.tasks[i].default_timeout_ns)});
-    return info;  // p goes: unload, shadow copy deleted
-}
-
-std::optional<RunOnceReport> PluginManager::run_once(const fs::path& file, const RunOnceOptions& options,
-                                                     LoadError* err) {
-    std::lock_guard<std::mutex> lk(mu_);
-    auto fail = [&](LoadError e) -> std::optional<RunOnceReport> {
-        if (err) *err = std::move(e);
-        return std::nullopt;
-    };
-    detail::StagedFile staged;
-    LoadFailure rf;
-    if (!stage_checked(file, &staged, &rf)) return fail(to_error(rf));  // the folder's checks too
-    LoadError e;
-    Plugin p = prepare(file, staged, &e);
-    if (!p) return fail(e);
-    PluginSettings settings = config_.plugin(p->name);
-    for (auto& [k, v] : options.config.all()) settings.config.set(k, v);
-    if (auto ie = initialise(*p, &settings)) return fail(*ie);
-
-    RunOnceReport report;
-    const th_task_def* chosen = nullptr;
-    for (auto& t : p->tasks) {
-        report.all_tasks.push_back(t.name);
-        if (!chosen && (options.task.empty() || options.task == t.name)) chosen = &t;
-    }
-    const th_plugin_def& def = p->lib->def();
-    if (!chosen) {
-        // Bounded, as the host bounds it (shutdown_timeout); one that does not return keeps its library mapped.
-        if (def.shutdown && !shutdown(*p, config_.shutdown_timeout)) p->lib->pin();
-        p->initialised = false;
-        std::string all;
-        for (auto& n : report.all_tasks) all += (all.empty() ? "" : ", ") + n;
-        return fail({TH_E_NOT_FOUND, "TH_E_NOT_FOUND",
-                     "plugin '" + p->name + "' has no task '" + options.task + "' (it has: " + all + ")",
-                     "name one of its tasks"});
-    }
-    auto [interval, timeout] = schedule_of(p->settings, *chosen, config_.default_timeout);
-    if (options.timeout) timeout = *options.timeout;
-
-    // Record what the adapter returns for the run and for the stop call, as the scheduler sees it.
-    struct Record {
-        std::mutex mu;
-        std::condition_variable cv;
-        TaskCallReport run, stop;
-    };
-    auto rec = std::make_shared<Record>();
-    TickTask inner = make_tick_task(p, *chosen, timeout);
-    TickTask task{inner.name, timeout, [fn = std::move(inner.fn), rec](RunContext& rc, bool is_stop) {
-                      const auto t0 = std::chrono::steady_clock::now();
-                      TaskResult r = fn(rc, is_stop);
-                      const Duration took = std::chrono::steady_clock::now() - t0;
-                      {
-                          std::lock_guard<std::mutex> g(rec->mu);
-                          TaskCallReport& c = is_stop ? rec->stop : rec->run;
-                          c = TaskCallReport{true, r.ok, r.error, took, rc.remaining() < Duration(0)};
-                      }
-                      rec->cv.notify_all();
-                      return r;
-                  }};
-    // One run, due now. The interval only has to be long enough that no second run is due before remove().
-    const TaskId id = tickers_.add(std::chrono::hours(24 * 365), std::move(task), tickers_.clock().now());
-    {
-        // The Tickers abandon a run that ignores its cancellation some seconds past its deadline; wait longer.
-        std::unique_lock<std::mutex> g(rec->mu);
-        rec->cv.wait_for(g, timeout + std::chrono::seconds(30), [&] { return rec->run.called; });
-    }
-    tickers_.remove(id);
-    report.stop_state = tickers_.wait_stopped(id, timeout + std::chrono::seconds(30));
-    {
-        std::lock_guard<std::mutex> g(rec->mu);
-        report.run = rec->run;
-        report.stop = rec->stop;
-    }
-    p->scheduled.push_back({chosen->name, interval, timeout, id});
-    report.plugin = info_of(*p);
-    if (report.stop_state == StopState::stopped) {
-        if (def.shutdown && !shutdown(*p, config_.shutdown_timeout)) p->lib->pin();
-        p->initialised = false;
-    } else {
-        p->lib->pin();  // its code may still be running: never unmap it
-    }
-    return report;  // the last reference to p goes with the Tickers' copy of the task: unload
 }
 
 }  // namespace tickhost

@@ -65,6 +65,9 @@ private:
     std::map<std::string, Value, std::less<>> values_;
 };
 
+// Where a plugin's code runs: in the host's process, or in a process of its own (Linux only).
+enum class Isolation { none, process };
+
 // [plugins.<name>.tasks.<task>]
 struct TaskSettings {
     std::optional<Duration> interval;
@@ -80,13 +83,15 @@ struct PluginSettings {
     std::map<std::string, TaskSettings> tasks;
     PluginValues config;
     std::string sha256;  // pinned content (64 lowercase hex digits); empty = any content
+    std::optional<Isolation> isolation;  // unset = [host] isolation
     bool operator==(const PluginSettings& o) const {
         return enabled == o.enabled && interval == o.interval && timeout == o.timeout && tasks == o.tasks &&
-               config == o.config && sha256 == o.sha256;
+               config == o.config && sha256 == o.sha256 && isolation == o.isolation;
     }
 };
 
 enum class LogSink { console, file, rotating };
+
 
 // How plugin_dir (and host.toml) are watched: inotify where available, else polling; or not at all.
 enum class WatchMode { automatic, inotify, poll, off };
@@ -112,6 +117,7 @@ struct HostConfig {
     bool allow_symlinks = false;  // load plugin files that are symlinks
     uint64_t max_plugin_size = 256ull * 1024 * 1024;  // larger plugin files are refused (TH_E_FILE_TOO_LARGE)
     uint32_t max_tasks_per_plugin = 100000;  // static + add_task; more refuses the plugin (TH_E_TOO_MANY_TASKS)
+    Isolation isolation = Isolation::none;  // every plugin's mode unless [plugins.<name>] isolation says otherwise
     std::map<std::string, PluginSettings> plugins;
 
     // Settings for a plugin (defaults when host.toml has no [plugins.<name>]).

@@ -40,11 +40,9 @@ class logger;
 namespace tickhost {
 
 namespace detail {
-class ShadowCache;
+class LoadPipeline;
 struct LoadedPlugin;
-struct FilePolicy;
 class StagedFile;
-struct LoadFailure;
 }  // namespace detail
 
 // Why a file was not loaded. what() of the log line: "<file>: <code>: <reason>; <hint>".
@@ -192,8 +190,6 @@ private:
     std::optional<LoadError> sync_guarded(const std::filesystem::path& file);  // sync_locked, catching everything
     std::optional<LoadError> refuse(const std::filesystem::path& file, const std::string& what, LoadError e,
                                     const std::string& sha256);
-    // Library loaded from its staged copy (taken over) and checked, no init. Null + *err on failure.
-    Plugin prepare(const std::filesystem::path& file, detail::StagedFile& staged, LoadError* err);
     // init with the plugin's settings, then the task checks. On failure the plugin is left uninitialised.
     // `settings` (optional) replaces config_.plugin(name).
     std::optional<LoadError> initialise(detail::LoadedPlugin& p, const PluginSettings* settings = nullptr);
@@ -205,14 +201,8 @@ private:
                                      const std::string& sha);
     std::optional<LoadError> replace(const Plugin& old, detail::StagedFile& staged, const std::string& sha);
     const detail::LoadedPlugin* find_name(const std::string& name, const detail::LoadedPlugin* except) const;
-    // TH_E_CHECKSUM_MISMATCH if host.toml pins [plugins.<name>] sha256 to other content than `sha`.
-    std::optional<LoadError> pin_mismatch(const std::string& name, const std::filesystem::path& file,
-                                          const std::string& sha) const;
-    detail::FilePolicy policy() const;
-    // plugin_dir's checks for the file's folder, then stage_plugin_file: the one way a file is read.
-    bool stage_checked(const std::filesystem::path& file, detail::StagedFile* staged, detail::LoadFailure* err);
-    // Calls the plugin's shutdown, bounded; false (logged) if it did not return within `bound`.
-    bool shutdown(detail::LoadedPlugin& p, Duration bound);
+    // Loaded and checked, no init: the pipeline's instance in a manager record. Null + *err on failure.
+    Plugin open(const std::filesystem::path& file, detail::StagedFile& staged, LoadError* err);
 
     Tickers& tickers_;
     HostConfig config_;
@@ -222,7 +212,7 @@ private:
     WatchMode running_watch_ = WatchMode::automatic;
     Duration running_poll_interval_{0}, running_settle_{0}, running_backoff_max_{0};
     std::shared_ptr<spdlog::logger> log_;
-    std::unique_ptr<detail::ShadowCache> cache_;
+    std::unique_ptr<detail::LoadPipeline> pipeline_;
     mutable std::mutex mu_;
     std::atomic<bool> stopping_{false};
     std::map<std::filesystem::path, Plugin> by_file_;
