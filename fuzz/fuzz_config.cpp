@@ -21,11 +21,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         check(cfg.default_timeout.count() > 0 && cfg.shutdown_timeout.count() > 0);
         check(cfg.poll_interval.count() > 0 && cfg.settle.count() > 0);
         check(cfg.log_sink == tickhost::LogSink::console || !cfg.log_file.empty());
+        check(cfg.abandon_after.count() > 0 && cfg.crash_window.count() > 0);
+        check(cfg.crash_limit >= 1 && cfg.crash_limit <= 1000);
         for (auto& [name, p] : cfg.plugins) {
             check(!name.empty() && name.size() <= 64);
             check(p.sha256.empty() || p.sha256.size() == 64);
             check(!p.interval || p.interval->count() > 0);
             check(!p.timeout || p.timeout->count() > 0);
+            check(p.open_files_max <= 1048576 && p.processes_max <= 100000);
+            // A process's user, group and limits only on a plugin that gets a process.
+            const bool process_only = !p.user.empty() || !p.group.empty() || p.memory_max != 0 ||
+                                      p.open_files_max != 0 || p.processes_max != 0;
+            check(!process_only || cfg.isolation_of(name) == tickhost::Isolation::process);
         }
     } catch (const tickhost::ConfigError& e) {
         check(std::string_view(e.what()).rfind("/fuzz/host.toml:", 0) == 0);

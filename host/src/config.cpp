@@ -245,16 +245,32 @@ std::vector<std::pair<const toml::key*, const toml::node*>> in_file_order(const 
 
 const std::vector<std::string_view> kTopKeys = {"host", "plugins"};
 const std::vector<std::string_view> kHostKeys = {
-    "plugin_dir", "workers",  "default_timeout", "shutdown_timeout", "log_level",
-    "log_file",   "log_sink", "log_max_size",    "log_max_files",    "shadow_dir",
-    "watch",      "poll_interval", "settle", "allow_insecure", "allow_symlinks", "backoff_max",
-    "max_plugin_size", "max_tasks_per_plugin",
+    "plugin_dir", "workers",        "default_timeout", "shutdown_timeout", "log_level",       "log_file",
+    "log_sink",   "log_max_size",   "log_max_files",   "shadow_dir",       "watch",           "poll_interval",
+    "settle",     "allow_insecure", "allow_symlinks",  "backoff_max",      "max_plugin_size", "max_tasks_per_plugin",
+    "isolation",  "abandon_after",  "crash_limit",     "crash_window",
 };
-const std::vector<std::string_view> kPluginKeys = {"enabled", "interval", "timeout", "tasks", "config", "sha256"};
+const std::vector<std::string_view> kPluginKeys = {
+    "enabled",   "interval", "timeout", "tasks",      "config",         "sha256",
+    "isolation", "user",     "group",   "memory_max", "open_files_max", "processes_max",
+};
+// [plugins.<name>] keys about the plugin's own process: refused when it runs in the host's.
+const std::vector<std::string_view> kProcessOnlyKeys = {"user", "group", "memory_max", "open_files_max",
+                                                        "processes_max"};
 const std::vector<std::string_view> kTaskKeys = {"interval", "timeout"};
 const std::vector<std::string_view> kLogLevels = {"trace", "debug", "info", "warn", "error", "critical", "off"};
 const std::vector<std::string_view> kLogSinks = {"console", "file", "rotating"};
 const std::vector<std::string_view> kWatchModes = {"auto", "inotify", "poll", "off"};
+const std::vector<std::string_view> kIsolationModes = {"none", "process"};
+
+// An "isolation" value read ahead of the keys around it (a process-only key may come before the plugin's
+// isolation, [plugins] before [host]). nullopt when it is not a valid value: that is reported at its own place.
+std::optional<Isolation> isolation_ahead(const toml::node& n) {
+    std::optional<std::string> s = n.value<std::string>();
+    if (s && *s == "none") return Isolation::none;
+    if (s && *s == "process") return Isolation::process;
+    return std::nullopt;
+}
 
 bool contains(const std::vector<std::string_view>& v, std::string_view s) {
     return std::find(v.begin(), v.end(), s) != v.end();
@@ -349,9 +365,10 @@ public:
         return s;
     }
 
-    uint64_t size(const toml::node& n, const std::string& key) const {
+    // `zero_hint` follows "must be > 0, got 0", e.g. " (leave it out for no limit)".
+    uint64_t size(const toml::node& n, const std::string& key, std::string_view zero_hint = {}) const {
         if (const auto* i = n.as_integer()) {
-            if (i->get() <= 0) fail(n, key, "must be > 0, got " + std::to_string(i->get()));
+            if (i->get() <= 0) fail(n, key, "must be > 0, got " + std::to_string(i->get()) + std::string(zero_hint));
             return static_cast<uint64_t>(i->get());
         }
         if (!n.is_string()) fail(n, key, "must be a size (bytes, or a string like \"10MiB\"), got " + got(n));
@@ -361,8 +378,58 @@ public:
             fail(n, key, quote(s) + " is not a size (write an integer with a unit: B, KiB, MiB, GiB, KB, MB, GB, "
                                     "e.g. \"10MiB\")");
         }
-        if (*v == 0) fail(n, key, "must be > 0, got " + quote(s));
+        if (*v == 0) fail(n, key, "must be > 0, got " + quote(s) + std::string(zero_hint));
         return *v;
+    }
+
+    // 1..hi; 0 (the field's "unset") gets its own message, as leaving the key out is how to say it.
+    uint64_t limit(const toml::node& n, const std::string& key, int64_t hi, std::string_view zero_means) const {
+        if (const auto* i = n.as_integer(); i && i->get() == 0) {
+            fail(n, key,
+                 "must be 1.." + std::to_string(hi) + ", got 0 (leave it out for " + std::string(zero_means) + ")");
+        }
+        return static_cast<uint64_t>(integer_in(n, key, 1, hi));
+    }
+
+    Isolation isolation(const toml::node& n, const std::string& key) const {
+        std::string s = one_of(n, key, kIsolationModes);
+        if (s == "none") return Isolation::none;
+#if !defined(__linux__)
+        fail(n, key, "process isolation is available on Linux only (use \"none\", or leave isolation out)");
+#endif
+        return Isolation::process;
+    }
+
+    // A user or group to run a plugin's process as: a name or a numeric id (an integer, or digits in a
+    // string). Whether it exists is checked when the plugin starts, on the machine that runs it.
+    std::string account(const toml::node& n, const std::string& key, const std::string& what) const {
+        constexpr uint64_t kMaxId = 4294967294;  // (uid_t)-1 means "unchanged" to setresuid and friends
+        const std::string range = "a numeric " + what + " id must be 0.." + std::to_string(kMaxId);
+        if (const auto* i = n.as_integer()) {
+            if (i->get() < 0 || static_cast<uint64_t>(i->get()) > kMaxId)
+                fail(n, key, range + ", got " + std::to_string(i->get()));
+            return std::to_string(i->get());
+        }
+        if (!n.is_string()) {
+            fail(n, key, "must be a " + what + " name or numeric id (e.g. \"nobody\" or 65534), got " + got(n));
+        }
+        const std::string& s = n.as_string()->get();
+        if (s.empty()) fail(n, key, "must not be empty (leave it out to keep the host's " + what + ")");
+        if (std::all_of(s.begin(), s.end(), is_digit)) {
+            if (s.size() > 10 || std::stoull(s) > kMaxId) fail(n, key, range + ", got " + quote(s));
+            return s;
+        }
+        const bool bad_char = std::any_of(s.begin(), s.end(), [](char c) {
+            unsigned char u = static_cast<unsigned char>(c);
+            return u <= 0x20 || u == 0x7F || c == ':';
+        });
+        if (bad_char || s.front() == '-') {
+            fail(n, key,
+                 quote(s) + " is not a " + what +
+                     " name or numeric id (a name has no spaces, control characters or ':', and does not start with "
+                     "'-')");
+        }
+        return s;
     }
 
     void flatten(const toml::node& n, const std::string& flat, const std::string& key, PluginValues& out) const {
@@ -408,11 +475,27 @@ public:
         return ts;
     }
 
-    PluginSettings plugin(const toml::table& t, const std::string& key) const {
+    // `host_isolation`: [host] isolation as read ahead (nullopt: not a valid value).
+    PluginSettings plugin(const toml::table& t, const std::string& key, std::optional<Isolation> host_isolation) const {
         PluginSettings ps;
+        // What the plugin's process-only keys are checked against as they come, in file order.
+        const toml::node* own = t.get("isolation");
+        const std::optional<Isolation> effective = own ? isolation_ahead(*own) : host_isolation;
         for (auto [k, v] : in_file_order(t)) {
             std::string_view name = k->str();
             std::string sub = child_key(key, name);
+            if (effective == Isolation::none && contains(kProcessOnlyKeys, name)) {
+                const std::string n(name);
+                if (own) {
+                    fail(k->source(), sub,
+                         "applies only with isolation = \"process\", and [" + key +
+                             "] isolation is \"none\" (set it to \"process\", or remove " + n + ")");
+                }
+                fail(k->source(), sub,
+                     "applies only with isolation = \"process\", and this plugin runs with [host] isolation = "
+                     "\"none\" (set isolation = \"process\" in [" +
+                         key + "] or in [host], or remove " + n + ")");
+            }
             if (name == "enabled") {
                 ps.enabled = boolean(*v, sub);
             } else if (name == "interval") {
@@ -429,6 +512,18 @@ public:
                 flatten(table(*v, sub), "", sub, ps.config);
             } else if (name == "sha256") {
                 ps.sha256 = sha256(*v, sub);
+            } else if (name == "isolation") {
+                ps.isolation = isolation(*v, sub);
+            } else if (name == "user") {
+                ps.user = account(*v, sub, "user");
+            } else if (name == "group") {
+                ps.group = account(*v, sub, "group");
+            } else if (name == "memory_max") {
+                ps.memory_max = size(*v, sub, " (leave it out for no limit)");
+            } else if (name == "open_files_max") {
+                ps.open_files_max = limit(*v, sub, 1048576, "the host's limit");
+            } else if (name == "processes_max") {
+                ps.processes_max = limit(*v, sub, 100000, "no limit");
             } else {
                 unknown(*k, sub, kPluginKeys);
             }
@@ -488,6 +583,14 @@ public:
                 cfg.max_plugin_size = size(*v, key);
             } else if (name == "max_tasks_per_plugin") {
                 cfg.max_tasks_per_plugin = static_cast<uint32_t>(integer_in(*v, key, 1, 10000000));
+            } else if (name == "isolation") {
+                cfg.isolation = isolation(*v, key);
+            } else if (name == "abandon_after") {
+                cfg.abandon_after = duration(*v, key);
+            } else if (name == "crash_limit") {
+                cfg.crash_limit = static_cast<uint32_t>(integer_in(*v, key, 1, 1000));
+            } else if (name == "crash_window") {
+                cfg.crash_window = duration(*v, key);
             } else {
                 unknown(*k, key, kHostKeys);
             }
@@ -500,6 +603,9 @@ public:
         cfg.plugin_dir = "plugins";
         bool sink_set = false;
         const toml::node* sink_node = nullptr;
+        // [host] isolation decides which plugins may set process-only keys, and [host] may come last.
+        const toml::node* host_iso = root["host"]["isolation"].node();
+        const std::optional<Isolation> host_isolation = host_iso ? isolation_ahead(*host_iso) : Isolation::none;
         for (auto [k, v] : in_file_order(root)) {
             std::string_view name = k->str();
             std::string key = child_key("", name);
@@ -514,7 +620,7 @@ public:
                         fail(pk->source(), plugin_key,
                              "bad plugin name " + quote(pk->str()) + " (use 1-64 of A-Z a-z 0-9 _ -)");
                     }
-                    cfg.plugins[std::string(pk->str())] = plugin(table(*pv, plugin_key), plugin_key);
+                    cfg.plugins[std::string(pk->str())] = plugin(table(*pv, plugin_key), plugin_key, host_isolation);
                 }
             } else if (!v->is_table() && contains(kHostKeys, name)) {
                 fail(k->source(), key, "unknown top-level key (did you mean to put it under [host]?)");
@@ -727,6 +833,8 @@ const PluginSettings& HostConfig::plugin(const std::string& name) const {
     auto it = plugins.find(name);
     return it == plugins.end() ? defaults : it->second;
 }
+
+Isolation HostConfig::isolation_of(const std::string& name) const { return plugin(name).isolation.value_or(isolation); }
 
 HostConfig parse_config(std::string_view toml_text, const fs::path& source) {
     Reader reader(source);

@@ -65,15 +65,16 @@ private:
     std::map<std::string, Value, std::less<>> values_;
 };
 
-// Where a plugin's code runs: in the host's process, or in a process of its own (Linux only).
-enum class Isolation { none, process };
-
 // [plugins.<name>.tasks.<task>]
 struct TaskSettings {
     std::optional<Duration> interval;
     std::optional<Duration> timeout;
     bool operator==(const TaskSettings& o) const { return interval == o.interval && timeout == o.timeout; }
 };
+
+// How a plugin runs: in the host's process (none), or in a child process of its own (process; Linux only,
+// refused by the parser elsewhere).
+enum class Isolation { none, process };
 
 // [plugins.<name>]
 struct PluginSettings {
@@ -83,10 +84,21 @@ struct PluginSettings {
     std::map<std::string, TaskSettings> tasks;
     PluginValues config;
     std::string sha256;  // pinned content (64 lowercase hex digits); empty = any content
-    std::optional<Isolation> isolation;  // unset = [host] isolation
+    std::optional<Isolation> isolation;  // unset = [host] isolation (see HostConfig::isolation_of)
+    // The rest only with isolation "process" (the parser refuses them on a plugin whose isolation is "none").
+    // The user and group the plugin's process runs as: a name or a numeric id ("65534"); empty = the host's.
+    // Another than the host's needs the host to run as root, which is checked when the plugin starts.
+    std::string user;
+    std::string group;
+    uint64_t memory_max = 0;      // bytes; 0 = no limit
+    uint64_t open_files_max = 0;  // 1..1048576; 0 = the host's limit
+    uint64_t processes_max = 0;   // 1..100000, the plugin's own process counted (1 = it starts none); 0 = no limit
+    // Any difference restarts the plugin when host.toml is applied.
     bool operator==(const PluginSettings& o) const {
         return enabled == o.enabled && interval == o.interval && timeout == o.timeout && tasks == o.tasks &&
-               config == o.config && sha256 == o.sha256 && isolation == o.isolation;
+               config == o.config && sha256 == o.sha256 && isolation == o.isolation && user == o.user &&
+               group == o.group && memory_max == o.memory_max && open_files_max == o.open_files_max &&
+               processes_max == o.processes_max;
     }
 };
 
@@ -111,17 +123,28 @@ struct HostConfig {
     WatchMode watch = WatchMode::automatic;
     Duration poll_interval = std::chrono::seconds(1);  // the polling backend's scan period
     Duration settle = std::chrono::milliseconds(300);  // quiet time before a file seen changing is loaded
-    // A task failing k times in a row next runs interval * 2^k later, at most this much later; 0 = off.
+    // A task failing k times in a row next runs interval * 2^k later, at most this much later; 0 = off. Also the
+    // longest wait before a crashed isolated plugin's process is restarted (0: at once).
     Duration backoff_max = std::chrono::minutes(5);
     bool allow_insecure = false;  // load files (and a plugin_dir) writable by group/others or owned by another user
     bool allow_symlinks = false;  // load plugin files that are symlinks
     uint64_t max_plugin_size = 256ull * 1024 * 1024;  // larger plugin files are refused (TH_E_FILE_TOO_LARGE)
     uint32_t max_tasks_per_plugin = 100000;  // static + add_task; more refuses the plugin (TH_E_TOO_MANY_TASKS)
-    Isolation isolation = Isolation::none;  // every plugin's mode unless [plugins.<name>] isolation says otherwise
+    Isolation isolation = Isolation::none;   // of every plugin whose [plugins.<name>] sets none
+    // How long past its deadline a run that ignores its cancellation is waited for: then it is abandoned
+    // (in process: its worker replaced, the library pinned) or its process killed and restarted (isolated).
+    // It is Tickers::Options::abandon_after for in-process plugins, so it takes effect at restart.
+    Duration abandon_after = std::chrono::seconds(5);
+    // An isolated plugin whose process dies crash_limit (1..1000) times within crash_window stays down until
+    // its file changes or the host reloads. Restarts before that back off, at most backoff_max.
+    uint32_t crash_limit = 5;
+    Duration crash_window = std::chrono::seconds(60);
     std::map<std::string, PluginSettings> plugins;
 
     // Settings for a plugin (defaults when host.toml has no [plugins.<name>]).
     const PluginSettings& plugin(const std::string& name) const;
+    // The plugin's own isolation, else [host] isolation.
+    Isolation isolation_of(const std::string& plugin) const;
 };
 
 // The keys host.toml accepts in [host], in [plugins.<name>] and in [plugins.<name>.tasks.<task>] (the
@@ -130,7 +153,8 @@ enum class ConfigTable { host, plugin, task };
 const std::vector<std::string_view>& config_keys(ConfigTable table);
 
 // Reads and validates a host.toml. Throws ConfigError (syntax, wrong type, unknown key with a "did you
-// mean" suggestion, a duration that is not positive or longer than max_duration (365 days), ...). Relative paths resolve against the file's folder.
+// mean" suggestion, a duration that is not positive or longer than max_duration (365 days), a process-only key
+// on a plugin whose isolation is "none", ...). Relative paths resolve against the file's folder.
 HostConfig load_config(const std::filesystem::path& file);
 // Same, from text; `source` is used for messages and to resolve relative paths.
 HostConfig parse_config(std::string_view toml_text, const std::filesystem::path& source);
