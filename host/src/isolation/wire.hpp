@@ -69,8 +69,8 @@
 namespace tickhost::detail::wire {
 
 constexpr uint32_t kProtocolVersion = 1;
-constexpr size_t kMaxMessage = 65536;  // bytes in one datagram, header included
-constexpr size_t kHeaderSize = 8;
+constexpr size_t kMaxMessage = 65536;       // bytes in one datagram, header included
+constexpr size_t kHeaderSize = 8;           // type, version, reserved, seq
 constexpr size_t kMaxText = 4096;           // most string fields: texts, paths, keys, task names on the wire
 constexpr size_t kMaxName = 64;             // plugin names (Init, Loaded)
 constexpr size_t kMaxConfigString = 60000;  // a string config value
@@ -210,7 +210,7 @@ bool encode(const WorkerMessage& m, uint32_t seq, std::vector<uint8_t>* out, std
 // kMaxMessage, all with the same seq, entries in order; an empty list gives no datagram. Tasks messages carry
 // first_index = first_index + the position in `all` of their first entry (declared tasks after InitDone start
 // at the static task count). An entry past its limits fails the whole list (false + *err naming the entry's
-// position in `all`, *out emptied).
+// position in `all`, *out emptied), and so does a Tasks list whose last index would pass 0xFFFFFFFF.
 bool encode_config(const std::vector<ConfigEntry>& all, uint32_t seq, std::vector<std::vector<uint8_t>>* out,
                    std::string* err);
 bool encode_tasks(const std::vector<TaskEntry>& all, uint32_t seq, std::vector<std::vector<uint8_t>>* out,
@@ -218,7 +218,8 @@ bool encode_tasks(const std::vector<TaskEntry>& all, uint32_t seq, std::vector<s
 
 // Decodes one datagram of `size` bytes. Never reads past data + size, allocates O(size) at most (a count or
 // length larger than the remaining bytes can hold is refused before anything is reserved), never throws.
-// Refused: nullopt and a one-line *err naming the type and field, e.g.
+// Refused: nullopt and a one-line *err naming the type and field (an entry by its position in this
+// datagram), e.g.
 //   "Tasks: entry 3: name length 70000 exceeds 4096", "unknown message type 200",
 //   "truncated Result: 3 bytes left, error needs 4".
 // decode_worker refuses host messages and decode_host worker messages.
