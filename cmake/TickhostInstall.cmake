@@ -25,6 +25,7 @@ install(DIRECTORY ${PROJECT_SOURCE_DIR}/host/include/tickhost DESTINATION ${CMAK
         FILES_MATCHING PATTERN "*.hpp")
 
 install(TARGETS tickhost RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+install(TARGETS tickhost-worker RUNTIME DESTINATION ${CMAKE_INSTALL_LIBEXECDIR}/tickhost)
 
 # Two export sets, so that find_package(tickhost COMPONENTS sdk) needs none of the host's dependencies.
 install(EXPORT tickhostSdkTargets NAMESPACE tickhost:: DESTINATION ${TICKHOST_CMAKE_DIR} FILE tickhostSdkTargets.cmake)

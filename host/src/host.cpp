@@ -13,6 +13,7 @@ Tickers::Options scheduler_options(const HostConfig& c) {
     o.workers = c.workers;
     o.default_timeout = c.default_timeout;
     o.backoff_max = c.backoff_max;
+    o.abandon_after = c.abandon_after;
     return o;
 }
 

@@ -1,6 +1,9 @@
 #include "load_pipeline.hpp"
 
 #include "inprocess_instance.hpp"
+#if defined(__linux__)
+#include "isolation/isolated_instance.hpp"
+#endif
 
 #include <spdlog/spdlog.h>
 
@@ -10,11 +13,6 @@ namespace tickhost::detail {
 
 LoadError to_error(const LoadFailure& f) { return LoadError{f.code, status_name(f.code), f.reason, f.hint}; }
 
-Isolation isolation_of(const HostConfig& config, const std::string& name) {
-    auto it = config.plugins.find(name);
-    if (it != config.plugins.end() && it->second.isolation) return *it->second.isolation;
-    return config.isolation;
-}
 
 std::pair<Duration, Duration> schedule_of(const PluginSettings& s, const th_task_def& t, Duration default_timeout) {
     auto it = s.tasks.find(t.name);
@@ -66,9 +64,30 @@ std::shared_ptr<PluginInstance> LoadPipeline::open_in(Isolation mode, const fs::
     const PluginSettings& by_file = config_.plugin(file.stem().string());
     const Duration entry_bound = by_file.timeout ? *by_file.timeout : config_.default_timeout;
     if (mode == Isolation::process) {
-        *err = LoadError{TH_E_NOT_ALLOWED, "TH_E_NOT_ALLOWED", "isolation = \"process\" is not available in this build",
-                         "set isolation = \"none\""};
+#if defined(__linux__)
+        IsolatedOptions o;
+        std::string e;
+        o.worker = find_worker(&e);
+        if (o.worker.empty()) {
+            *err = LoadError{TH_E_NOT_ALLOWED, "TH_E_NOT_ALLOWED", "isolation = \"process\": " + e,
+                             "install tickhost-worker beside tickhost (make install does)"};
+            return nullptr;
+        }
+        const std::string name = file.stem().string();
+        const PluginSettings& s = config_.plugin(name);
+        o.entry_bound = entry_bound;
+        o.max_tasks = config_.max_tasks_per_plugin;
+        o.abandon_after = config_.abandon_after;
+        o.limits = ChildLimits{s.memory_max, s.open_files_max, s.processes_max};
+        o.user = s.user;
+        o.group = s.group;
+        if (!isolation_) isolation_ = std::make_unique<IsolationRuntime>(log_);
+        return IsolatedInstance::open(*isolation_, file, staged, o, err);
+#else
+        *err = LoadError{TH_E_NOT_ALLOWED, "TH_E_NOT_ALLOWED", "process isolation is available on Linux only",
+                         "set isolation = \"none\" in host.toml"};
         return nullptr;
+#endif
     }
     LoadFailure f;
     auto lib = Library::load(staged, log_, entry_bound, &f, config_.max_tasks_per_plugin);
@@ -80,12 +99,12 @@ std::shared_ptr<PluginInstance> LoadPipeline::open_in(Isolation mode, const fs::
 }
 
 std::shared_ptr<PluginInstance> LoadPipeline::open(const fs::path& file, StagedFile& staged, LoadError* err) {
-    const Isolation mode = isolation_of(config_, file.stem().string());
+    const Isolation mode = config_.isolation_of(file.stem().string());
     const std::string sha = staged.sha256;
     auto inst = open_in(mode, file, staged, err);
     if (!inst) return nullptr;
     const std::string name = inst->def().name;
-    if (const Isolation wanted = isolation_of(config_, name); wanted != mode) {
+    if (const Isolation wanted = config_.isolation_of(name); wanted != mode) {
         // Named otherwise than its file, with another mode in host.toml: opened again, in its own mode.
         log_->info("{}: plugin '{}' is set to isolation = \"{}\" in host.toml; loading it again that way (name the "
                    "file {}.so so that its mode is known before any of its code runs)",

@@ -23,10 +23,9 @@ class logger;
 
 namespace tickhost::detail {
 
-LoadError to_error(const LoadFailure& f);
+class IsolationRuntime;
 
-// The mode a plugin runs in: its [plugins.<name>] isolation, else [host] isolation.
-Isolation isolation_of(const HostConfig& config, const std::string& name);
+LoadError to_error(const LoadFailure& f);
 
 // A task's interval and timeout: host.toml's task setting, then its plugin setting, then the plugin's own
 // default (a timeout of 0: the host's default).
@@ -60,6 +59,7 @@ private:
     const HostConfig& config_;
     std::shared_ptr<spdlog::logger> log_;
     std::unique_ptr<ShadowCache> cache_;
+    std::unique_ptr<IsolationRuntime> isolation_;  // started with the first isolated plugin
 };
 
 }  // namespace tickhost::detail

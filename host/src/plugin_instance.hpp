@@ -19,6 +19,7 @@
 #include <tickhost/tickers.hpp>
 
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -63,6 +64,9 @@ public:
     // Code of this version may still be running: in-process, its library is never unmapped (kept, with
     // its state, until the host exits); isolated, its process is killed.
     virtual void abandon() = 0;
+    // Isolated: called once, on another thread, when its process ends without the host having asked (a
+    // crash, `exit`, a limit, a kill for a hang), with what happened. Must not block. In-process: never.
+    virtual void set_exit_handler(std::function<void(const std::string& why)> fn) { (void)fn; }
 };
 
 }  // namespace tickhost::detail

@@ -11,6 +11,9 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <condition_variable>
+#include <deque>
+#include <thread>
 #include <cstring>
 #include <set>
 
@@ -39,6 +42,10 @@ using detail::LoadFailure;
 using detail::schedule_of;
 using detail::to_error;
 
+namespace {
+std::string describe(const LoadedPlugin& p);
+}  // namespace
+
 bool is_plugin_file_name(const fs::path& path) {
 #if defined(_WIN32)
     const char* suffix = ".dll";
@@ -61,10 +68,130 @@ PluginManager::PluginManager(Tickers& tickers, HostConfig config)
     running_poll_interval_ = config_.poll_interval;
     running_settle_ = config_.settle;
     running_backoff_max_ = config_.backoff_max;
+    running_abandon_after_ = config_.abandon_after;
     pipeline_ = std::make_unique<detail::LoadPipeline>(config_, log_);
+    supervisor_ = std::make_shared<Supervisor>();
 }
 
-PluginManager::~PluginManager() { unload_all(config_.shutdown_timeout); }
+// The supervisor's queue and thread. Exit handlers hold it by shared_ptr: one that fires while the
+// manager is being destroyed finds it closed.
+struct PluginManager::Supervisor {
+    struct Crash {
+        fs::path file;
+        const void* instance;
+        std::string why;
+    };
+    std::mutex mu;
+    std::condition_variable cv;
+    std::deque<Crash> crashes;
+    std::map<fs::path, std::chrono::steady_clock::time_point> restarts;
+    bool closed = false;
+    std::thread thread;
+};
+
+PluginManager::~PluginManager() {
+    unload_all(config_.shutdown_timeout);
+    {
+        std::lock_guard<std::mutex> lk(supervisor_->mu);
+        supervisor_->closed = true;
+        supervisor_->cv.notify_all();
+    }
+    if (supervisor_->thread.joinable()) supervisor_->thread.join();
+}
+
+void PluginManager::watch(const Plugin& p) {
+    if (p->inst->mode() != Isolation::process) return;
+    auto sup = supervisor_;
+    {
+        std::lock_guard<std::mutex> lk(sup->mu);
+        if (!sup->thread.joinable() && !sup->closed) sup->thread = std::thread([this] { supervise(); });
+    }
+    p->inst->set_exit_handler([sup, file = p->file, inst = static_cast<const void*>(p->inst.get())](const std::string& why) {
+        std::lock_guard<std::mutex> lk(sup->mu);
+        if (sup->closed) return;
+        sup->crashes.push_back({file, inst, why});
+        sup->cv.notify_all();
+    });
+}
+
+void PluginManager::supervise() {
+    Supervisor& sup = *supervisor_;
+    std::unique_lock<std::mutex> lk(sup.mu);
+    while (!sup.closed) {
+        auto next = std::chrono::steady_clock::time_point::max();
+        for (auto& [f, t] : sup.restarts) next = std::min(next, t);
+        if (sup.crashes.empty()) {
+            // Asleep while nothing is pending: an idle host makes no wake-up here.
+            if (next == std::chrono::steady_clock::time_point::max())
+                sup.cv.wait(lk);
+            else
+                sup.cv.wait_until(lk, next);
+        }
+        if (sup.closed) break;
+        std::deque<Supervisor::Crash> crashes;
+        crashes.swap(sup.crashes);
+        std::vector<fs::path> due;
+        const auto now = std::chrono::steady_clock::now();
+        for (auto it = sup.restarts.begin(); it != sup.restarts.end();) {
+            if (it->second <= now) {
+                due.push_back(it->first);
+                it = sup.restarts.erase(it);
+            } else {
+                ++it;
+            }
+        }
+        lk.unlock();
+        for (auto& c : crashes) crashed(c.file, c.instance, c.why);
+        for (auto& f : due) {
+            std::lock_guard<std::mutex> g(mu_);
+            if (!stopping_ && !by_file_.count(f)) sync_guarded(f);
+        }
+        lk.lock();
+    }
+}
+
+void PluginManager::crashed(const fs::path& file, const void* instance, const std::string& why) {
+    std::lock_guard<std::mutex> lk(mu_);
+    auto it = by_file_.find(file);
+    if (it == by_file_.end() || it->second->inst.get() != instance) {
+        log_->info("{}: a version no longer running ended: {}", file.string(), why);
+        return;
+    }
+    Plugin p = it->second;
+    by_file_.erase(it);
+    Duration shortest = Duration::max();
+    for (auto& t : p->scheduled) shortest = std::min(shortest, t.interval);
+    if (shortest == Duration::max()) shortest = std::chrono::seconds(1);
+    // Its tasks get no stop call and it gets no shutdown call: its process is gone.
+    stop_plugins({p}, config_.shutdown_timeout);
+    const auto now = std::chrono::steady_clock::now();
+    Down& d = down_[file];
+    if (d.sha256 != p->inst->sha256()) d = Down{p->inst->sha256(), {}, {}, false};
+    d.crashes.erase(std::remove_if(d.crashes.begin(), d.crashes.end(),
+                                   [&](auto t) { return now - t > config_.crash_window; }),
+                    d.crashes.end());
+    d.crashes.push_back(now);
+    const size_t k = d.crashes.size();
+    if (k >= config_.crash_limit) {
+        d.for_good = true;
+        log_->error("plugin {} stopped: {}; its tasks got no stop call. It ended {} times within {} ([host] "
+                    "crash_limit, crash_window): it stays down until its file changes or host.toml is applied "
+                    "again (SIGHUP)",
+                    describe(*p), why, k, format_duration(config_.crash_window));
+        return;
+    }
+    // interval x 2^(k-1), at most backoff_max; backoff_max off: at once.
+    Duration delay = shortest;
+    for (size_t i = 1; i < k && delay < config_.backoff_max; ++i) delay = delay > Duration::max() / 2 ? Duration::max() : delay * 2;
+    delay = config_.backoff_max > Duration::zero() ? std::min(delay, config_.backoff_max) : Duration::zero();
+    d.until = now + delay;
+    log_->error("plugin {} stopped: {}; its tasks got no stop call. Restarting it in {} (crash {} of [host] "
+                "crash_limit = {} within {})",
+                describe(*p), why, format_duration(delay), k, config_.crash_limit, format_duration(config_.crash_window));
+    std::lock_guard<std::mutex> g(supervisor_->mu);
+    supervisor_->restarts[file] = d.until;
+    supervisor_->cv.notify_all();
+}
 
 const fs::path& PluginManager::shadow_dir() const { return pipeline_->shadow_dir(); }
 
@@ -163,10 +290,6 @@ std::optional<LoadError> PluginManager::refuse(const fs::path& file, const std::
     return e;
 }
 
-namespace {
-std::string describe(const LoadedPlugin& p);
-}  // namespace
-
 std::optional<LoadError> PluginManager::sync_locked(const fs::path& file) {
     auto it = by_file_.find(file);
     Plugin old = it == by_file_.end() ? nullptr : it->second;
@@ -175,6 +298,7 @@ std::optional<LoadError> PluginManager::sync_locked(const fs::path& file) {
     const bool present = ::lstat(file.c_str(), &st) == 0;
     if (!present) {
         failed_.erase(file);
+        down_.erase(file);
         if (old) {
             log_->info("{}: file removed: stopping plugin '{}'", file.string(), old->name);
             by_file_.erase(it);
@@ -220,6 +344,14 @@ std::optional<LoadError> PluginManager::sync_locked(const fs::path& file) {
         log_->debug("{}: content unchanged (sha256 {}); nothing to do", file.string(), sha.substr(0, 12));
         failed_.erase(file);
         return std::nullopt;  // the staged copy goes with `staged`
+    }
+    if (auto d = down_.find(file); d != down_.end()) {
+        if (d->second.sha256 != sha) {
+            down_.erase(d);  // a new version: a fresh start
+        } else if (d->second.for_good || std::chrono::steady_clock::now() < d->second.until) {
+            log_->debug("{}: down after its process ended (see above); not started now", file.string());
+            return std::nullopt;
+        }
     }
     auto f = failed_.find(file);
     if (f != failed_.end() && f->second.sha256 == sha && (!f->second.retry || f->second.retried)) {
@@ -345,7 +477,7 @@ std::optional<LoadError> PluginManager::add_new(const fs::path& file, detail::St
 std::optional<LoadError> PluginManager::replace(const Plugin& old, detail::StagedFile& staged, const std::string& sha) {
     const fs::path& file = old->file;
     const std::string keeps = "; " + describe(*old) + " keeps running";
-    if (!old->inst->replaceable())
+    if (!old->inst->replaceable() && config_.isolation_of(old->name) == Isolation::none)
         return refuse(file, "new version not loaded",
                       {TH_E_NOT_ALLOWED, "TH_E_NOT_ALLOWED",
                        "plugin " + describe(*old) +
@@ -426,15 +558,19 @@ void PluginManager::apply_config(HostConfig next) {
                        next.poll_interval != file.poll_interval);
         restart_needed("settle", next.settle != running_settle_, next.settle != file.settle);
         restart_needed("backoff_max", next.backoff_max != running_backoff_max_, next.backoff_max != file.backoff_max);
+        restart_needed("abandon_after", next.abandon_after != running_abandon_after_,
+                       next.abandon_after != file.abandon_after);
         file_config_ = next;
         next.plugin_dir = config_.plugin_dir;  // keep running on what we watch
         next.shadow_dir = config_.shadow_dir;
         const HostConfig prev = config_;
         config_ = std::move(next);
         failed_.clear();  // new settings: give refused files another chance (a restart below may fail anew)
+        down_.clear();    // and plugins down after crashes
         std::vector<Plugin> changed;
         for (auto& [f, p] : by_file_)
-            if (!(prev.plugin(p->name) == config_.plugin(p->name)) || prev.default_timeout != config_.default_timeout)
+            if (!(prev.plugin(p->name) == config_.plugin(p->name)) || prev.default_timeout != config_.default_timeout ||
+                prev.isolation_of(p->name) != config_.isolation_of(p->name))
                 changed.push_back(p);
         // A changed plugin is restarted in place, on the library already loaded: its tasks stop, shutdown,
         // init with the new settings, its tasks start. No reload: this is what keeps a plugin with a Go
@@ -446,6 +582,23 @@ void PluginManager::apply_config(HostConfig next) {
             if (!config_.plugin(p->name).enabled) {
                 log_->info("plugin '{}' disabled in host.toml: stopping it", p->name);
                 stop_plugins({p}, config_.shutdown_timeout);
+                continue;
+            }
+            if (const Isolation mode = config_.isolation_of(p->name); mode != p->inst->mode()) {
+                // Another mode: another instance, loaded and checked before the running one stops (which
+                // comes back if the new one fails), as for a new version of the file.
+                log_->info("plugin '{}': isolation changed in host.toml: moving it to isolation = \"{}\"", p->name,
+                           mode == Isolation::process ? "process" : "none");
+                by_file_[p->file] = p;
+                detail::StagedFile staged;
+                LoadFailure rf;
+                if (!pipeline_->stage(p->file, &staged, &rf)) {
+                    log_->error("{}: cannot read it again: {}; plugin '{}' keeps running as it was", p->file.string(),
+                                rf.reason, p->name);
+                    continue;
+                }
+                const std::string sha = staged.sha256;
+                replace(p, staged, sha);
                 continue;
             }
             log_->info("plugin '{}': settings changed in host.toml: restarting it in place", p->name);
@@ -495,6 +648,7 @@ std::optional<LoadError> PluginManager::start_tasks(const std::shared_ptr<Loaded
             adding = nullptr;
             if (p->scheduled.size() == 1) detail::fault_point("start_tasks", p->name);  // test seam
         }
+        watch(p);
         return std::nullopt;
     } catch (const std::exception& e) {
         what = e.what();

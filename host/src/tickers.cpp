@@ -256,6 +256,7 @@ struct Worker {
     std::atomic<uint64_t> call{0};             // task ID | kStopCall for a stop call
     std::atomic<uint64_t> cancel{0};           // == seq of the call to cancel (RunContext reads it); grows only
     std::atomic<uint64_t> cancel_sent{0};      // seq the timer cancelled at its deadline (written by the timer)
+    detail::RelaySlot relay;                   // a bridge's cancel relay for the call in progress (rarely set)
     uint64_t seq = 0;                       // worker-private
     // The slice being executed, so the timer can hand the rest to others if this call is abandoned.
     std::atomic<Batch*> batch{nullptr};
@@ -314,6 +315,11 @@ struct Tickers::Impl : std::enable_shared_from_this<Tickers::Impl> {
         while (c <= seq &&
                !w.cancel.compare_exchange_weak(c, seq, std::memory_order_release, std::memory_order_relaxed)) {
         }
+        if (c > seq) return;  // a newer call is already cancelled: this one is long over
+        // Pairs with set_cancel_relay's fence: either the canceller sees the relay, or the bridge that sets
+        // it sees the cancellation.
+        std::atomic_thread_fence(std::memory_order_seq_cst);
+        w.relay.cancelled(seq);
     }
     // Cancels the run (never a stop call) a worker is executing for task `only`, or with only == 0, the
     // runs of every removed task. Reads each worker as scan_workers() does. Never blocks on task code.
@@ -837,7 +843,7 @@ bool Tickers::Impl::call(Worker& w, Slot& s, Member m, bool is_stop, int64_t due
         else
             w.deadline.store(to_ns(deadline), std::memory_order_relaxed);  // the run is claimed: now it has one
 
-        RunContext ctx(id, s.name, is_stop ? start : from_ns(due), deadline, *clock_, w.cancel, seq);
+        RunContext ctx(id, s.name, is_stop ? start : from_ns(due), deadline, *clock_, w.cancel, seq, &w.relay);
         TaskResult r;
         try {
             r = s.fn(ctx, is_stop);

@@ -25,6 +25,7 @@
 #include <tickhost/tickers.hpp>
 
 #include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -204,19 +205,34 @@ private:
     // Loaded and checked, no init: the pipeline's instance in a manager record. Null + *err on failure.
     Plugin open(const std::filesystem::path& file, detail::StagedFile& staged, LoadError* err);
 
+    // Isolated plugins whose process ended on its own: the crash handled (tasks removed, no stop calls),
+    // then a restart after a back-off, or down for good after crash_limit crashes within crash_window.
+    struct Supervisor;
+    struct Down {
+        std::string sha256;                                  // the content that crashed
+        std::vector<std::chrono::steady_clock::time_point> crashes;  // within crash_window
+        std::chrono::steady_clock::time_point until{};       // restart not before
+        bool for_good = false;                               // until the file changes or host.toml is applied
+    };
+    void supervise();  // the supervisor's thread
+    void crashed(const std::filesystem::path& file, const void* instance, const std::string& why);
+    void watch(const Plugin& p);  // hands an isolated plugin's exits to the supervisor
+
     Tickers& tickers_;
     HostConfig config_;
     HostConfig file_config_;  // what host.toml said at the last apply_config (for "changed" messages)
     // [host] keys that take effect only at a restart: the values the host runs with.
     size_t running_workers_ = 0;
     WatchMode running_watch_ = WatchMode::automatic;
-    Duration running_poll_interval_{0}, running_settle_{0}, running_backoff_max_{0};
+    Duration running_poll_interval_{0}, running_settle_{0}, running_backoff_max_{0}, running_abandon_after_{0};
     std::shared_ptr<spdlog::logger> log_;
     std::unique_ptr<detail::LoadPipeline> pipeline_;
     mutable std::mutex mu_;
     std::atomic<bool> stopping_{false};
     std::map<std::filesystem::path, Plugin> by_file_;
     std::map<std::filesystem::path, Failure> failed_;  // last failed content per file, not to repeat errors
+    std::map<std::filesystem::path, Down> down_;       // isolated plugins backing off or down after crashes
+    std::shared_ptr<Supervisor> supervisor_;           // shared with the exit handlers (which may outlive us)
 };
 
 }  // namespace tickhost

@@ -107,15 +107,39 @@ private:
 // A task ID: slot index (low 32 bits) + generation (high 32 bits). 0 is never a valid ID.
 using TaskId = uint64_t;
 
+// Tells a bridge to another API that the call it serves is cancelled (see RunContext::set_cancel_relay).
+// `notify(arg)` runs on the thread that cancels (the timer at the deadline, remove(), stop()): it must
+// return at once, never block, and may be called more than once for one cancellation.
+struct CancelRelay {
+    void (*notify)(void* arg) = nullptr;
+    void* arg = nullptr;
+};
+
+namespace detail {
+// A worker's relay, for the call it is executing. Internal to the Tickers and RunContext.
+struct RelaySlot {
+    std::atomic<const CancelRelay*> relay{nullptr};
+    std::atomic<uint64_t> seq{0};    // the call the relay is set for
+    std::atomic<uint32_t> busy{0};   // cancellers inside notify()
+    // Called by the canceller after it cancelled call `seq`.
+    void cancelled(uint64_t call) {
+        busy.fetch_add(1, std::memory_order_seq_cst);
+        const CancelRelay* r = relay.load(std::memory_order_seq_cst);
+        if (r && seq.load(std::memory_order_relaxed) == call) r->notify(r->arg);
+        busy.fetch_sub(1, std::memory_order_release);
+    }
+};
+}  // namespace detail
+
 // What a run sees: its cancellation flag and deadline. Valid only during the call.
 // The flag is a word shared by every call a worker makes: this call is cancelled once the word holds this
 // call's own sequence number, so a late cancellation of a previous call can never hit the next one.
 class RunContext {
 public:
     RunContext(TaskId id, const std::string& name, TimePoint due, TimePoint deadline, const Clock& clock,
-               const std::atomic<uint64_t>& cancel_word, uint64_t cancel_value)
+               const std::atomic<uint64_t>& cancel_word, uint64_t cancel_value, detail::RelaySlot* relay = nullptr)
         : id_(id), name_(name), due_(due), deadline_(deadline), clock_(clock), cancel_word_(cancel_word),
-          cancel_value_(cancel_value) {}
+          cancel_value_(cancel_value), relay_(relay) {}
     TaskId id() const { return id_; }
     const std::string& name() const { return name_; }
     bool cancelled() const { return cancel_word_.load(std::memory_order_relaxed) == cancel_value_; }
@@ -129,6 +153,23 @@ public:
     // The word stays valid for the registry's lifetime.
     const std::atomic<uint64_t>& cancel_word() const { return cancel_word_; }
     uint64_t cancel_value() const { return cancel_value_; }
+    // For a bridge whose call's code cannot read cancel_word() (it runs in another process): while set,
+    // a cancellation of this call also calls relay->notify (at once if the call is already cancelled).
+    // Clear it (nullptr) before the call returns: that waits for a notify in progress, so the relay may
+    // be destroyed after. Costs nothing for calls that never set one. Not for a RunContext made by hand.
+    void set_cancel_relay(const CancelRelay* r) {
+        if (!relay_) return;
+        if (!r) {
+            relay_->relay.store(nullptr, std::memory_order_seq_cst);
+            while (relay_->busy.load(std::memory_order_acquire) != 0) {
+            }
+            return;
+        }
+        relay_->seq.store(cancel_value_, std::memory_order_relaxed);
+        relay_->relay.store(r, std::memory_order_seq_cst);
+        std::atomic_thread_fence(std::memory_order_seq_cst);
+        if (cancelled()) r->notify(r->arg);
+    }
 
 private:
     TaskId id_;
@@ -138,6 +179,7 @@ private:
     const Clock& clock_;
     const std::atomic<uint64_t>& cancel_word_;
     uint64_t cancel_value_;
+    detail::RelaySlot* relay_;
 };
 
 // What a run returns: ok, or an error message that is logged with the task's name and counted.
