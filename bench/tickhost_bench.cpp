@@ -12,21 +12,35 @@
 // plugin: the same workload, every task a task of a real plugin (bench_sched.so) loaded by the host and
 // called through the C ABI, so that the ABI's cost per run shows next to scheduler mode.
 //
+// --isolation process: the same plugin in a process of its own (tickhost-worker); the plugin keeps its
+// histogram and writes it to a file at shutdown, and the JSON line adds the child's CPU time.
+//
+//   tickhost-bench isolated [--calls M]
+//
+// isolated: the cost of one run's round trip, in-process and isolated, on the same plugin: M calls of one
+// task, back to back from one thread, each timed around the scheduler's call into the plugin (the adapter
+// a worker calls: in-process the C call, isolated the request on a lane, the child's run, its answer).
+// Idle machine, no spinning, no batching: each call is a blocking round trip between two processes.
+// Prints p50/p99 for both and the difference.
+//
 //   tickhost-bench reload [--cycles C]
 //
 // reload: a full Host watching a temporary plugin_dir (inotify, default settle), with the bench plugin at a
 // 10 ms interval. Each cycle: move build A in (drop -> first run), rename build B over it (replace -> first
 // run of the new version), delete it (delete -> stop call done). Milliseconds, p50/p99/max over the cycles.
 //
-//   tickhost-bench idle [--tasks N] [--duration-s D]
+//   tickhost-bench idle [--tasks N] [--duration-s D] [--isolation process]
 //
 // idle: the full host as operators run it (inotify watcher, default logging and workers) with N tasks
 // (default 1000) at a 1 h interval; counts the process's context switches (all threads) over D seconds
-// (default 5) after start-up. A host with nothing due should not wake up.
+// (default 5) after start-up. A host with nothing due should not wake up. Isolated, its worker process's
+// context switches count too.
 #include <tickhost/config.hpp>
 #include <tickhost/host.hpp>
 #include <tickhost/logging.hpp>
 #include <tickhost/tickers.hpp>
+
+#include "load_pipeline.hpp"
 
 #include <spdlog/sinks/base_sink.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
@@ -67,6 +81,8 @@ struct Args {
     bool addremove_only = false;
     size_t workers = 0;  // 0: the host's default
     long cycles = 100;
+    std::string isolation = "none";
+    long calls = 20000;
     bool tasks_set = false;
     bool duration_set = false;
 };
@@ -74,9 +90,10 @@ struct Args {
 const char* kUsage =
     "usage: tickhost-bench scheduler --tasks N --interval-ms I --duration-s D [--addremove-n K]\n"
     "                                [--no-addremove] [--workers W]\n"
-    "       tickhost-bench plugin --tasks N --interval-ms I --duration-s D [--workers W]\n"
+    "       tickhost-bench plugin --tasks N --interval-ms I --duration-s D [--workers W] [--isolation process]\n"
+    "       tickhost-bench isolated [--calls M]\n"
     "       tickhost-bench reload [--cycles C]\n"
-    "       tickhost-bench idle [--tasks N] [--duration-s D]\n";
+    "       tickhost-bench idle [--tasks N] [--duration-s D] [--isolation process]\n";
 
 [[noreturn]] void usage(const std::string& msg) {
     std::fprintf(stderr, "tickhost-bench: %s\n%s", msg.c_str(), kUsage);
@@ -96,6 +113,8 @@ Args parse(int argc, char** argv) {
     app.add_flag("--no-addremove", a.no_addremove);
     app.add_flag("--addremove-only", a.addremove_only);  // the add/remove child (run_addremove_child)
     app.add_option("--workers", a.workers);
+    app.add_option("--isolation", a.isolation);
+    app.add_option("--calls", a.calls);
     std::string threads;
     app.add_option("--threads", threads);  // the peers' knob, taken and ignored; tickhost's is --workers
     try {
@@ -109,7 +128,8 @@ Args parse(int argc, char** argv) {
     a.tasks_set = tasks->count() > 0;
     a.duration_set = duration->count() > 0;
     if (a.mode.empty()) a.mode = "scheduler";
-    if (a.tasks < 0 || a.interval_ms <= 0 || a.duration_s <= 0) usage("bad arguments");
+    if (a.tasks < 0 || a.interval_ms <= 0 || a.duration_s <= 0 || a.calls < 1) usage("bad arguments");
+    if (a.isolation != "none" && a.isolation != "process") usage("--isolation is none or process");
     return a;
 }
 
@@ -216,11 +236,10 @@ Window run_window(Clock::time_point stop_at, Clock::duration interval, Stop stop
     return w;
 }
 
-// The peers' JSON line for a run of N tasks.
-void print_runs(const char* mode, const Args& a, const Histogram& hist, double add_per_s, double remove_per_s,
-                const Window& w, long stops, double register_ms, size_t workers) {
+// The peers' JSON line for a run of N tasks (`child_cpu_s`: an isolated plugin's process).
+void print_runs(const char* mode, const Args& a, const Histogram::Summary& sum, double add_per_s, double remove_per_s,
+                const Window& w, long stops, double register_ms, size_t workers, double child_cpu_s = 0) {
     const long K = long(a.duration_s * 1000.0 / double(a.interval_ms));
-    const auto sum = hist.summarize();
     print_line({{"peer", "tickhost"},
                 {"mode", mode},
                 {"tasks", a.tasks},
@@ -241,7 +260,43 @@ void print_runs(const char* mode, const Args& a, const Histogram& hist, double a
                 {"early", sum.early},
                 {"addremove_n", add_per_s > 0 ? a.addremove_n : 0L},
                 {"threads", w.threads},
-                {"workers", workers}});
+                {"workers", workers},
+                {"isolation", a.isolation},
+                {"child_cpu_s", rounded(child_cpu_s, 3)}});
+}
+
+// CPU time of the children this process has reaped (an isolated plugin's tickhost-worker).
+double children_cpu_s() {
+    rusage ru{};
+    getrusage(RUSAGE_CHILDREN, &ru);
+    return double(ru.ru_utime.tv_sec) + ru.ru_utime.tv_usec / 1e6 + double(ru.ru_stime.tv_sec) + ru.ru_stime.tv_usec / 1e6;
+}
+
+// The tickhost-worker processes this one started.
+std::vector<pid_t> worker_pids() {
+    std::vector<pid_t> out;
+    std::error_code ec;
+    for (auto& e : std::filesystem::directory_iterator("/proc", ec)) {
+        const std::string n = e.path().filename().string();
+        if (n.empty() || !std::isdigit(static_cast<unsigned char>(n[0]))) continue;
+        std::ifstream in(e.path() / "stat");
+        std::string stat;
+        std::getline(in, stat);
+        const auto close = stat.rfind(')');
+        if (close == std::string::npos || stat.find("(tickhost-worker)") == std::string::npos) continue;
+        long ppid = 0;
+        char state = 0;
+        if (std::sscanf(stat.c_str() + close + 1, " %c %ld", &state, &ppid) == 2 && ppid == long(getpid()))
+            out.push_back(pid_t(std::atol(n.c_str())));
+    }
+    return out;
+}
+
+// The tickhost-worker the host finds beside its own executable: here, the one built with this bench.
+void use_built_worker() {
+#ifdef BENCH_WORKER
+    setenv("TICKHOST_WORKER", BENCH_WORKER, 0);
+#endif
 }
 
 int scheduler_mode(const Args& a) {
@@ -279,7 +334,7 @@ int scheduler_mode(const Args& a) {
         t.stop();
         wait_for(stops, N);
     });
-    print_runs("scheduler", a, hist, add_per_s, remove_per_s, w, stops.load(), register_ms, t.worker_count());
+    print_runs("scheduler", a, hist.summarize(), add_per_s, remove_per_s, w, stops.load(), register_ms, t.worker_count());
     return 0;
 }
 
@@ -416,8 +471,16 @@ int plugin_mode(const Args& a) {
     auto& pc = config.plugins["bench_sched"].config;
     pc.set("tasks", int64_t(N));
     pc.set("interval", std::to_string(a.interval_ms) + "ms");
-    pc.set("hist", int64_t(reinterpret_cast<intptr_t>(&hist)));
-    pc.set("stops", int64_t(reinterpret_cast<intptr_t>(&stops)));
+    const bool isolated = a.isolation == "process";
+    const fs::path summary = tmp.path / "summary";
+    if (isolated) {
+        use_built_worker();
+        config.isolation = tickhost::Isolation::process;
+        pc.set("out", summary.string());  // another process: it reports at shutdown
+    } else {
+        pc.set("hist", int64_t(reinterpret_cast<intptr_t>(&hist)));
+        pc.set("stops", int64_t(reinterpret_cast<intptr_t>(&stops)));
+    }
     tickhost::Host host(config);
     const auto T0 = Clock::now();
     host.start();
@@ -432,15 +495,32 @@ int plugin_mode(const Args& a) {
     const auto stop_at =
         anchor + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(a.duration_s)) + I / 2;
     const Window w = run_window(stop_at, I, [&] { host.stop(); });
-    print_runs("plugin", a, hist, 0, 0, w, stops.load(), register_ms, host.tickers().worker_count());
+    if (!isolated) {
+        print_runs("plugin", a, hist.summarize(), 0, 0, w, stops.load(), register_ms, host.tickers().worker_count());
+        return 0;
+    }
+    // The plugin's figures, from its process; its CPU once the host has reaped it.
+    Histogram::Summary sum;
+    long child_stops = 0;
+    unsigned long long f[5] = {};
+    std::FILE* in = std::fopen(summary.c_str(), "r");
+    if (!in || std::fscanf(in, "%llu %llu %llu %llu %llu %ld", &f[0], &f[1], &f[2], &f[3], &f[4], &child_stops) != 6) {
+        std::fprintf(stderr, "the isolated plugin wrote no summary to %s\n", summary.c_str());
+        return 1;
+    }
+    std::fclose(in);
+    sum.count = f[0], sum.p50_us = f[1], sum.p99_us = f[2], sum.max_us = f[3], sum.early = f[4];
+    const auto until = Clock::now() + 5s;
+    while (children_cpu_s() == 0 && Clock::now() < until) std::this_thread::sleep_for(1ms);
+    print_runs("plugin", a, sum, 0, 0, w, child_stops, register_ms, host.tickers().worker_count(), children_cpu_s());
     return 0;
 }
 
-// Voluntary + involuntary context switches of every thread of this process.
-long context_switches() {
+// Voluntary + involuntary context switches of every thread of a process ("/proc/self", "/proc/<pid>").
+long context_switches_of(const fs::path& proc) {
     long total = 0;
     std::error_code ec;
-    for (auto& t : fs::directory_iterator("/proc/self/task", ec)) {
+    for (auto& t : fs::directory_iterator(proc / "task", ec)) {
         std::ifstream in(t.path() / "status");
         std::string line;
         while (std::getline(in, line))
@@ -463,9 +543,19 @@ int idle_mode(const Args& a) {
     if (a.workers) config.workers = a.workers;
     config.plugins["bench_tasks"].config.set("tasks", int64_t(n));
     config.plugins["bench_tasks"].config.set("interval", std::string("1h"));
+    if (a.isolation == "process") {
+        use_built_worker();
+        config.isolation = tickhost::Isolation::process;
+    }
     tickhost::Host host(config);
     host.start();
     std::this_thread::sleep_for(500ms);  // start-up: loads, the watcher's first rescan
+    const auto workers = worker_pids();
+    auto context_switches = [&] {
+        long total = context_switches_of("/proc/self");
+        for (pid_t p : workers) total += context_switches_of("/proc/" + std::to_string(p));
+        return total;
+    };
     const long before = context_switches();
     const double cpu0 = cpu_s();
     std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
@@ -481,7 +571,78 @@ int idle_mode(const Args& a) {
                 {"duration_s", seconds},
                 {"context_switches", std::max(0L, after - before - 1)},
                 {"cpu_s", rounded(cpu1 - cpu0, 4)},
-                {"threads", threads}});
+                {"threads", threads},
+                {"isolation", a.isolation},
+                {"worker_processes", workers.size()}});
+    return 0;
+}
+
+// One task's call, timed from the caller's side, `calls` times in a row after a warm-up: ns per call.
+std::vector<int64_t> time_calls(tickhost::Isolation mode, long calls) {
+    namespace d = tickhost::detail;
+    TempDir tmp;
+    const fs::path dir = tmp.path / "plugins.d";
+    fs::create_directories(dir);
+    const fs::path file = dir / "bench_sched.so";
+    fs::copy_file(BENCH_PLUGIN_SCHED, file);
+    tickhost::HostConfig config;
+    config.plugin_dir = dir;
+    config.shadow_dir = tmp.path / "shadow";
+    config.isolation = mode;
+    tickhost::PluginValues pc;
+    pc.set("tasks", int64_t(1));
+    pc.set("interval", std::string("1h"));
+    pc.set("out", (tmp.path / "summary").string());
+    d::LoadPipeline pipeline(config, tickhost::get_logger("plugins"));
+    d::StagedFile staged;
+    d::LoadFailure f;
+    tickhost::LoadError e;
+    if (!pipeline.stage(file, &staged, &f)) {
+        std::fprintf(stderr, "cannot stage the bench plugin: %s\n", f.reason.c_str());
+        std::exit(1);
+    }
+    auto inst = pipeline.open(file, staged, &e);
+    d::TaskList tasks;
+    if (!inst || inst->init(pc, 10s, 1000, &tasks)) {
+        std::fprintf(stderr, "cannot load the bench plugin: %s\n", e.message().c_str());
+        std::exit(1);
+    }
+    auto fn = inst->task_fn(0, "t0");
+    tickhost::SteadyClock clock;
+    std::atomic<uint64_t> cancel{0};
+    const std::string name = "t0";
+    std::vector<int64_t> ns;
+    ns.reserve(size_t(calls));
+    const long warmup = std::min(calls, 1000L);
+    for (long i = 0; i < warmup + calls; ++i) {
+        const auto now = clock.now();
+        tickhost::RunContext rc(1, name, now, now + 10s, clock, cancel, uint64_t(i + 1));
+        const auto t0 = Clock::now();
+        fn(rc, false);
+        const auto t1 = Clock::now();
+        if (i >= warmup) ns.push_back(std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count());
+    }
+    fn = nullptr;
+    inst->shutdown(5s);
+    std::sort(ns.begin(), ns.end());
+    return ns;
+}
+
+int isolated_mode(const Args& a) {
+    use_built_worker();
+    const auto in = time_calls(tickhost::Isolation::none, a.calls);
+    const auto iso = time_calls(tickhost::Isolation::process, a.calls);
+    auto pct = [](const std::vector<int64_t>& v, double p) { return double(v[size_t(double(v.size() - 1) * p)]) / 1000.0; };
+    print_line({{"peer", "tickhost"},
+                {"mode", "isolated"},
+                {"calls", a.calls},
+                {"inprocess_p50_us", rounded(pct(in, 0.5), 2)},
+                {"inprocess_p99_us", rounded(pct(in, 0.99), 2)},
+                {"isolated_p50_us", rounded(pct(iso, 0.5), 2)},
+                {"isolated_p99_us", rounded(pct(iso, 0.99), 2)},
+                {"overhead_p50_us", rounded(pct(iso, 0.5) - pct(in, 0.5), 2)},
+                {"cpu_s", rounded(cpu_s(), 3)},
+                {"child_cpu_s", rounded(children_cpu_s(), 3)}});
     return 0;
 }
 
@@ -495,5 +656,6 @@ int main(int argc, char** argv) {
     if (a.mode == "reload") return reload_mode(a);
     if (a.mode == "plugin") return plugin_mode(a);
     if (a.mode == "idle") return idle_mode(a);
+    if (a.mode == "isolated") return isolated_mode(a);
     usage("unknown mode " + a.mode);
 }
