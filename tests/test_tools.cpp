@@ -220,7 +220,7 @@ TEST(Tools, CheckJsonIsWellFormedWhateverThePluginDeclares) {
     for (const auto& p : ordered["plugins"]) {
         EXPECT_EQ(keys(p),
                   (std::vector<std::string>{"file", "ok", "name", "version", "description", "abi", "sha256", "has_init",
-                                            "has_shutdown", "go_runtime", "ignored_name", "tasks"}))
+                                            "has_shutdown", "go_runtime", "ignored_name", "tasks", "isolation"}))
             << p.dump();
         EXPECT_EQ(keys(p["tasks"][0]), (std::vector<std::string>{"name", "interval_ns", "timeout_ns"}));
     }
@@ -230,8 +230,8 @@ TEST(Tools, CheckJsonIsWellFormedWhateverThePluginDeclares) {
 // are each checked on their own, and each is said to carry a Go runtime and what that means.
 TEST(Tools, CheckChecksEachFileOnItsOwnAndNamesGoRuntimes) {
     const std::string go_note =
-        "note: carries a Go runtime: it can never be unloaded or replaced in a running host; upgrading it needs a "
-        "host restart";
+        "note: carries a Go runtime: with isolation = \"none\" it can never be unloaded or replaced in a running host "
+        "(upgrading it needs a restart); with isolation = \"process\" it is replaced and removed freely";
     Result r = run("check " + fixture("fx_gofake_v1") + " " + fixture("fx_gofake_v2") + " " + HELLO_SO);
     EXPECT_EQ(r.status, 0) << r.out;
     EXPECT_EQ(count(r.out, ": ok\n"), 3u) << r.out;

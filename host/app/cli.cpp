@@ -199,12 +199,18 @@ dlopen RTLD_NOW | RTLD_LOCAL, entry point, ABI negotiation, descriptor checks), 
 description, ABI version and tasks with their default interval and timeout, and unloads it. Each file is
 checked in a process of its own: files cannot affect each other, and one that crashes is reported.
 init is not called and no task runs (use `tickhost run-once` for that).)");
-    help.usage["check"] = "usage: tickhost check [--json] [--config PATH] FILE...\n";
+    help.usage["check"] = "usage: tickhost check [--json] [--config PATH] [--isolation MODE] FILE...\n";
     check->add_flag("--json", cl.check.json, "print one JSON document on stdout instead of text");
     check
         ->add_option("-c,--config", cl.check.config_path,
                      "take shadow_dir, default_timeout, max_plugin_size and the file checks from this host.toml")
         ->type_name("PATH");
+    std::string check_isolation;
+    auto* check_iso = check->add_option("--isolation", check_isolation,
+                                        "none: load it in this process; process: in a tickhost-worker process, as "
+                                        "an isolated plugin (default: as host.toml says)")
+                          ->type_name("MODE")
+                          ->check(CLI::IsMember({"none", "process"}));
     check->add_option("FILE", cl.check.files)->take_all();
     check->set_help_flag("-h,--help", "show this help");
     check->footer(
@@ -219,7 +225,7 @@ init is not called and no task runs (use `tickhost run-once` for that).)");
 once on the host's scheduler (with its deadline and cancellation flag), prints its status, duration and log
 lines, then makes the task's stop call, shuts the plugin down and unloads it.)");
     help.usage["run-once"] = R"(usage: tickhost run-once FILE [--task NAME] [--config PATH] [--set KEY=VALUE]...
-                         [--timeout DURATION] [--log-level LEVEL]
+                         [--timeout DURATION] [--log-level LEVEL] [--isolation MODE]
 )";
     std::string timeout_text;
     std::vector<std::string> sets;
@@ -240,6 +246,12 @@ lines, then makes the task's stop call, shuts the plugin down and unloads it.)")
                         ->type_name("DURATION");
     run->add_option("-l,--log-level", cl.run_once.log_level, "trace, debug, info (default), warn, error, critical, off")
         ->type_name("LEVEL");
+    std::string run_isolation;
+    auto* run_iso = run->add_option("--isolation", run_isolation,
+                                    "none: run it in this process; process: in a tickhost-worker process, as an "
+                                    "isolated plugin (default: as host.toml says)")
+                        ->type_name("MODE")
+                        ->check(CLI::IsMember({"none", "process"}));
     run->set_help_flag("-h,--help", "show this help");
     run->footer(
         R"(exit status: 0 the run and the stop call returned TH_OK, 1 the plugin was refused, its init failed, or a
@@ -331,6 +343,7 @@ NAME is the plugin's name: letters, digits, '_' or '-', at most 64 characters.)"
         cl.run = CommandLine::Run::host;
     } else if (sub == check) {
         if (cl.check.files.empty()) return fail(check, "name at least one plugin file");
+        if (check_iso->count()) cl.check.isolation = check_isolation == "process" ? Isolation::process : Isolation::none;
         cl.run = CommandLine::Run::check;
     } else if (sub == run) {
         RunOnceArgs& r = cl.run_once;
@@ -355,6 +368,7 @@ NAME is the plugin's name: letters, digits, '_' or '-', at most 64 characters.)"
             r.set.emplace_back(key, value);
         }
         if (!bad_level(r.log_level).empty()) return fail(run, bad_level(r.log_level));
+        if (run_iso->count()) r.isolation = run_isolation == "process" ? Isolation::process : Isolation::none;
         cl.run = CommandLine::Run::run_once;
     } else if (sub == np) {
         NewPluginArgs& n = cl.new_plugin;
@@ -378,6 +392,12 @@ NAME is the plugin's name: letters, digits, '_' or '-', at most 64 characters.)"
         return fail(&app, "help: no subcommand '" + topic + "'" + did_you_mean(topic, names));
     }
     return cl;
+}
+
+void apply_isolation(HostConfig& config, std::optional<Isolation> mode) {
+    if (!mode) return;
+    config.isolation = *mode;
+    for (auto& [name, s] : config.plugins) s.isolation = *mode;
 }
 
 std::string human_duration(std::chrono::nanoseconds d) {

@@ -19,16 +19,19 @@ struct HostArgs {
     std::string log_level;  // empty: [host] log_level of host.toml; else a valid spdlog level name
 };
 
-// `tickhost check [--json] [--config PATH] FILE...`
+// `tickhost check [--json] [--config PATH] [--isolation MODE] FILE...`
 struct CheckArgs {
     bool json = false;
-    std::string config_path;         // empty: the defaults
+    std::string config_path;           // empty: the defaults
+    std::optional<Isolation> isolation;  // overrides host.toml's for every plugin
     std::vector<std::string> files;  // at least one
 };
 
-// `tickhost run-once FILE [--task NAME] [--config PATH] [--set KEY=VALUE]... [--timeout D] [--log-level L]`
+// `tickhost run-once FILE [--task NAME] [--config PATH] [--set KEY=VALUE]... [--timeout D] [--log-level L]
+//                   [--isolation MODE]`
 struct RunOnceArgs {
     std::string file;
+    std::optional<Isolation> isolation;  // overrides host.toml's for every plugin
     std::string task;  // empty: the plugin's first task
     std::string config_path;
     std::string log_level = "info";                        // a valid spdlog level name
@@ -62,6 +65,9 @@ CommandLine parse_command_line(int argc, char** argv);
 int cmd_check(const CheckArgs& args);
 int cmd_run_once(const RunOnceArgs& args);
 int cmd_new_plugin(const NewPluginArgs& args);
+
+// --isolation MODE over host.toml: [host] isolation and every [plugins.<name>] isolation.
+void apply_isolation(HostConfig& config, std::optional<Isolation> mode);
 
 // "1.234 ms", "15 us", "2.5 s": a measured duration for people.
 std::string human_duration(std::chrono::nanoseconds d);

@@ -33,7 +33,10 @@ struct Outcome {
     std::optional<PluginFileInfo> info;
     LoadError error;
     bool ignored_name = false;  // the host would not even look at this name in plugin_dir
+    Isolation mode = Isolation::none;  // how it was checked (and how the host would run it)
 };
+
+const char* mode_name(Isolation m) { return m == Isolation::process ? "process" : "none"; }
 
 std::string abi_text(unsigned major, unsigned minor) { return std::to_string(major) + "." + std::to_string(minor); }
 
@@ -51,6 +54,8 @@ void print_text(const Outcome& o, Duration default_timeout) {
     std::printf("  ABI          %s (this host: %s)\n", abi_text(i.abi_major, i.abi_minor).c_str(),
                 abi_text(TH_ABI_MAJOR, TH_ABI_MINOR).c_str());
     std::printf("  sha256       %s\n", i.sha256.c_str());
+    std::printf("  isolation    %s\n", o.mode == Isolation::process ? "process (checked in a tickhost-worker process)"
+                                                                    : "none (checked in this process)");
     const std::string init = "yes (reads [plugins." + i.name + ".config]; may declare more tasks)";
     std::printf("  init         %s\n", i.has_init ? init.c_str() : "no");
     std::printf("  shutdown     %s\n", i.has_shutdown ? "yes" : "no");
@@ -65,8 +70,8 @@ void print_text(const Outcome& o, Duration default_timeout) {
     }
     if (i.go_runtime)
         std::printf(
-            "  note: carries a Go runtime: it can never be unloaded or replaced in a running host; upgrading it "
-            "needs a host restart\n");
+            "  note: carries a Go runtime: with isolation = \"none\" it can never be unloaded or replaced in a running "
+            "host (upgrading it needs a restart); with isolation = \"process\" it is replaced and removed freely\n");
     if (o.ignored_name)
         std::printf(
             "  note: in plugin_dir the host ignores this file name (hidden, temporary or not *.so); "
@@ -105,6 +110,7 @@ void print_json(const std::vector<Outcome>& all, bool ok) {
                              {"interval_ns", t.default_interval.count()},
                              {"timeout_ns", t.default_timeout.count()}});
         p["tasks"] = std::move(tasks);
+        p["isolation"] = mode_name(o.mode);  // 1.1
         plugins.push_back(std::move(p));
     }
     const Json doc = {{"ok", ok}, {"host_abi", abi_text(TH_ABI_MAJOR, TH_ABI_MINOR)}, {"plugins", std::move(plugins)}};
@@ -321,6 +327,7 @@ int cmd_check(const CheckArgs& args) {
     HostConfig config;
     try {
         if (!config_path.empty()) config = load_config(config_path);
+        apply_isolation(config, args.isolation);
         // Warnings and errors of the loader (a pinned image, a stale cache) go to stderr; stdout is the report.
         log_lines_to(stderr, "warn");
     } catch (const std::exception& e) {
@@ -343,6 +350,7 @@ int cmd_check(const CheckArgs& args) {
             return 2;
         }
         o.ignored_name = o.info && !is_plugin_file_name(f);
+        if (o.info) o.mode = config.isolation_of(o.info->name);
         ok = ok && o.info.has_value();
         if (!json) print_text(o, config.default_timeout);
         outcomes.push_back(std::move(o));

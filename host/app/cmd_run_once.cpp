@@ -55,6 +55,7 @@ int cmd_run_once(const RunOnceArgs& args) {
     HostConfig config;
     try {
         if (!config_path.empty()) config = load_config(config_path);
+        apply_isolation(config, args.isolation);
         log_lines_to(stdout, args.log_level);
     } catch (const std::exception& e) {
         std::fprintf(stderr, "tickhost run-once: %s\n", e.what());
