@@ -70,6 +70,23 @@
  * What must not outlive the plugin: threads it started, callbacks it handed to other libraries, and
  * thread_local objects with destructors (they pin the library in memory). Stop them in shutdown().
  *
+ * Isolation (host.toml: [plugins.<name>] isolation = "process"; Linux): the same file runs in a process of
+ * its own (tickhost-worker) that the host starts, feeds and supervises; everything above holds there too,
+ * with the same services (is_cancelled reads shared memory: no system call). What differs:
+ *  - Its process is not the host's: it has its own globals, environment, working directory and limits, and
+ *    runs as [plugins.<name>] user/group when set. It inherits the host's standard output and error and no
+ *    other descriptor of the host's but 3, 4 and 5, the host's channel: never read, write or close them.
+ *  - Log lines travel to the host (at most 1000 per second after a burst of 1000; more are dropped and
+ *    counted in the host's log). Each is cut at TH_MAX_TEXT_BYTES as in the host.
+ *  - Stated exception to "exactly once" below: when its process dies (a crash, exit(), abort(), a limit
+ *    such as memory_max) or is killed (a run that ignored its cancellation for [host] abandon_after past
+ *    its deadline, an init or shutdown past its bound), the tasks of that process get no stop call and the
+ *    plugin gets no shutdown call: there is nothing left to call them in. The host logs how it ended and
+ *    which task was running, and starts the plugin again in a new process (init, then its tasks) after a
+ *    back-off, or leaves it down after [host] crash_limit deaths within crash_window.
+ *  - A new version, a restart after a crash and a change of isolation start a new process: a Go runtime or
+ *    anything else that cannot be unloaded in the host's process is replaced freely.
+ *
  * ------------------------------------------------------------------------------------------------------
  * For bindings from other languages (any C FFI): everything at the boundary, on LP64 platforms (x86_64,
  * aarch64 Linux). Other platforms: the platform C ABI's natural layout of the same declarations. All
@@ -277,7 +294,8 @@ typedef struct th_host_info {
  * run(state, ctx, is_stop):
  *   is_stop == 0: one periodic run. Return TH_OK, or TH_ERROR after set_error(ctx, ...).
  *   is_stop == 1: the stop call, made exactly once when the task is removed (plugin removed or replaced, host
- *                 stopping), after its last run returned. Bounded by the same timeout.
+ *                 stopping), after its last run returned. Bounded by the same timeout. Exception: an isolated
+ *                 plugin's tasks get none when its process died or was killed (see "Isolation" above).
  *   `state` is the task's own `state` member if non-NULL, else the plugin state that init stored.
  * Required: name, run, 0 < default_interval_ns <= TH_MAX_DURATION_NS; 0 <= default_timeout_ns <=
  * TH_MAX_DURATION_NS. A static descriptor that breaks one is refused with TH_E_BAD_DESCRIPTOR. */
@@ -302,6 +320,7 @@ struct th_task_def {
  *   TH_ERROR after set_error (the plugin is then refused and unloaded; shutdown is not called).
  * shutdown(state): optional. Called once after every task's stop call, before unload, and before each
  *   restart in place (a settings change: init is then called again on the same library). Free state here.
+ *   Not called for an isolated plugin whose process died or was killed (see "Isolation" above).
  * More static tasks than [host] max_tasks_per_plugin: TH_E_TOO_MANY_TASKS, init is not called. */
 typedef th_status (*th_init_fn)(th_ctx ctx, void** state);
 typedef void (*th_shutdown_fn)(void* state);
