@@ -139,6 +139,11 @@ bool others_can_execute(const std::filesystem::path& p) {
     return true;
 }
 
+std::string link_of(const char* path) {
+    std::error_code ec;
+    return std::filesystem::read_symlink(path, ec).string();
+}
+
 bool cgroup_here() {
     std::string why;
     return cgroup_v2_usable(&why);
@@ -168,6 +173,7 @@ TEST(ChildSpawn, ExitStatusThroughThePidfdAndTryWait) {
     ASSERT_TRUE(child);
     EXPECT_GT(child->pid(), 0);
     if (child->pidfd() >= 0) {  // Linux >= 5.3: readable once it has exited
+        EXPECT_TRUE(::fcntl(child->pidfd(), F_GETFD) & FD_CLOEXEC);
         pollfd p{child->pidfd(), POLLIN, 0};
         EXPECT_EQ(::poll(&p, 1, 10000), 1);
     }
@@ -289,6 +295,8 @@ TEST(ChildFds, PlacedAt3And4And5InOrderAndEveryOtherClosed) {
     EXPECT_EQ(report["fd4"], std::to_string(first.st_dev) + ":" + std::to_string(first.st_ino));
     EXPECT_EQ(report["fd5"], std::to_string(second.st_dev) + ":" + std::to_string(second.st_ino));
     EXPECT_EQ(report["stdin"], "/dev/null");
+    EXPECT_EQ(report["stdout"], link_of("/proc/self/fd/1"));  // inherited
+    EXPECT_EQ(report["stderr"], link_of("/proc/self/fd/2"));
     EXPECT_EQ(child->wait().text(), "exited with status 0");
     ::close(b);
     ::close(c[0]);

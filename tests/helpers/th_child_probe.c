@@ -2,7 +2,8 @@
 // limits, process group) and does what its arguments ask, in order. Reports go to fd 3 when it is open,
 // else to stdout, as "key=value" lines.
 //
-//   th_child_probe report            facts: pid ppid pgid uid euid gid egid groups fds fd<N> stdin rlimits,
+//   th_child_probe report            facts: pid ppid pgid uid euid gid egid groups fds fd<N> stdin stdout
+//                                    stderr rlimits,
 //                                    and NoNewPrivs, Seccomp, SigBlk, SigIgn, CapEff from /proc/self/status
 //   th_child_probe thread            thread=<pthread_create's result>
 //   th_child_probe fork              fork=ok, or fork=<errno> (the child exits at once)
@@ -88,6 +89,12 @@ static void report(void) {
     ssize_t t = readlink("/proc/self/fd/0", target, sizeof target - 1);
     if (t > 0) target[t] = 0;
     fprintf(out, "stdin=%s\n", target);
+    t = readlink("/proc/self/fd/1", target, sizeof target - 1);
+    target[t > 0 ? t : 0] = 0;
+    fprintf(out, "stdout=%s\n", target);
+    t = readlink("/proc/self/fd/2", target, sizeof target - 1);
+    target[t > 0 ? t : 0] = 0;
+    fprintf(out, "stderr=%s\n", target);
     limit("rlimit_data", RLIMIT_DATA);
     limit("rlimit_nofile", RLIMIT_NOFILE);
     limit("rlimit_nproc", RLIMIT_NPROC);

@@ -27,7 +27,6 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstring>
-#include <fstream>
 #include <sstream>
 #include <thread>
 
@@ -370,13 +369,21 @@ Spawner& spawner() {
 
 // ---- cgroup v2 ----------------------------------------------------------------------------------------------
 
+// Whole file into *out. O_CLOEXEC (std::ifstream is not): a fork elsewhere in the host must not inherit it.
 bool read_text(const std::string& path, std::string* out) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) return false;
-    std::stringstream ss;
-    ss << in.rdbuf();
-    *out = ss.str();
-    return true;
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return false;
+    out->clear();
+    char buf[4096];
+    for (;;) {
+        const ssize_t n = ::read(fd, buf, sizeof buf);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+            ::close(fd);
+            return n == 0;
+        }
+        out->append(buf, size_t(n));
+    }
 }
 
 // Writes `text` in one write(2) (cgroup files take one value per write). 0 or the errno.
@@ -512,14 +519,18 @@ std::string cgroup_name_part(const std::string& name) {
 // SIGKILL to everything in the cgroup: cgroup.kill (Linux 5.14), else each pid listed.
 void kill_cgroup(const std::string& dir) {
     if (write_text(dir + "/cgroup.kill", "1") == 0) return;
-    std::ifstream in(dir + "/cgroup.procs");
+    std::string procs;
+    read_text(dir + "/cgroup.procs", &procs);
+    std::istringstream in(procs);
     long pid;
     while (in >> pid)
         if (pid > 0) ::kill(pid_t(pid), SIGKILL);
 }
 
 uint64_t oom_kills(const std::string& dir) {
-    std::ifstream in(dir + "/memory.events");
+    std::string events;
+    read_text(dir + "/memory.events", &events);
+    std::istringstream in(events);
     std::string key;
     uint64_t value;
     while (in >> key >> value)
