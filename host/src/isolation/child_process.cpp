@@ -481,7 +481,20 @@ CgroupBase setup_cgroup_v2() {
     read_text(dir + "/cgroup.subtree_control", &subtree);
     if (!has_word(subtree, "memory") || !has_word(subtree, "pids")) {
         // No internal processes: a cgroup that gives its children controllers holds no process itself, so
-        // the host moves into a leaf of its own first.
+        // the host moves into a leaf of its own first. Only if it is alone there: it does not move
+        // processes that are not its own, and with them there the controllers could not be enabled anyway.
+        std::string procs;
+        read_text(dir + "/cgroup.procs", &procs);
+        std::istringstream in(procs);
+        long pid;
+        int others = 0;
+        while (in >> pid) others += pid != long(::getpid());
+        if (others > 0) {
+            r.dir_or_reason = dir + " holds " + std::to_string(others) +
+                              " other process(es) besides the host, so its children cannot get the memory and "
+                              "pids controllers (run the host in a cgroup of its own, e.g. systemd Delegate=yes)";
+            return r;
+        }
         const std::string leaf = dir + "/host";
         if (::mkdir(leaf.c_str(), 0755) != 0 && errno != EEXIST) {
             r.dir_or_reason = "cannot create " + leaf + ": " + errno_text(errno);

@@ -64,10 +64,10 @@ namespace tickhost::detail {
 // memory.swap.max = 0 and pids.max, entered before exec. To give children controllers the host first moves
 // itself into the leaf <own>/host (cgroup v2 allows processes only in leaves) and enables +memory +pids in
 // <own>/cgroup.subtree_control; this happens once per process, at the first spawn that asks for
-// memory_max or processes_max. memory.oom.group = 1: an OOM kill takes the whole cgroup and is reported
-// (ChildExit::memory_limit); kill() kills the whole cgroup; the cgroup is removed when the child is reaped.
-// The cgroup's files belong to the host's user: a child running as that same user could move itself out of
-// its cgroup; one running as another user cannot.
+// memory_max or processes_max, and only if the host is the only process in <own> (else: the fallback). memory.oom.group
+// = 1: an OOM kill takes the whole cgroup and is reported (ChildExit::memory_limit); kill() kills the whole cgroup; the
+// cgroup is removed when the child is reaped. The cgroup's files belong to the host's user: a child running as that
+// same user could move itself out of its cgroup; one running as another user cannot.
 //
 // Elsewhere (no cgroup v2, the root cgroup, controllers not delegated) rlimits and seccomp:
 // - memory_max: RLIMIT_DATA (brk, and private writable mappings: malloc arenas and every thread's stack).
