@@ -19,6 +19,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cctype>
 #include <cerrno>
@@ -26,7 +27,6 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstring>
-#include <fstream>
 #include <sstream>
 #include <thread>
 
@@ -82,22 +82,38 @@ enum class Stage : int {
 
 const char* stage_text(Stage s) {
     switch (s) {
-        case Stage::cgroup: return "entering its cgroup";
-        case Stage::setpgid: return "setpgid";
-        case Stage::descriptors: return "placing descriptors";
-        case Stage::dev_null: return "opening /dev/null as stdin";
-        case Stage::rlimit_data: return "setrlimit RLIMIT_DATA";
-        case Stage::rlimit_nofile: return "setrlimit RLIMIT_NOFILE";
-        case Stage::rlimit_nproc: return "setrlimit RLIMIT_NPROC";
-        case Stage::setgroups: return "setgroups";
-        case Stage::setgid: return "setgid";
-        case Stage::setuid: return "setuid";
-        case Stage::id_check: return "checking uid/gid after the change";
-        case Stage::no_new_privs: return "PR_SET_NO_NEW_PRIVS";
-        case Stage::pdeathsig: return "PR_SET_PDEATHSIG";
-        case Stage::parent_gone: return "the host ended during the start";
-        case Stage::seccomp: return "installing the seccomp filter";
-        case Stage::exec: return "exec";
+        case Stage::cgroup:
+            return "entering its cgroup";
+        case Stage::setpgid:
+            return "setpgid";
+        case Stage::descriptors:
+            return "placing descriptors";
+        case Stage::dev_null:
+            return "opening /dev/null as stdin";
+        case Stage::rlimit_data:
+            return "setrlimit RLIMIT_DATA";
+        case Stage::rlimit_nofile:
+            return "setrlimit RLIMIT_NOFILE";
+        case Stage::rlimit_nproc:
+            return "setrlimit RLIMIT_NPROC";
+        case Stage::setgroups:
+            return "setgroups";
+        case Stage::setgid:
+            return "setgid";
+        case Stage::setuid:
+            return "setuid";
+        case Stage::id_check:
+            return "checking uid/gid after the change";
+        case Stage::no_new_privs:
+            return "PR_SET_NO_NEW_PRIVS";
+        case Stage::pdeathsig:
+            return "PR_SET_PDEATHSIG";
+        case Stage::parent_gone:
+            return "the host ended during the start";
+        case Stage::seccomp:
+            return "installing the seccomp filter";
+        case Stage::exec:
+            return "exec";
     }
     return "?";
 }
@@ -188,8 +204,8 @@ bool set_limit(int resource, rlim_t value) {
 
     if (p.set_data && !set_limit(RLIMIT_DATA, p.data)) fail(Stage::rlimit_data);
     if (p.set_nofile && !set_limit(RLIMIT_NOFILE, p.nofile)) fail(Stage::rlimit_nofile);
-    // Before the uid change: setuid() then marks the process if the user is already at the limit, and exec
-    // fails with EAGAIN, a clearer failure than a worker whose every fork fails.
+    // Before the uid change: setuid() then marks the process if the user already has more than that, and
+    // exec fails with EAGAIN, a clearer failure than a worker whose every fork fails.
     if (p.set_nproc && !set_limit(RLIMIT_NPROC, p.nproc)) fail(Stage::rlimit_nproc);
 
     if (p.set_gid) {
@@ -212,7 +228,7 @@ bool set_limit(int resource, rlim_t value) {
 
     if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) fail(Stage::no_new_privs);
     // After the uid change, which clears it. Fires when the spawner thread ends, i.e. with the host.
-    //SABOTAGE
+    if (::prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) fail(Stage::pdeathsig);
     // The host may have ended before PDEATHSIG was set: then nobody would kill us.
     if (::getppid() != p.parent) {
         errno = ESRCH;
@@ -353,13 +369,21 @@ Spawner& spawner() {
 
 // ---- cgroup v2 ----------------------------------------------------------------------------------------------
 
+// Whole file into *out. O_CLOEXEC (std::ifstream is not): a fork elsewhere in the host must not inherit it.
 bool read_text(const std::string& path, std::string* out) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) return false;
-    std::stringstream ss;
-    ss << in.rdbuf();
-    *out = ss.str();
-    return true;
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return false;
+    out->clear();
+    char buf[4096];
+    for (;;) {
+        const ssize_t n = ::read(fd, buf, sizeof buf);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+            ::close(fd);
+            return n == 0;
+        }
+        out->append(buf, size_t(n));
+    }
 }
 
 // Writes `text` in one write(2) (cgroup files take one value per write). 0 or the errno.
@@ -457,7 +481,20 @@ CgroupBase setup_cgroup_v2() {
     read_text(dir + "/cgroup.subtree_control", &subtree);
     if (!has_word(subtree, "memory") || !has_word(subtree, "pids")) {
         // No internal processes: a cgroup that gives its children controllers holds no process itself, so
-        // the host moves into a leaf of its own first.
+        // the host moves into a leaf of its own first. Only if it is alone there: it does not move
+        // processes that are not its own, and with them there the controllers could not be enabled anyway.
+        std::string procs;
+        read_text(dir + "/cgroup.procs", &procs);
+        std::istringstream in(procs);
+        long pid;
+        int others = 0;
+        while (in >> pid) others += pid != long(::getpid());
+        if (others > 0) {
+            r.dir_or_reason = dir + " holds " + std::to_string(others) +
+                              " other process(es) besides the host, so its children cannot get the memory and "
+                              "pids controllers (run the host in a cgroup of its own, e.g. systemd Delegate=yes)";
+            return r;
+        }
         const std::string leaf = dir + "/host";
         if (::mkdir(leaf.c_str(), 0755) != 0 && errno != EEXIST) {
             r.dir_or_reason = "cannot create " + leaf + ": " + errno_text(errno);
@@ -495,14 +532,18 @@ std::string cgroup_name_part(const std::string& name) {
 // SIGKILL to everything in the cgroup: cgroup.kill (Linux 5.14), else each pid listed.
 void kill_cgroup(const std::string& dir) {
     if (write_text(dir + "/cgroup.kill", "1") == 0) return;
-    std::ifstream in(dir + "/cgroup.procs");
+    std::string procs;
+    read_text(dir + "/cgroup.procs", &procs);
+    std::istringstream in(procs);
     long pid;
     while (in >> pid)
         if (pid > 0) ::kill(pid_t(pid), SIGKILL);
 }
 
 uint64_t oom_kills(const std::string& dir) {
-    std::ifstream in(dir + "/memory.events");
+    std::string events;
+    read_text(dir + "/memory.events", &events);
+    std::istringstream in(events);
     std::string key;
     uint64_t value;
     while (in >> key >> value)
@@ -613,7 +654,8 @@ void close_descriptors_from(int first, int keep, bool use_close_range) {
     }
     struct rlimit rl {};
     rlim_t top = 65536;
-    if (::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) top = std::min<rlim_t>(rl.rlim_cur, 1u << 20);
+    if (::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+        top = std::min<rlim_t>(rl.rlim_cur, 1u << 20);
     for (rlim_t fd = rlim_t(first); fd < top; ++fd)
         if (int(fd) != keep) ::close(int(fd));
 }
@@ -680,8 +722,9 @@ bool resolve_user(const std::string& name_or_id, uid_t* uid, gid_t* primary_gid,
         }
         if (err)
             *err = e != 0 ? "cannot look up user '" + name_or_id + "': " + errno_text(e)
-                          : "no user '" + name_or_id + "' in the passwd database (give a name from /etc/passwd or a "
-                            "numeric uid)";
+                          : "no user '" + name_or_id +
+                                "' in the passwd database (give a name from /etc/passwd or a "
+                                "numeric uid)";
         return false;
     }
 }
@@ -706,8 +749,9 @@ bool resolve_group(const std::string& name_or_id, gid_t* gid, std::string* err) 
         }
         if (err)
             *err = e != 0 ? "cannot look up group '" + name_or_id + "': " + errno_text(e)
-                          : "no group '" + name_or_id + "' in the group database (give a name from /etc/group or a "
-                            "numeric gid)";
+                          : "no group '" + name_or_id +
+                                "' in the group database (give a name from /etc/group or a "
+                                "numeric gid)";
         return false;
     }
 }
@@ -780,15 +824,15 @@ std::unique_ptr<ChildProcess> ChildProcess::spawn(const ChildSpec& spec, std::st
         // The limits: a cgroup of its own where the host's cgroup is delegated, else rlimits and seccomp.
         std::vector<std::string> unenforced;
         std::vector<std::string> mechanisms;
-        std::string cgroup_reason;
+        std::string cgroup_dir_or_reason;
         bool use_cgroup = false;
-        if (lim.memory_max || lim.processes_max) use_cgroup = cgroup_v2_usable(&cgroup_reason);
+        if (lim.memory_max || lim.processes_max) use_cgroup = cgroup_v2_usable(&cgroup_dir_or_reason);
         int cgroup_procs = -1;
         if (use_cgroup) {
             static std::atomic<uint64_t> counter{0};
             std::string dir;
             for (int tries = 0;; ++tries) {
-                dir = cgroup_reason + "/" + cgroup_name_part(spec.name) + "." + std::to_string(++counter);
+                dir = cgroup_dir_or_reason + "/" + cgroup_name_part(spec.name) + "." + std::to_string(++counter);
                 if (::mkdir(dir.c_str(), 0755) == 0) break;
                 if (errno != EEXIST || tries > 1000)
                     return fail(err, what + ": cannot create its cgroup " + dir + ": " + errno_text(errno));
@@ -853,7 +897,7 @@ std::unique_ptr<ChildProcess> ChildProcess::spawn(const ChildSpec& spec, std::st
         else
             child->mechanism_ = mechanisms.empty() ? "none" : join(mechanisms, " and ");
         if ((lim.memory_max || lim.processes_max) && !use_cgroup)
-            child->mechanism_ += "; cgroup v2 not used: " + cgroup_reason;
+            child->mechanism_ += "; cgroup v2 not used: " + cgroup_dir_or_reason;
         child->unenforced_ = std::move(unenforced);
 
         // The child reports a failure before exec through this pipe; exec closes it (CLOEXEC): EOF = started.
@@ -901,8 +945,8 @@ std::unique_ptr<ChildProcess> ChildProcess::spawn(const ChildSpec& spec, std::st
             else if (stage == Stage::exec && f.err == EACCES)
                 text += "; make it executable (chmod +x) on a file system not mounted noexec";
             else if (stage == Stage::exec && f.err == EAGAIN && p.set_nproc)
-                text += "; uid " + std::to_string(runs_as) + " already has processes_max = " +
-                        std::to_string(lim.processes_max) +
+                text += "; uid " + std::to_string(runs_as) +
+                        " already has more than processes_max = " + std::to_string(lim.processes_max) +
                         " processes or threads (RLIMIT_NPROC counts all of them): give it a user of its own";
         }
         return fail(err, text);

@@ -40,8 +40,8 @@
 // The host must not set SIGCHLD to SIG_IGN (the kernel would reap children itself) and must not reap with
 // waitpid(-1)/wait(): each ChildProcess reaps its own pid and nothing else.
 //
-// Errors: spawn() returns nullptr and one line in *err naming what failed and what to do. Nothing here
-// throws (std::bad_alloc aside).
+// Errors: spawn() returns nullptr and one line in *err naming what failed and what to do; it never throws.
+// The rest throws nothing but std::bad_alloc.
 #pragma once
 
 #include <sys/types.h>
@@ -64,8 +64,10 @@ namespace tickhost::detail {
 // memory.swap.max = 0 and pids.max, entered before exec. To give children controllers the host first moves
 // itself into the leaf <own>/host (cgroup v2 allows processes only in leaves) and enables +memory +pids in
 // <own>/cgroup.subtree_control; this happens once per process, at the first spawn that asks for
-// memory_max or processes_max. An OOM kill is reported (ChildExit::memory_limit); kill() kills the whole
-// cgroup; the cgroup is removed when the child is reaped.
+// memory_max or processes_max, and only if the host is the only process in <own> (else: the fallback). memory.oom.group
+// = 1: an OOM kill takes the whole cgroup and is reported (ChildExit::memory_limit); kill() kills the whole cgroup; the
+// cgroup is removed when the child is reaped. The cgroup's files belong to the host's user: a child running as that
+// same user could move itself out of its cgroup; one running as another user cannot.
 //
 // Elsewhere (no cgroup v2, the root cgroup, controllers not delegated) rlimits and seccomp:
 // - memory_max: RLIMIT_DATA (brk, and private writable mappings: malloc arenas and every thread's stack).
@@ -75,19 +77,24 @@ namespace tickhost::detail {
 //   memory_max is not set and is listed in unenforced(): the child could not start under it.
 // - processes_max, child running as a non-root uid: RLIMIT_NPROC, set before the uid change. It counts
 //   every process AND thread of that user (the child's threads too, and, for a child that keeps the host's
-//   uid, the host's): use a user of its own per child. If the user already has that many, exec fails with
-//   EAGAIN.
+//   uid, the host's): use a user of its own per child. If the user already has more than that, exec fails
+//   with EAGAIN.
 // - processes_max, child running as root (which RLIMIT_NPROC does not bind): only processes_max = 1 can be
 //   enforced, by a seccomp-BPF filter that makes fork and vfork and clone without CLONE_THREAD fail with
 //   EAGAIN and clone3 with ENOSYS (glibc then creates threads with clone). It only lets the host's own
 //   syscall ABI through (x86_64: not i386 int 0x80, not x32): a child of another ABI is killed with SIGSYS.
-//   processes_max > 1 is listed in unenforced().
+//   An ASan-built child cannot run LeakSanitizer under it (LSan forks a tracer at exit): it exits 1 with
+//   "LeakSanitizer has encountered a fatal error" unless ASAN_OPTIONS has detect_leaks=0. TSan-built children
+//   are not affected. processes_max > 1 is listed in unenforced().
+// - Rlimits bind a child that runs as another user than root. A child running as root may raise them back
+//   (CAP_SYS_RESOURCE): as root they guard against accidents (a leak, a fork loop), not against a hostile
+//   child, which could do anything root can anyway.
 // - open_files_max: RLIMIT_NOFILE (with a cgroup too; there is no cgroup controller for it). It bounds the
 //   descriptor numbers, so it must be above 2 + fds.size().
 struct ChildLimits {
     uint64_t memory_max = 0;      // bytes
     uint64_t open_files_max = 0;  // descriptors
-    uint64_t processes_max = 0;   // processes (and, with RLIMIT_NPROC, threads), the child itself included
+    uint64_t processes_max = 0;   // processes, the child itself included (pids.max and RLIMIT_NPROC: threads too)
 };
 
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
@@ -206,9 +213,10 @@ void close_descriptors_from(int first, int keep, bool use_close_range);
 std::optional<std::string> cgroup_v2_path_of(const std::string& proc_self_cgroup);
 // The first cgroup2 mount point in mountinfo text; nullopt without one.
 std::optional<std::string> cgroup2_mount_of(const std::string& mountinfo);
-// Whether the cgroup limits can be used here, and the cgroup they would be under ("/sys/fs/cgroup/x"), or
-// why not ("the host is in the root cgroup of /sys/fs/cgroup/unified (not delegated)"). Cached after the
-// first call; thread-safe.
+// Whether the cgroup limits can be used here, and the cgroup children go under ("/sys/fs/cgroup/x"), or why
+// not ("the host is in the root cgroup of /sys/fs/cgroup/unified (0::/), which is not delegated to it"). The
+// first call also sets it up (see ChildLimits: may move the host into <own>/host and enable +memory +pids);
+// spawn() makes it at the first child with memory_max or processes_max. Once per process; thread-safe.
 bool cgroup_v2_usable(std::string* dir_or_reason);
 
 }  // namespace tickhost::detail
