@@ -420,7 +420,7 @@ TEST(Wire, SplittersRefuseAnEntryPastItsLimitsByItsPosition) {
 }
 
 TEST(Wire, EncoderRefusesStringsPastTheirLimits) {
-    const std::string text(kMaxText + 1, 'x'), name(kMaxName + 1, 'n');
+    const std::string text(kMaxText + 1, 'x'), name(kMaxName + 1, 'n'), ptext(kMaxPluginText + 1, 'x');
     EXPECT_EQ(encode_error(Load{0, 0, text}), "Load: display_path length 4097 exceeds 4096");
     EXPECT_EQ(encode_error(Init{0, 0, 0, name}), "Init: plugin_name length 65 exceeds 64");
     EXPECT_EQ(encode_error(Loaded{1, 0, false, false, false, name, "", "", 0}), "Loaded: name length 65 exceeds 64");
@@ -428,15 +428,15 @@ TEST(Wire, EncoderRefusesStringsPastTheirLimits) {
               "Loaded: version length 4097 exceeds 4096");
     EXPECT_EQ(encode_error(Loaded{1, 0, false, false, false, "n", "", text, 0}),
               "Loaded: description length 4097 exceeds 4096");
-    EXPECT_EQ(encode_error(LoadFailed{1, text, ""}), "LoadFailed: reason length 4097 exceeds 4096");
-    EXPECT_EQ(encode_error(LoadFailed{1, "", text}), "LoadFailed: hint length 4097 exceeds 4096");
+    EXPECT_EQ(encode_error(LoadFailed{1, ptext, ""}), "LoadFailed: reason length 16641 exceeds 16640");
+    EXPECT_EQ(encode_error(LoadFailed{1, "", ptext}), "LoadFailed: hint length 16641 exceeds 16640");
     EXPECT_EQ(encode_error(Tasks{0, {{"a", 1, 1}, {text, 1, 1}}}), "Tasks: entry 1: name length 4097 exceeds 4096");
-    EXPECT_EQ(encode_error(InitDone{0, 0, 0, text, ""}), "InitDone: error length 4097 exceeds 4096");
-    EXPECT_EQ(encode_error(InitDone{0, 0, 0, "", text}), "InitDone: thrown length 4097 exceeds 4096");
-    EXPECT_EQ(encode_error(Result{0, true, text}), "Result: error length 4097 exceeds 4096");
-    EXPECT_EQ(encode_error(Log{2, 0, text}), "Log: text length 4097 exceeds 4096");
-    EXPECT_EQ(encode_error(ShutdownDone{text}), "ShutdownDone: thrown length 4097 exceeds 4096");
-    EXPECT_EQ(encode_error(Fatal{text}), "Fatal: text length 4097 exceeds 4096");
+    EXPECT_EQ(encode_error(InitDone{0, 0, 0, ptext, ""}), "InitDone: error length 16641 exceeds 16640");
+    EXPECT_EQ(encode_error(InitDone{0, 0, 0, "", ptext}), "InitDone: thrown length 16641 exceeds 16640");
+    EXPECT_EQ(encode_error(Result{0, true, ptext}), "Result: error length 16641 exceeds 16640");
+    EXPECT_EQ(encode_error(Log{2, 0, ptext}), "Log: text length 16641 exceeds 16640");
+    EXPECT_EQ(encode_error(ShutdownDone{ptext}), "ShutdownDone: thrown length 16641 exceeds 16640");
+    EXPECT_EQ(encode_error(Fatal{ptext}), "Fatal: text length 16641 exceeds 16640");
     Config config;
     config.entries = {{"a", true}, {"b", std::string(kMaxConfigString + 1, 'v')}};
     EXPECT_EQ(encode_error(config), "Config: entry 1: value length 60001 exceeds 60000");
@@ -499,19 +499,19 @@ TEST(Wire, DecoderRefusesStringsPastTheirLimits) {
     tasks.b.resize(tasks.b.size() + 200, 'x');
     EXPECT_EQ(worker_error(tasks.b), "Tasks: entry 3: name length 70000 exceeds 4096");
 
-    const std::string text(kMaxText + 1, 'x'), name(kMaxName + 1, 'n');
-    EXPECT_EQ(worker_error(Raw(Type::result).i32(0).u8(0).str(text).b), "Result: error length 4097 exceeds 4096");
-    EXPECT_EQ(worker_error(Raw(Type::fatal).str(text).b), "Fatal: text length 4097 exceeds 4096");
-    EXPECT_EQ(worker_error(Raw(Type::shutdown_done).str(text).b), "ShutdownDone: thrown length 4097 exceeds 4096");
-    EXPECT_EQ(worker_error(Raw(Type::log).i32(2).u32(0).str(text).b), "Log: text length 4097 exceeds 4096");
-    EXPECT_EQ(worker_error(Raw(Type::load_failed).i32(1).str(text).str("").b),
-              "LoadFailed: reason length 4097 exceeds 4096");
-    EXPECT_EQ(worker_error(Raw(Type::load_failed).i32(1).str("").str(text).b),
-              "LoadFailed: hint length 4097 exceeds 4096");
-    EXPECT_EQ(worker_error(Raw(Type::init_done).i32(0).u32(0).u32(0).str(text).str("").b),
-              "InitDone: error length 4097 exceeds 4096");
-    EXPECT_EQ(worker_error(Raw(Type::init_done).i32(0).u32(0).u32(0).str("").str(text).b),
-              "InitDone: thrown length 4097 exceeds 4096");
+    const std::string text(kMaxText + 1, 'x'), name(kMaxName + 1, 'n'), ptext(kMaxPluginText + 1, 'x');
+    EXPECT_EQ(worker_error(Raw(Type::result).i32(0).u8(0).str(ptext).b), "Result: error length 16641 exceeds 16640");
+    EXPECT_EQ(worker_error(Raw(Type::fatal).str(ptext).b), "Fatal: text length 16641 exceeds 16640");
+    EXPECT_EQ(worker_error(Raw(Type::shutdown_done).str(ptext).b), "ShutdownDone: thrown length 16641 exceeds 16640");
+    EXPECT_EQ(worker_error(Raw(Type::log).i32(2).u32(0).str(ptext).b), "Log: text length 16641 exceeds 16640");
+    EXPECT_EQ(worker_error(Raw(Type::load_failed).i32(1).str(ptext).str("").b),
+              "LoadFailed: reason length 16641 exceeds 16640");
+    EXPECT_EQ(worker_error(Raw(Type::load_failed).i32(1).str("").str(ptext).b),
+              "LoadFailed: hint length 16641 exceeds 16640");
+    EXPECT_EQ(worker_error(Raw(Type::init_done).i32(0).u32(0).u32(0).str(ptext).str("").b),
+              "InitDone: error length 16641 exceeds 16640");
+    EXPECT_EQ(worker_error(Raw(Type::init_done).i32(0).u32(0).u32(0).str("").str(ptext).b),
+              "InitDone: thrown length 16641 exceeds 16640");
     const auto loaded = [](const std::string& n, const std::string& v, const std::string& d) {
         return Raw(Type::loaded).u16(1).u16(0).u8(0).u8(0).u8(0).str(n).str(v).str(d).u32(0).b;
     };

@@ -34,17 +34,17 @@
 //   65 Loaded       u16 abi_major, u16 abi_minor, bool has_init, bool has_shutdown, bool go_runtime,
 //                   string name (<= 64), string version (<= 4096), string description (<= 4096),
 //                   u32 static_task_count (the static tasks follow in Tasks messages)
-//   66 LoadFailed   i32 code, string reason (<= 4096), string hint (<= 4096)
+//   66 LoadFailed   i32 code, string reason (<= 16640), string hint (<= 16640)
 //   67 Tasks        u32 first_index, u32 count, then count entries:
 //                     string name (<= 4096 on the wire; the host applies its name rules later),
 //                     i64 interval_ns, i64 timeout_ns
 //                   A list may span several Tasks messages (encode_tasks splits it).
 //   68 InitDone     i32 status, u32 task_count (static + declared; the declared ones follow in Tasks
-//                   messages), u32 refused_over_cap, string error (<= 4096), string thrown (<= 4096)
-//   69 Result       i32 status, bool threw, string error (<= 4096)   (header seq = the call's seq)
-//   70 Log          i32 level (0..6), u32 task_index (0xFFFFFFFF = none), string text (<= 4096)
-//   71 ShutdownDone string thrown (<= 4096)
-//   72 Fatal        string text (<= 4096) (the worker's own error, sent before it exits)
+//                   messages), u32 refused_over_cap, string error (<= 16640), string thrown (<= 16640)
+//   69 Result       i32 status, bool threw, string error (<= 16640)   (header seq = the call's seq)
+//   70 Log          i32 level (0..6), u32 task_index (0xFFFFFFFF = none), string text (<= 16640)
+//   71 ShutdownDone string thrown (<= 16640)
+//   72 Fatal        string text (<= 16640) (the worker's own error, sent before it exits)
 //
 // The encoding is canonical: a datagram that decodes re-encodes to the same bytes.
 //
@@ -73,6 +73,10 @@ constexpr size_t kMaxMessage = 65536;       // bytes in one datagram, header inc
 constexpr size_t kHeaderSize = 8;           // type, version, reserved, seq
 constexpr size_t kMaxText = 4096;           // most string fields: texts, paths, keys, task names on the wire
 constexpr size_t kMaxName = 64;             // plugin names (Init, Loaded)
+// A plugin's text as the worker's host services made it (escaped, cut at TH_MAX_TEXT_BYTES of input with a
+// note of what was cut, tagged with its task): each input byte escapes to at most 4. Log, Result, InitDone,
+// LoadFailed, ShutdownDone and Fatal texts.
+constexpr size_t kMaxPluginText = 4 * 4096 + 256;
 constexpr size_t kMaxConfigString = 60000;  // a string config value
 constexpr int32_t kMaxLogLevel = 6;         // spdlog::level::off; levels are 0 (trace) .. 6
 
