@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages tickhost needs to build and test, if any is missing.
 # Runs apt-get as root (directly, or through sudo). Safe to run again: it does nothing when all is there.
-# `deps.sh fuzz` also installs clang and libFuzzer (libclang-rt-14-dev) for the fuzz targets (.ci/run).
+# Groups on top of what the host needs (any number of them; .ci/run and scripts/test.sh name theirs):
+#   `deps.sh test`  also installs Go (golang-go, Go 1.19: 80 MB of download) for the Go plugin fixture
+#                   (tests/fixtures/go); only the tests use it, the host builds and runs without it
+#   `deps.sh fuzz`  also installs clang and libFuzzer (libclang-rt-14-dev) for the fuzz targets (.ci/run)
 set -euo pipefail
 
 PACKAGES=(
@@ -15,9 +18,13 @@ PACKAGES=(
   libgtest-dev libgmock-dev          # tests
   libbenchmark-dev                   # bench/: tickhost-micro (Google Benchmark)
 )
-if [ "${1:-}" = "fuzz" ]; then
-  PACKAGES+=(clang libclang-rt-14-dev)  # libFuzzer: /usr/lib/llvm-14/lib/clang/14.0.6/lib/linux/libclang_rt.fuzzer*
-fi
+for group in "$@"; do
+  case "$group" in
+    test) PACKAGES+=(golang-go) ;;                 # the real Go plugin fixture: go build -buildmode=c-shared
+    fuzz) PACKAGES+=(clang libclang-rt-14-dev) ;;  # libFuzzer: /usr/lib/llvm-14/lib/clang/14.0.6/lib/linux/libclang_rt.fuzzer*
+    *) echo "tickhost: deps.sh: unknown group '$group' (groups: test, fuzz)" >&2; exit 2 ;;
+  esac
+done
 
 missing=()
 for p in "${PACKAGES[@]}"; do

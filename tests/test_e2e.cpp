@@ -13,6 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "go_fixture.hpp"
 #include "test_util.hpp"
 
 using namespace std::chrono_literals;
@@ -318,6 +319,86 @@ TEST(EndToEnd, APluginThatUnblocksTheSignalsWithItsOwnHandlerDoesNotSilenceTheHo
     p.signal(SIGTERM);
     EXPECT_EQ(p.wait(), 0) << read_file(d.log);
     EXPECT_TRUE(has(d.log, "stopped cleanly")) << read_file(d.log);
+}
+
+// ---- a real Go plugin (tests/fixtures/go) in the binary: the Go runtime installs signal handlers of its own
+// (for SIGSEGV and the like, SIGPIPE, SIGURG); the host's SIGINT, SIGTERM and SIGHUP must still work.
+
+namespace {
+
+// HostDir plus the Go fixture (v1) as gofixture.so, writing "<event> 1.0.0 <pid>" lines to `events`.
+struct GoDir : HostDir {
+    fs::path events = tmp / "go-events";
+    GoDir() {
+        fs::copy_file(FX_GO_V1, plugins / "gofixture.so");
+        write_file(toml, read_file(toml) + go_settings("50ms"));
+    }
+    std::string go_settings(const std::string& interval) const {
+        return "[plugins.gofixture]\ninterval = \"" + interval + "\"\n[plugins.gofixture.config]\nout = \"" +
+               events.string() + "\"\n";
+    }
+    size_t count(const std::string& event) const {
+        const std::string all = read_file(events);
+        size_t n = 0;
+        for (size_t pos = all.find(event + " 1.0.0 "); pos != std::string::npos; pos = all.find(event + " 1.0.0 ", pos + 1))
+            ++n;
+        return n;
+    }
+};
+
+}  // namespace
+
+TEST(EndToEnd, SighupAndSigtermWorkWithAGoPluginLoaded) {
+    SKIP_WITHOUT_GO();
+    GoDir d;
+    Process p({TICKHOST_EXE, "--config", d.toml.string()}, d.log);
+    ASSERT_TRUE(eventually([&] { return d.count("run") >= 2; }, 20s)) << read_file(d.log);
+    ASSERT_TRUE(eventually([&] { return read_file(d.health).rfind("online", 0) == 0; }, 20s)) << read_file(d.log);
+    // SIGHUP re-reads host.toml: the Go plugin's changed interval restarts it in place, in the same process.
+    std::string toml = read_file(d.toml);
+    toml.replace(toml.find(d.go_settings("50ms")), d.go_settings("50ms").size(), d.go_settings("40ms"));
+    write_file(d.toml, toml);
+    p.signal(SIGHUP);
+    ASSERT_TRUE(eventually([&] { return has(d.log, "restarted plugin 'gofixture' 1.0.0"); }, 20s)) << read_file(d.log);
+    ASSERT_TRUE(eventually([&] { return d.count("init") == 2 && d.count("shutdown") == 1; }, 20s))
+        << read_file(d.events);
+    const size_t runs = d.count("run");
+    ASSERT_TRUE(eventually([&] { return d.count("run") >= runs + 2; }, 20s)) << read_file(d.log);
+    p.signal(SIGTERM);
+    EXPECT_EQ(p.wait(), 0) << read_file(d.log);
+    const std::string events = read_file(d.events);
+    EXPECT_TRUE(std::regex_search(events, std::regex("\nstop 1\\.0\\.0 (\\d+)\nshutdown 1\\.0\\.0 \\1\n$"))) << events;
+    EXPECT_TRUE(std::regex_match(events, std::regex("\\w+ 1\\.0\\.0 (\\d+)\n(\\w+ 1\\.0\\.0 \\1\n)*")))
+        << "every event in the host's one process: " << events;
+    EXPECT_TRUE(has(d.log, "kept mapped (a Go runtime cannot be unloaded)")) << read_file(d.log);
+    EXPECT_TRUE(has(d.log, "stopped cleanly")) << read_file(d.log);
+    EXPECT_FALSE(has(d.log, "a plugin set")) << "the Go runtime leaves SIGINT, SIGTERM and SIGHUP alone: "
+                                             << read_file(d.log);
+}
+
+TEST(EndToEnd, SigintStopsAHostWithAGoPluginAndASecondOneExitsAtOnce) {
+    SKIP_WITHOUT_GO();
+    {
+        GoDir d;
+        Process p({TICKHOST_EXE, "--config", d.toml.string()}, d.log);
+        ASSERT_TRUE(eventually([&] { return d.count("run") >= 2; }, 20s)) << read_file(d.log);
+        p.signal(SIGINT);
+        EXPECT_EQ(p.wait(), 0) << read_file(d.log);
+        EXPECT_EQ(d.count("stop"), 1u) << read_file(d.events);
+        EXPECT_EQ(d.count("shutdown"), 1u) << read_file(d.events);
+    }
+    // A second SIGINT while a stop call hangs (fx_hostile next to the Go plugin): exit 130 at once.
+    HangingStopDir d("20s");
+    fs::copy_file(FX_GO_V1, d.plugins / "gofixture.so");
+    Process p({TICKHOST_EXE, "--config", d.toml.string()}, d.log);
+    ASSERT_TRUE(eventually([&] { return d.running() && has(d.log, "loaded plugin 'gofixture'"); }, 20s))
+        << read_file(d.log);
+    p.signal(SIGINT);
+    ASSERT_TRUE(eventually([&] { return read_file(d.out).find("stop_hangs stop") != std::string::npos; }, 20s))
+        << read_file(d.log);
+    p.signal(SIGINT);
+    EXPECT_EQ(p.wait(20s), 130) << read_file(d.log);
+    EXPECT_TRUE(has(d.log, "second Interrupt: exiting now")) << read_file(d.log);
 }
 
 TEST(EndToEnd, APluginsChdirAndUmaskBreakNeitherReloadsNorLaterLoads) {

@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdio>
+#include <regex>
 #include <string>
 #include <vector>
 
@@ -11,6 +12,7 @@
 
 #include <tickhost/plugin.h>
 
+#include "go_fixture.hpp"
 #include "test_util.hpp"
 
 namespace fs = std::filesystem;
@@ -224,6 +226,35 @@ TEST(Tools, CheckJsonIsWellFormedWhateverThePluginDeclares) {
             << p.dump();
         EXPECT_EQ(keys(p["tasks"][0]), (std::vector<std::string>{"name", "interval_ns", "timeout_ns"}));
     }
+}
+
+// The same with the real Go plugin (tests/fixtures/go), both builds in one command; run-once initialises it,
+// runs its task and makes its stop call in the tool's own process.
+TEST(Tools, CheckAndRunOnceWorkOnARealGoPlugin) {
+    SKIP_WITHOUT_GO();
+    Result r = run(std::string("check ") + FX_GO_V1 + " " + FX_GO_V2);
+    EXPECT_EQ(r.status, 0) << r.out;
+    EXPECT_EQ(count(r.out, ": ok\n"), 2u) << r.out;
+    EXPECT_EQ(count(r.out, "name         gofixture\n"), 2u) << r.out;
+    EXPECT_TRUE(has(r.out, "version      1.0.0\n")) << r.out;
+    EXPECT_TRUE(has(r.out, "version      2.0.0\n")) << r.out;
+    EXPECT_TRUE(has(r.out, "tasks        write every 1s")) << r.out;
+    EXPECT_EQ(count(r.out, "note: carries a Go runtime: it can never be unloaded or replaced in a running host"), 2u)
+        << r.out;
+    r = run_stdout(std::string("check --json ") + FX_GO_V1);
+    EXPECT_EQ(r.status, 0) << r.out;
+    EXPECT_EQ(nlohmann::json::parse(r.out)["plugins"][0]["go_runtime"], true) << r.out;
+
+    TempDir tmp;
+    const fs::path out = tmp / "events";
+    r = run(std::string("run-once ") + FX_GO_V1 + " --set out=" + out.string());
+    EXPECT_EQ(r.status, 0) << r.out;
+    EXPECT_TRUE(has(r.out, "[plugin.gofixture] [write] run 1.0.0 ")) << r.out;
+    EXPECT_TRUE(has(r.out, "result ok")) << r.out;
+    const std::string events = read_file(out);
+    EXPECT_TRUE(std::regex_match(events, std::regex("init 1\\.0\\.0 (\\d+)\nrun 1\\.0\\.0 \\1\nstop 1\\.0\\.0 \\1\n"
+                                                    "shutdown 1\\.0\\.0 \\1\n")))
+        << events;
 }
 
 // Each file is checked in a process of its own: two Go plugins (which could never both load in one process)
