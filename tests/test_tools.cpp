@@ -239,7 +239,7 @@ TEST(Tools, CheckAndRunOnceWorkOnARealGoPlugin) {
     EXPECT_TRUE(has(r.out, "version      1.0.0\n")) << r.out;
     EXPECT_TRUE(has(r.out, "version      2.0.0\n")) << r.out;
     EXPECT_TRUE(has(r.out, "tasks        write every 1s")) << r.out;
-    EXPECT_EQ(count(r.out, "note: carries a Go runtime: it can never be unloaded or replaced in a running host"), 2u)
+    EXPECT_EQ(count(r.out, "note: carries a Go runtime: with isolation = \"none\" it can never be unloaded or replaced in a running host"), 2u)
         << r.out;
     r = run_stdout(std::string("check --json ") + FX_GO_V1);
     EXPECT_EQ(r.status, 0) << r.out;

@@ -67,6 +67,9 @@ int main(int argc, char** argv) {
     sigaddset(&sigs, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
     tickhost::guard_signals({SIGINT, SIGTERM, SIGHUP});
+    // A closed pipe on stdout/stderr (`tickhost | head`) must not kill the host and every plugin with it, and
+    // must not depend on whether a plugin's runtime ignores SIGPIPE (Go's does): writes fail with EPIPE.
+    std::signal(SIGPIPE, SIG_IGN);
 
     std::unique_ptr<tickhost::Host> host;
     try {
