@@ -143,7 +143,9 @@ struct IsolatedLink {
         if (was_dropped)
             log->warn("plugin '{}': {} log line(s) of its process dropped (more than {} per second)", plugin,
                       was_dropped, kLogPerSecond);
-        plugin_log->log(level, "{}", escape_plugin_text(m.text));
+        // Escaped again (the child is untrusted), with a cap above what the child may send: text the worker
+        // escaped already comes out unchanged, as long as in the host's own process.
+        plugin_log->log(level, "{}", escape_plugin_text(m.text, wire::kMaxReportText));
     }
 
     // The tasks whose calls were in flight, for a crash message: " while running task 'a'".
@@ -689,7 +691,8 @@ std::optional<LoadError> IsolatedInstance::init(const PluginValues& config, Dura
     }
     if (done->status != TH_OK) {
         const th_status code = done->status < 0 && done->status >= -200 ? th_status(done->status) : TH_E_INIT_FAILED;
-        return err(code, escape_plugin_text(done->error), escape_plugin_text(done->thrown));
+        return err(code, escape_plugin_text(done->error, wire::kMaxReportText),
+                   escape_plugin_text(done->thrown, wire::kMaxReportText));
     }
     const size_t statics = static_tasks_.size();
     if (done->task_count < statics || done->task_count > cap) {
@@ -793,8 +796,10 @@ TaskFn IsolatedInstance::task_fn(size_t index, const std::string& task_name) {
                 result = TaskResult::failure("its process sent an invalid message and was killed");
                 break;
             }
-            result = res->status == TH_OK ? TaskResult::success()
-                                          : TaskResult::failure(res->error.empty() ? "failed" : escape_plugin_text(res->error));
+            result = res->status == TH_OK
+                         ? TaskResult::success()
+                         : TaskResult::failure(
+                               res->error.empty() ? "failed" : escape_plugin_text(res->error, wire::kMaxReportText));
             healthy = true;
             break;
         }
@@ -825,8 +830,9 @@ bool IsolatedInstance::shutdown(Duration bound) {
     }
     if (auto* d = std::get_if<wire::ShutdownDone>(&reply->msg)) {
         if (!d->thrown.empty())
-            link_->log->error("plugin '{}': shutdown {} (an exception must not cross the C ABI; catch it in the plugin)",
-                              name_, escape_plugin_text(d->thrown));
+            link_->log->error(
+                "plugin '{}': shutdown {} (an exception must not cross the C ABI; catch it in the plugin)", name_,
+                escape_plugin_text(d->thrown, wire::kMaxReportText));
         return true;
     }
     link_->violation("expected ShutdownDone");

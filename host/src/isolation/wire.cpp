@@ -421,41 +421,41 @@ void put(Writer& w, const InitDone& m) {
     w.i32(m.status);
     w.u32(m.task_count);
     w.u32(m.refused_over_cap);
-    w.str("error", m.error, kMaxText);
-    w.str("thrown", m.thrown, kMaxText);
+    w.str("error", m.error, kMaxReportText);
+    w.str("thrown", m.thrown, kMaxReportText);
 }
 void get(Reader& r, InitDone* m) {
     m->status = r.i32("status");
     m->task_count = r.u32("task_count");
     m->refused_over_cap = r.u32("refused_over_cap");
-    m->error = r.str("error", kMaxText);
-    m->thrown = r.str("thrown", kMaxText);
+    m->error = r.str("error", kMaxReportText);
+    m->thrown = r.str("thrown", kMaxReportText);
 }
 
 void put(Writer& w, const Result& m) {
     w.i32(m.status);
     w.boolean(m.threw);
-    w.str("error", m.error, kMaxText);
+    w.str("error", m.error, kMaxReportText);
 }
 void get(Reader& r, Result* m) {
     m->status = r.i32("status");
     m->threw = r.boolean("threw");
-    m->error = r.str("error", kMaxText);
+    m->error = r.str("error", kMaxReportText);
 }
 
 void put(Writer& w, const Log& m) {
     w.level("level", m.level);
     w.u32(m.task_index);
-    w.str("text", m.text, kMaxText);
+    w.str("text", m.text, kMaxReportText);
 }
 void get(Reader& r, Log* m) {
     m->level = r.level("level");
     m->task_index = r.u32("task_index");
-    m->text = r.str("text", kMaxText);
+    m->text = r.str("text", kMaxReportText);
 }
 
-void put(Writer& w, const ShutdownDone& m) { w.str("thrown", m.thrown, kMaxText); }
-void get(Reader& r, ShutdownDone* m) { m->thrown = r.str("thrown", kMaxText); }
+void put(Writer& w, const ShutdownDone& m) { w.str("thrown", m.thrown, kMaxReportText); }
+void get(Reader& r, ShutdownDone* m) { m->thrown = r.str("thrown", kMaxReportText); }
 
 void put(Writer& w, const Fatal& m) { w.str("text", m.text, kMaxText); }
 void get(Reader& r, Fatal* m) { m->text = r.str("text", kMaxText); }
