@@ -253,8 +253,9 @@ int main(int argc, char** argv) {
                 std::lock_guard<std::mutex> lk(w.mu);
                 w.initialised = false;
             }
+            // The host keeps the bound and kills us when it runs out; ours is a backstop past it.
             bool returned = w.inst ? w.inst->shutdown(std::chrono::nanoseconds(m->bound_ns)) : true;
-            if (!returned) _exit(3);  // the host kills us anyway: its bound ran out
+            if (!returned) _exit(3);
             send_to(kControl, wire::WorkerMessage{wire::ShutdownDone{}});
         } else if (auto* m = std::get_if<wire::SetLogLevel>(&f.msg)) {
             tickhost::set_log_sinks({sink}, spdlog::level::level_enum(std::clamp(m->level, 0, 6)));

@@ -35,6 +35,10 @@ constexpr uint32_t kLogBurst = 1000;     // log lines a child may send at once .
 constexpr uint32_t kLogPerSecond = 1000;  // ... and per second after that; the rest are dropped and counted
 constexpr Duration kStartGrace = std::chrono::seconds(10);  // exec, the dynamic linker, a sanitizer's start
 constexpr Duration kCallGrace = std::chrono::seconds(2);    // init past its bound before the child is killed
+// A call that ignores its cancellation is ended by killing its process a little before the scheduler would
+// abandon it (abandon_after past its deadline): the call then returns, and no worker of the host is lost.
+constexpr Duration kKillAhead = std::chrono::milliseconds(50);
+constexpr Duration kExitBound = std::chrono::seconds(2);  // for a child told Bye to be gone, then it is killed
 
 // Placeholders for the function pointers of the host's copy of an isolated descriptor: never called.
 th_status placeholder_run(void*, th_ctx, int32_t) { return TH_ERROR; }
@@ -87,6 +91,8 @@ struct IsolatedLink {
     std::string death;        // how it ended: "was killed by signal 11 (SIGSEGV)"
     std::string kill_reason;  // why the host killed it, if it did
     bool expected = false;    // the host ended it: not a crash
+    bool released = false;    // the runtime is done with it: reaped, its end reported (or not, if expected)
+    int exchanges = 0;        // open/init/shutdown in progress: they report the child's end themselves
     std::function<void(const std::string&)> on_exit;
     std::vector<std::string> task_names;  // after init, for messages
 
@@ -197,6 +203,20 @@ struct IsolatedLink {
             free_lanes.pop_back();
             return l;
         }
+        return add_lane_locked(err);
+    }
+    // At least `n` lanes (at most kMaxLanes), made now rather than at the first calls: the calls that can be
+    // in flight at once. False + *err if one could not be made.
+    bool reserve_lanes(size_t n, std::string* err) {
+        std::lock_guard<std::mutex> lk(lanes_mu);
+        while (lanes.size() < std::min<size_t>(n, kMaxLanes)) {
+            Lane* l = add_lane_locked(err);
+            if (!l) return false;
+            free_lanes.push_back(l);
+        }
+        return true;
+    }
+    Lane* add_lane_locked(std::string* err) {
         if (lanes.size() >= kMaxLanes) {
             *err = "more than " + std::to_string(kMaxLanes) + " calls of this plugin in flight at once";
             return nullptr;
@@ -221,7 +241,42 @@ struct IsolatedLink {
         std::lock_guard<std::mutex> lk(lanes_mu);
         free_lanes.push_back(l);
     }
+
+    // Waits until the runtime is done with the child (reaped, its end reported). False if `bound` ran out.
+    bool wait_released(Duration bound) {
+        std::unique_lock<std::mutex> lk(mu);
+        return cv.wait_for(lk, bound, [&] { return released; });
+    }
+    void set_released() {
+        std::lock_guard<std::mutex> lk(mu);
+        dead = true;
+        released = true;
+        cv.notify_all();
+    }
 };
+
+namespace {
+
+// While the host is in an exchange with the child (open, init, shutdown), that exchange reports the child's
+// end in its own error; the runtime only notes it.
+class Exchange {
+public:
+    explicit Exchange(IsolatedLink& l) : l_(l) {
+        std::lock_guard<std::mutex> lk(l_.mu);
+        ++l_.exchanges;
+    }
+    ~Exchange() {
+        std::lock_guard<std::mutex> lk(l_.mu);
+        --l_.exchanges;
+    }
+    Exchange(const Exchange&) = delete;
+    Exchange& operator=(const Exchange&) = delete;
+
+private:
+    IsolatedLink& l_;
+};
+
+}  // namespace
 
 // ---- the runtime: one thread for every child's control channel and exit ------------------------------
 
@@ -251,11 +306,15 @@ IsolationRuntime::~IsolationRuntime() {
     }
     // Children left (their instances are gone with the manager): killed and reaped here.
     for (auto& [p, l] : impl_->links) {
-        l->expected = true;
+        {
+            std::lock_guard<std::mutex> lk(l->mu);
+            l->expected = true;
+        }
         if (l->child) {
             l->child->kill();
             l->child->wait();
         }
+        l->set_released();
     }
     if (impl_->ep >= 0) ::close(impl_->ep);
     if (impl_->wake >= 0) ::close(impl_->wake);
@@ -369,8 +428,20 @@ void IsolationRuntime::Impl::readable(IsolatedLink& l, bool exited) {
         // Closed, broken, or exited: the child is gone or going. Make sure, and collect how it ended.
         if (l.child) {
             if (!l.child->try_wait()) {
-                // It closed the channel but lives on, or is exiting: a short grace, then SIGKILL.
-                for (int i = 0; i < 50 && !l.child->try_wait(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+                // It closed the channel but lives on, or is exiting (its descriptors close before it is a
+                // zombie): a short grace, then SIGKILL. Woken by its exit itself, not by a clock.
+                const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(100);
+                while (!l.child->try_wait()) {
+                    const auto left =
+                        std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now());
+                    if (left.count() <= 0) break;
+                    if (l.child->pidfd() >= 0) {
+                        pollfd p{l.child->pidfd(), POLLIN, 0};
+                        ::poll(&p, 1, int(left.count()) + 1);
+                    } else {
+                        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+                    }
+                }
                 if (!l.child->exited()) l.child->kill();
             }
             const ChildExit ex = l.child->wait();
@@ -398,22 +469,27 @@ void IsolationRuntime::Impl::ended(const std::shared_ptr<IsolatedLink>& l) {
     const std::string usage = "cpu " + format_elapsed(u.cpu) + ", peak RSS " + mib(u.max_rss_bytes);
     std::function<void(const std::string&)> handler;
     std::string why;
+    bool expected, reported;
     {
         std::lock_guard<std::mutex> lk(l->mu);
-        if (l->expected && l->kill_reason.empty()) {
-            log->debug("plugin '{}': process {} ended ({}); {}", l->plugin, l->pid(), l->death, usage);
-            return;
-        }
         why = "its process " + std::to_string(l->pid()) + " " + l->death +
               (l->kill_reason.empty() ? "" : ", killed by the host because it " + l->kill_reason);
-        if (!l->expected) handler = l->on_exit;
+        expected = l->expected;
+        reported = l->exchanges > 0;
+        if (!expected) handler = l->on_exit;
     }
-    why += l->running();
+    const std::string running = l->running();
+    why += running;
     if (handler) {
         handler(why + " (" + usage + ")");
+    } else if (expected || reported || !running.empty()) {
+        // The host ended it (and said why where it matters), or the exchange or the call that was in
+        // progress reports its end in its own error.
+        log->debug("plugin '{}': {} ({})", l->plugin, why, usage);
     } else {
         log->error("plugin '{}': {} ({})", l->plugin, why, usage);
     }
+    l->set_released();
 }
 
 // ---- the instance -------------------------------------------------------------------------------------
@@ -449,6 +525,7 @@ std::shared_ptr<IsolatedInstance> IsolatedInstance::open(IsolationRuntime& rt, c
     inst->sha256_ = staged.sha256;
     inst->go_runtime_ = staged.go_runtime;  // the host's own scan, not the child's word
     inst->abandon_after_ = o.abandon_after;
+    inst->workers_ = o.workers;
     staged.copy.clear();  // the instance removes the copy
 
     auto link = std::make_shared<IsolatedLink>();
@@ -456,6 +533,7 @@ std::shared_ptr<IsolatedInstance> IsolatedInstance::open(IsolationRuntime& rt, c
     link->log = rt.log();
     link->plugin_log = get_logger("plugin." + link->plugin);
     inst->link_ = link;
+    Exchange exchange(*link);  // a refusal below says how the child ended
 
     ChildSpec spec;
     spec.exe = o.worker;
@@ -554,11 +632,24 @@ std::shared_ptr<IsolatedInstance> IsolatedInstance::open(IsolationRuntime& rt, c
                           "fix the plugin's static constructors and entry point, or raise [plugins." + link->plugin +
                               "] timeout");
         }
-        return refuse(TH_E_NOT_A_LIBRARY, "its process died while loading it: " + why,
+        std::string death;
+        {
+            std::lock_guard<std::mutex> lk(link->mu);
+            death = link->death;
+        }
+        // In the host's own process this would have ended the host ("killed the process that checked it").
+        return refuse(TH_E_NOT_A_LIBRARY,
+                      std::string("loading it ") + (death.rfind("killed", 0) == 0 ? "killed" : "ended") +
+                          " its process " + std::to_string(link->pid()) + " (" + death + "); the host runs on",
                       "the plugin crashes in its static constructors or entry point; check it with `tickhost check`");
     }
     if (auto* f = std::get_if<wire::LoadFailed>(&loaded->msg)) {
         const th_status code = f->code < 0 && f->code >= -200 ? th_status(f->code) : TH_E_NOT_A_LIBRARY;
+        if (code == TH_E_ENTRY_TIMEOUT)  // the host's words: the code left running goes with its process
+            return refuse(code,
+                          std::string(TH_ENTRY_SYMBOL) + " did not return within " + format_duration(o.entry_bound) +
+                              "; the plugin is refused and its process was killed",
+                          escape_plugin_text(f->hint));
         return refuse(code, escape_plugin_text(f->reason), escape_plugin_text(f->hint));
     }
     auto* l = std::get_if<wire::Loaded>(&loaded->msg);
@@ -624,7 +715,16 @@ IsolatedInstance::~IsolatedInstance() {
             link_->on_exit = nullptr;
         }
         if (!link_->send(wire::Bye{})) link_->kill("did not take Bye");
-        // Reaped by the runtime when its channel closes.
+        // Gone when this returns, as an in-process version is unmapped when it is unloaded: its process has
+        // exited and the runtime has reaped it (bounded: one that lingers is killed).
+        if (!link_->wait_released(kExitBound)) {
+            link_->kill("did not exit when told to");
+            link_->wait_released(kExitBound);
+        }
+        // And the runtime's reference is dropped, so that the channel and lanes close with this instance
+        // (unless a call of an abandoned task still holds them; it returns now that the child is gone).
+        for (int i = 0; i < 2000 && link_.use_count() > 1; ++i)
+            std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
     if (!shadow_.empty()) {
         std::error_code ec;
@@ -652,6 +752,7 @@ std::optional<LoadError> IsolatedInstance::init(const PluginValues& config, Dura
     auto err = [&](th_status code, std::string reason, std::string hint) {
         return LoadError{code, status_name(code), std::move(reason), std::move(hint)};
     };
+    Exchange exchange(*link_);
     std::vector<wire::ConfigEntry> entries;
     for (auto& [k, v] : config.all()) {
         wire::ConfigEntry e;
@@ -670,17 +771,21 @@ std::optional<LoadError> IsolatedInstance::init(const PluginValues& config, Dura
     link_->send(wire::Init{std::chrono::duration_cast<std::chrono::nanoseconds>(bound).count(),
                            std::chrono::duration_cast<std::chrono::nanoseconds>(deadline.time_since_epoch()).count(),
                            uint32_t(cap), name_});
+    // The child bounds init itself (the plugin sees that deadline) and answers by then; the grace is for a
+    // child that cannot answer at all.
     const auto until = deadline + kCallGrace;
     std::string why;
     auto reply = link_->next_reply(until, &why);
+    const auto timed_out = [&] {
+        // The init that did not return is still running in the child: it goes with its process.
+        link_->kill("did not return from init within " + format_duration(bound));
+        return err(TH_E_INIT_FAILED,
+                   "init did not return within " + format_duration(bound) + "; its process was killed",
+                   "fix the plugin's init (it must return; long work belongs in a task), or raise [plugins." + name_ +
+                       "] timeout in host.toml");
+    };
     if (!reply) {
-        if (why == "timeout") {
-            link_->kill("did not return from init within " + format_duration(bound));
-            return err(TH_E_INIT_FAILED,
-                       "init did not return within " + format_duration(bound) + "; its process was killed",
-                       "fix the plugin's init (it must return; long work belongs in a task), or raise [plugins." +
-                           name_ + "] timeout in host.toml");
-        }
+        if (why == "timeout") return timed_out();
         return err(TH_E_INIT_FAILED, "its process died during init: " + why,
                    "the plugin crashes in its init; try it with `tickhost run-once`");
     }
@@ -690,6 +795,8 @@ std::optional<LoadError> IsolatedInstance::init(const PluginValues& config, Dura
         return err(TH_E_INIT_FAILED, "its process answered init out of protocol; it was killed", "");
     }
     if (done->status != TH_OK) {
+        // A failure that comes at the bound is the child's own bound running out: init did not return.
+        if (done->status == TH_E_INIT_FAILED && std::chrono::steady_clock::now() >= deadline) return timed_out();
         const th_status code = done->status < 0 && done->status >= -200 ? th_status(done->status) : TH_E_INIT_FAILED;
         return err(code, escape_plugin_text(done->error, wire::kMaxReportText),
                    escape_plugin_text(done->thrown, wire::kMaxReportText));
@@ -726,6 +833,12 @@ std::optional<LoadError> IsolatedInstance::init(const PluginValues& config, Dura
         link_->task_names.clear();
         for (auto& t : list.tasks) link_->task_names.push_back(t.name);
     }
+    // A lane for each call that can be in flight at once (no more calls than tasks, nor than the
+    // scheduler's workers): made now, so that the first runs do not wait for them and the host's
+    // descriptors do not grow with the load.
+    const size_t workers = workers_ ? workers_ : std::max(1u, std::thread::hardware_concurrency());
+    if (!link_->reserve_lanes(std::min(list.tasks.size(), workers), &e))
+        link_->log->warn("plugin '{}': {}; its calls make their lanes when they need them", name_, e);
     initialised_ = true;
     *out = std::move(list);
     return std::nullopt;
@@ -753,11 +866,12 @@ TaskFn IsolatedInstance::task_fn(size_t index, const std::string& task_name) {
         }
         lane->pending.store(seq, std::memory_order_relaxed);
         rc.set_cancel_relay(&lane->relay);
-        // Past its deadline and abandon_after, a call that ignored its cancellation costs its process.
-        const auto kill_at = std::chrono::steady_clock::time_point(
-                                 std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                                     rc.deadline().time_since_epoch())) +
-                             abandon_after;
+        // Past its deadline and abandon_after, a call that ignored its cancellation costs its process: killed
+        // just before the scheduler would abandon the call, so that the call returns instead.
+        const auto kill_at =
+            std::chrono::steady_clock::time_point(
+                std::chrono::duration_cast<std::chrono::steady_clock::duration>(rc.deadline().time_since_epoch())) +
+            abandon_after - std::min<Duration>(kKillAhead, abandon_after / 4);
         TaskResult result;
         bool healthy = false;
         std::vector<uint8_t> buf;
@@ -819,11 +933,18 @@ bool IsolatedInstance::shutdown(Duration bound) {
         std::lock_guard<std::mutex> lk(link_->mu);
         if (link_->dead) return true;  // nothing left to shut down (no shutdown call: said in plugin.h)
     }
-    if (!link_->send(wire::Shutdown{std::chrono::duration_cast<std::chrono::nanoseconds>(bound).count()})) return true;
+    Exchange exchange(*link_);
+    // The host keeps the bound (shutdown has no context to see it by): the child's is a backstop past it.
+    const auto until = std::chrono::steady_clock::now() + bound;
+    if (!link_->send(wire::Shutdown{std::chrono::duration_cast<std::chrono::nanoseconds>(bound + kCallGrace).count()}))
+        return true;
     std::string why;
-    auto reply = link_->next_reply(std::chrono::steady_clock::now() + bound, &why);
+    auto reply = link_->next_reply(until, &why);
     if (!reply) {
-        if (why != "timeout") return true;  // it died during shutdown: nothing of it is left either
+        if (why != "timeout") {  // nothing of it is left either
+            link_->log->error("plugin '{}': its process died during shutdown: {}", name_, why);
+            return true;
+        }
         link_->log->error("plugin '{}': shutdown did not return within {}; its process is killed", name_,
                           format_duration(bound));
         return false;
