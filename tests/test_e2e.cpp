@@ -73,11 +73,14 @@ struct HostDir {
         fs::copy_file(HEARTBEAT_SO, plugins / "heartbeat.so");
         fs::copy_file(HELLO_SO, plugins / "hello.so");
         fs::copy_file(COUNTER_C_SO, plugins / "counter_c.so");
-        write_file(toml, "[host]\nplugin_dir = \"plugins.d\"\nworkers = 2\nshadow_dir = \"shadow\"\n"
-                         "shutdown_timeout = \"10s\"\n"
-                         "[plugins.heartbeat]\ninterval = \"50ms\"\n"
-                         "[plugins.heartbeat.config]\npath = \"" + health.string() + "\"\n"
-                         "[plugins.hello]\ninterval = \"20ms\"\n");
+        write_file(toml, "[host]\n" + tickhost::test::isolation_toml() +
+                             "plugin_dir = \"plugins.d\"\nworkers = 2\nshadow_dir = \"shadow\"\n"
+                             "shutdown_timeout = \"10s\"\n"
+                             "[plugins.heartbeat]\ninterval = \"50ms\"\n"
+                             "[plugins.heartbeat.config]\npath = \"" +
+                             health.string() +
+                             "\"\n"
+                             "[plugins.hello]\ninterval = \"20ms\"\n");
     }
 };
 
