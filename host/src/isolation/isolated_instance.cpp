@@ -77,8 +77,8 @@ struct Lane {
 
 // What the host, the runtime's thread and the task functions share about one child.
 struct IsolatedLink {
-    std::string plugin;  // its name (the file's stem until the child said)
-    std::shared_ptr<spdlog::logger> log, plugin_log;
+    std::shared_ptr<spdlog::logger> log;
+    uint64_t id = 0;  // the runtime's key for it (never reused, unlike its address)
     std::unique_ptr<ChildProcess> child;
     int control = -1;
     uint8_t* shared = nullptr;
@@ -100,8 +100,11 @@ struct IsolatedLink {
     std::vector<std::unique_ptr<Lane>> lanes;
     std::vector<Lane*> free_lanes;
 
-    // Log lines: a token bucket (touched by the runtime's thread and the task functions).
+    // Log lines: a token bucket (touched by the runtime's thread and the task functions), and the plugin's
+    // name and logger (its file's stem until the child says its name).
     std::mutex log_mu;
+    std::string plugin;
+    std::shared_ptr<spdlog::logger> plugin_log;
     double tokens = kLogBurst;
     std::chrono::steady_clock::time_point refilled = std::chrono::steady_clock::now();
     uint64_t dropped = 0;
@@ -112,6 +115,21 @@ struct IsolatedLink {
     }
 
     pid_t pid() const { return child ? child->pid() : 0; }
+
+    std::string name() {
+        std::lock_guard<std::mutex> lk(log_mu);
+        return plugin;
+    }
+    std::shared_ptr<spdlog::logger> logger() {
+        std::lock_guard<std::mutex> lk(log_mu);
+        return plugin_log;
+    }
+    void set_name(const std::string& n) {
+        auto lg = get_logger("plugin." + n);
+        std::lock_guard<std::mutex> lk(log_mu);
+        plugin = n;
+        plugin_log = std::move(lg);
+    }
 
     // Kills the child, recording why (the first reason given is kept).
     void kill(const std::string& why) {
@@ -130,10 +148,14 @@ struct IsolatedLink {
     void log_line(const wire::Log& m) {
         if (m.level < 0 || m.level > 6) return violation("log level " + std::to_string(m.level));
         const auto level = spdlog::level::level_enum(m.level);
-        if (!plugin_log->should_log(level)) return;
         uint64_t was_dropped = 0;
+        std::shared_ptr<spdlog::logger> lg;
+        std::string name;
         {
             std::lock_guard<std::mutex> lk(log_mu);
+            if (!plugin_log->should_log(level)) return;
+            lg = plugin_log;
+            name = plugin;
             const auto now = std::chrono::steady_clock::now();
             tokens = std::min<double>(kLogBurst, tokens + std::chrono::duration<double>(now - refilled).count() *
                                                               kLogPerSecond);
@@ -147,11 +169,11 @@ struct IsolatedLink {
             dropped = 0;
         }
         if (was_dropped)
-            log->warn("plugin '{}': {} log line(s) of its process dropped (more than {} per second)", plugin,
-                      was_dropped, kLogPerSecond);
+            log->warn("plugin '{}': {} log line(s) of its process dropped (more than {} per second)", name, was_dropped,
+                      kLogPerSecond);
         // Escaped again (the child is untrusted), with a cap above what the child may send: text the worker
         // escaped already comes out unchanged, as long as in the host's own process.
-        plugin_log->log(level, "{}", escape_plugin_text(m.text, wire::kMaxReportText));
+        lg->log(level, "{}", escape_plugin_text(m.text, wire::kMaxReportText));
     }
 
     // The tasks whose calls were in flight, for a crash message: " while running task 'a'".
@@ -189,7 +211,7 @@ struct IsolatedLink {
         std::vector<uint8_t> msg;
         std::string err;
         if (!wire::encode(m, seq, &msg, &err)) {
-            log->error("plugin '{}': cannot encode a message for its process: {}", plugin, err);
+            log->error("plugin '{}': cannot encode a message for its process: {}", name(), err);
             return false;
         }
         return channel::send(control, msg, fd, &err);
@@ -285,7 +307,9 @@ struct IsolationRuntime::Impl {
     int ep = -1, wake = -1;
     std::thread thread;
     std::mutex mu;
-    std::map<IsolatedLink*, std::shared_ptr<IsolatedLink>> links;
+    // By id, not address: an event of a child that just ended must not reach one started since at its address.
+    std::map<uint64_t, std::shared_ptr<IsolatedLink>> links;
+    uint64_t next_id = 1;
     std::atomic<bool> stopping{false};
 
     void loop();
@@ -340,19 +364,20 @@ bool IsolationRuntime::add(const std::shared_ptr<IsolatedLink>& link, std::strin
             return false;
         }
     }
-    impl_->links[link.get()] = link;
+    link->id = impl_->next_id++;
+    impl_->links[link->id] = link;
     epoll_event ev{};
     ev.events = EPOLLIN | EPOLLRDHUP;
-    ev.data.u64 = reinterpret_cast<uintptr_t>(link.get());
+    ev.data.u64 = link->id << 1;
     if (::epoll_ctl(impl_->ep, EPOLL_CTL_ADD, link->control, &ev) != 0) {
-        impl_->links.erase(link.get());
+        impl_->links.erase(link->id);
         *err = std::string("epoll_ctl: ") + std::strerror(errno);
         return false;
     }
     // Its exit too: a process the plugin forked may hold the channel open after the child died.
     if (link->child && link->child->pidfd() >= 0) {
         ev.events = EPOLLIN;
-        ev.data.u64 = reinterpret_cast<uintptr_t>(link.get()) | 1;
+        ev.data.u64 = link->id << 1 | 1;
         ::epoll_ctl(impl_->ep, EPOLL_CTL_ADD, link->child->pidfd(), &ev);
     }
     return true;
@@ -374,7 +399,7 @@ void IsolationRuntime::Impl::loop() {
             std::shared_ptr<IsolatedLink> l;
             {
                 std::lock_guard<std::mutex> lk(mu);
-                auto it = links.find(reinterpret_cast<IsolatedLink*>(uintptr_t(tag & ~uint64_t(1))));
+                auto it = links.find(tag >> 1);
                 if (it == links.end()) continue;
                 l = it->second;
             }
@@ -463,7 +488,7 @@ void IsolationRuntime::Impl::ended(const std::shared_ptr<IsolatedLink>& l) {
     if (l->child && l->child->pidfd() >= 0) ::epoll_ctl(ep, EPOLL_CTL_DEL, l->child->pidfd(), nullptr);
     {
         std::lock_guard<std::mutex> lk(mu);
-        links.erase(l.get());
+        links.erase(l->id);
     }
     const ChildUsage u = l->child ? l->child->usage() : ChildUsage{};
     const std::string usage = "cpu " + format_elapsed(u.cpu) + ", peak RSS " + mib(u.max_rss_bytes);
@@ -485,9 +510,9 @@ void IsolationRuntime::Impl::ended(const std::shared_ptr<IsolatedLink>& l) {
     } else if (expected || reported || !running.empty()) {
         // The host ended it (and said why where it matters), or the exchange or the call that was in
         // progress reports its end in its own error.
-        log->debug("plugin '{}': {} ({})", l->plugin, why, usage);
+        log->debug("plugin '{}': {} ({})", l->name(), why, usage);
     } else {
-        log->error("plugin '{}': {} ({})", l->plugin, why, usage);
+        log->error("plugin '{}': {} ({})", l->name(), why, usage);
     }
     l->set_released();
 }
@@ -529,29 +554,29 @@ std::shared_ptr<IsolatedInstance> IsolatedInstance::open(IsolationRuntime& rt, c
     staged.copy.clear();  // the instance removes the copy
 
     auto link = std::make_shared<IsolatedLink>();
-    link->plugin = file.stem().string();
+    const std::string stem = file.stem().string();
+    link->set_name(stem);
     link->log = rt.log();
-    link->plugin_log = get_logger("plugin." + link->plugin);
     inst->link_ = link;
     Exchange exchange(*link);  // a refusal below says how the child ended
 
     ChildSpec spec;
     spec.exe = o.worker;
-    spec.name = link->plugin;
+    spec.name = stem;
     spec.limits = o.limits;
     std::string e;
     if (!o.user.empty()) {
         uid_t uid;
         gid_t gid;
         if (!resolve_user(o.user, &uid, &gid, &e))
-            return fail(TH_E_NOT_ALLOWED, "[plugins." + link->plugin + "] user: " + e, "name a user that exists");
+            return fail(TH_E_NOT_ALLOWED, "[plugins." + stem + "] user: " + e, "name a user that exists");
         spec.uid = uid;
         spec.gid = gid;
     }
     if (!o.group.empty()) {
         gid_t gid;
         if (!resolve_group(o.group, &gid, &e))
-            return fail(TH_E_NOT_ALLOWED, "[plugins." + link->plugin + "] group: " + e, "name a group that exists");
+            return fail(TH_E_NOT_ALLOWED, "[plugins." + stem + "] group: " + e, "name a group that exists");
         spec.gid = gid;
     }
     // The lanes' cancel words: written here, read-only in the child.
@@ -585,10 +610,9 @@ std::shared_ptr<IsolatedInstance> IsolatedInstance::open(IsolationRuntime& rt, c
     ::close(plugin_fd);
     if (!link->child)
         return fail(TH_E_NOT_A_LIBRARY, "cannot start its process: " + e,
-                    "check that tickhost-worker is installed beside tickhost and the limits in [plugins." +
-                        link->plugin + "]");
+                    "check that tickhost-worker is installed beside tickhost and the limits in [plugins." + stem + "]");
     for (auto& u : link->child->unenforced())
-        link->log->warn("plugin '{}': {} (limit not enforced; see docs/security.md)", link->plugin, u);
+        link->log->warn("plugin '{}': {} (limit not enforced; see docs/security.md)", stem, u);
     if (!rt.add(link, &e)) {
         link->expected = true;
         link->child->kill();
@@ -598,7 +622,7 @@ std::shared_ptr<IsolatedInstance> IsolatedInstance::open(IsolationRuntime& rt, c
 
     // Hello, Load; then Ready, and Loaded + its tasks (or LoadFailed).
     wire::Hello hello;
-    hello.log_level = int32_t(link->plugin_log->level());
+    hello.log_level = int32_t(link->logger()->level());
     hello.max_tasks = o.max_tasks;
     hello.max_lanes = kMaxLanes;
     link->send(hello);
@@ -626,11 +650,11 @@ std::shared_ptr<IsolatedInstance> IsolatedInstance::open(IsolationRuntime& rt, c
     if (!loaded) {
         if (why == "timeout") {
             link->kill("did not finish loading the plugin in time");
-            return refuse(TH_E_ENTRY_TIMEOUT,
-                          "its entry point (or a static constructor) did not return within " +
-                              format_duration(o.entry_bound) + "; its process was killed",
-                          "fix the plugin's static constructors and entry point, or raise [plugins." + link->plugin +
-                              "] timeout");
+            return refuse(
+                TH_E_ENTRY_TIMEOUT,
+                "its entry point (or a static constructor) did not return within " + format_duration(o.entry_bound) +
+                    "; its process was killed",
+                "fix the plugin's static constructors and entry point, or raise [plugins." + stem + "] timeout");
         }
         std::string death;
         {
@@ -699,11 +723,7 @@ std::shared_ptr<IsolatedInstance> IsolatedInstance::open(IsolationRuntime& rt, c
     d.task_count = uint32_t(inst->static_tasks_.size());
     LoadFailure lf;
     if (!validate_descriptor(&d, &lf, o.max_tasks)) return refuse(lf.code, lf.reason, lf.hint);
-    {
-        std::lock_guard<std::mutex> lk(link->mu);
-        link->plugin = inst->name_;
-    }
-    link->plugin_log = get_logger("plugin." + inst->name_);
+    link->set_name(inst->name_);
     return inst;
 }
 
