@@ -1,5 +1,7 @@
 // A plugin_dir in a temporary folder, a Tickers and a PluginManager on it, and the log captured; shared by
-// the plugin, hostile-plugin and stress tests.
+// the plugin, hostile-plugin and stress tests. With TICKHOST_TEST_ISOLATION=process (test_util.hpp) every
+// plugin runs in a process of its own; either way, when the harness goes, nothing of the plugins may be
+// left: no child process (a worker, a zombie), no descriptor, no shadow cache.
 #pragma once
 
 #include <tickhost/config.hpp>
@@ -32,6 +34,8 @@ struct Harness {
     std::unique_ptr<Tickers> tickers;
     std::unique_ptr<PluginManager> manager;
 
+    int fds_before = open_fd_count();
+
     Harness() {
         std::filesystem::create_directories(dir);
         config.plugin_dir = dir;
@@ -39,11 +43,18 @@ struct Harness {
         config.workers = 2;
         config.default_timeout = std::chrono::seconds(5);
         config.shutdown_timeout = std::chrono::seconds(10);
+        if (isolated()) config.isolation = Isolation::process;
         set_log_sinks({sink}, spdlog::level::debug);
     }
     ~Harness() {
+        const std::filesystem::path shadow = manager ? manager->shadow_dir() : std::filesystem::path();
         manager.reset();
         tickers.reset();
+        if (!shadow.empty()) EXPECT_FALSE(std::filesystem::exists(shadow)) << "the shadow cache was left behind";
+        for (auto& c : child_processes()) ADD_FAILURE() << "a child process was left behind: " << c;
+        // Polled: a plugin thread left running in-process (a hung init) may hold a file open for a moment.
+        EXPECT_TRUE(eventually([&] { return open_fd_count() <= fds_before; }, std::chrono::seconds(5)))
+            << "file descriptors leaked: " << fds_before << " before, " << open_fd_count() << " after";
     }
     // Copies a built .so into plugin_dir under `as` (default: its own name).
     std::filesystem::path add(const std::filesystem::path& so, std::string as = "") {
@@ -57,6 +68,7 @@ struct Harness {
         o.workers = config.workers;
         o.default_timeout = config.default_timeout;
         o.abandon_after = abandon_after;
+        config.abandon_after = abandon_after;  // what an isolated plugin's process is killed after
         tickers = std::make_unique<Tickers>(o);
         manager = std::make_unique<PluginManager>(*tickers, config);
         tickers->start();

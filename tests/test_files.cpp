@@ -266,6 +266,21 @@ TEST(HostileFiles, EntryPointThatNeverReturnsIsRefusedKeptMappedAndTheOthersLoad
     EXPECT_EQ(h.manager->load_directory(), 1u) << h.log_text();
     EXPECT_LT(std::chrono::steady_clock::now() - t0, 15s) << "bounded by default_timeout (generously)";
     const fs::path file = h.dir / "fx_bad_entry_hangs.so";
+    if (tickhost::test::isolated()) {
+        // Isolated, the entry point that never returns goes with its process: killed, its copy removed.
+        EXPECT_TRUE(h.logged(file.string(),
+                             "TH_E_ENTRY_TIMEOUT: tickhost_plugin_entry did not return within 1s; the "
+                             "plugin is refused and its process was killed"))
+            << h.log_text();
+        EXPECT_TRUE(h.logged("raise [plugins.fx_bad_entry_hangs] timeout in host.toml")) << h.log_text();
+        ASSERT_TRUE(eventually([&] { return h.logged("[plugin.hello] [greet] hello, world #2"); })) << h.log_text();
+        for (auto& e : fs::directory_iterator(h.manager->shadow_dir()))
+            EXPECT_NE(e.path().filename().string().rfind("fx_bad_entry_hangs.", 0), 0u) << e.path();
+        EXPECT_EQ(tickhost::test::worker_pids().size(), 1u) << "hello's process only";
+        write_file(release, "");
+        ::unsetenv("TICKHOST_FX_RELEASE");
+        return;
+    }
     EXPECT_TRUE(h.logged(file.string(),
                          "TH_E_ENTRY_TIMEOUT: tickhost_plugin_entry did not return within 1s; the "
                          "plugin is refused and its library stays mapped until the host exits"))
@@ -308,6 +323,13 @@ TEST(HostileFiles, GoPluginAfterARemovedGoPluginAsksForARestart) {
     EXPECT_FALSE(h.manager->sync(first));
     EXPECT_FALSE(h.manager->plugin("gofake"));
     const fs::path second = h.add(fixture("fx_gofake_v2"), "second.so");
+    if (tickhost::test::isolated()) {
+        // Isolated, the first one's runtime went with its process: the second loads, no restart needed.
+        ASSERT_FALSE(h.manager->sync(second)) << h.log_text();
+        EXPECT_EQ(h.manager->plugin("gofake")->version, "2.0.0");
+        EXPECT_EQ(file_count(h.manager->shadow_dir()), 1u) << "only the second one's copy is left";
+        return;
+    }
     auto err = h.manager->sync(second);
     ASSERT_TRUE(err);
     EXPECT_EQ(err->code, TH_E_NOT_ALLOWED);
@@ -327,6 +349,14 @@ TEST(HostileFiles, SecondGoPluginWhileTheFirstRunsSaysItRuns) {
     ASSERT_FALSE(h.load(first)) << h.log_text();
     auto err = h.load(h.add(fixture("fx_gofake_v2"), "second.so"));
     ASSERT_TRUE(err);
+    if (tickhost::test::isolated()) {
+        // Isolated, two Go runtimes run in two processes: the second is refused only for its name, which
+        // the first one has.
+        EXPECT_EQ(err->code, TH_E_DUPLICATE_NAME) << err->message();
+        EXPECT_NE(err->message().find("plugin name 'gofake' is already used by " + first.string()), std::string::npos)
+            << err->message();
+        return;
+    }
     EXPECT_EQ(err->code, TH_E_NOT_ALLOWED);
     EXPECT_NE(err->message().find("one already runs in this process (loaded from " + first.string() + ")"),
               std::string::npos)

@@ -239,8 +239,10 @@ TEST_P(BadInputAtLoad, IsRefusedWithANamedErrorAndTheHostCarriesOn) {
     h.plugin("heartbeat").config.set("path", (h.tmp / "health").string());
     const fs::path file = row.make(h);
     load_should_fail(h, file, row.code, row.text);
-    // Nothing of the refused file stays behind (unless its code may still run: an init that never returned).
-    if (std::string(row.name) != "InitNeverReturns" && std::string(row.name) != "EntryNeverReturns")
+    // Nothing of the refused file stays behind (unless its code may still run in the host's own process: an
+    // init or entry point that never returned; isolated, that code went with its process).
+    if (tickhost::test::isolated() ||
+        (std::string(row.name) != "InitNeverReturns" && std::string(row.name) != "EntryNeverReturns"))
         EXPECT_EQ(file_count(h.manager->shadow_dir()), h.manager->plugins().size()) << "shadow copy left behind";
     // The same manager still loads a good plugin afterwards.
     fs::permissions(h.dir, fs::perms::owner_all, fs::perm_options::replace);
@@ -265,6 +267,15 @@ TEST(Hostile, InitThatNeverReturnsIsRefusedKeptMappedAndTheLoaderCarriesOn) {
     ASSERT_TRUE(err);
     EXPECT_EQ(err->code, TH_E_INIT_FAILED);
     EXPECT_EQ(h.count_logged("init did not return within 200ms"), 1u) << h.log_text();
+    if (tickhost::test::isolated()) {
+        // Isolated, its init goes with its process: killed, nothing of it left, and the loader carries on.
+        EXPECT_TRUE(h.logged("init did not return within 200ms; its process was killed")) << h.log_text();
+        EXPECT_EQ(file_count(h.manager->shadow_dir()), 0u);
+        EXPECT_TRUE(tickhost::test::worker_pids().empty());
+        ASSERT_FALSE(h.load(h.add(HELLO_SO)));
+        ASSERT_TRUE(eventually([&] { return h.logged("[plugin.hello] [greet] hello, world #2"); })) << h.log_text();
+        return;
+    }
     EXPECT_TRUE(h.logged("its library stays mapped until the host exits"))
         << "the limit is visible in the log: " << h.log_text();
     // Its code may still run: the shadow copy stays, mapped.
@@ -413,6 +424,28 @@ TEST(HostileRun, RunThatIgnoresCancellationIsAbandonedAndTheOthersKeepTheirSched
     h.abandon_after = 300ms;
     h.config.workers = 1;  // the stuck run takes the only worker: it must be replaced
     h.load_both();
+    if (tickhost::test::isolated()) {
+        // Isolated, the call is not abandoned: its process is killed abandon_after past its deadline, the
+        // call returns (the host's worker is not lost, its threads stay as they were), and the plugin is
+        // restarted in a new process (no stop call: its process is gone).
+        const int threads = tickhost::test::thread_count();
+        ASSERT_TRUE(eventually([&] { return h.logged("'hostile/stuck'", "its process was killed"); })) << h.log_text();
+        EXPECT_TRUE(eventually([&] {
+            return h.logged(
+                "killed by the host because it ignored the cancellation of task 'stuck' for 300ms past "
+                "its deadline while running task 'stuck'");
+        })) << h.log_text();
+        EXPECT_EQ(h.count_logged("abandoned ("), 0u) << "no call of the host was abandoned: " << h.log_text();
+        EXPECT_TRUE(h.others_keep_their_schedule()) << h.log_text();
+        ASSERT_TRUE(eventually([&] { return h.count("stuck run") >= 2; })) << "restarted: " << h.log_text();
+        EXPECT_TRUE(h.logged("plugin 'hostile'", "its tasks got no stop call. Restarting it in")) << h.log_text();
+        EXPECT_EQ(tickhost::test::thread_count(), threads) << "no thread of the host was lost or replaced";
+        EXPECT_TRUE(h.manager->unload(h.dir / "fx_hostile.so", 2s));
+        EXPECT_EQ(h.count("stuck stop"), 0u) << "no stop call concurrent with the stuck run";
+        EXPECT_EQ(h.count("stuck returned"), 0u) << "the stuck run never returned: its process was killed";
+        EXPECT_TRUE(eventually([&] { return tickhost::test::worker_pids().size() == 1u; })) << "heartbeat's only";
+        return;
+    }
     ASSERT_TRUE(eventually([&] { return h.logged("'hostile/stuck'", "abandoned"); })) << h.log_text();
     EXPECT_EQ(h.count_logged("abandoned ("), 1u) << "one clear log line: " << h.log_text();
     EXPECT_TRUE(h.others_keep_their_schedule()) << h.log_text();
@@ -473,5 +506,13 @@ TEST(HostileRun, ShutdownThatHangsIsBoundedKeptMappedAndNamed) {
     EXPECT_TRUE(h.logged("plugin 'hostile': shutdown did not return within")) << h.log_text();
     EXPECT_TRUE(h.logged("unloaded plugin 'heartbeat'")) << "the other plugins still stop: " << h.log_text();
     EXPECT_EQ(read_file(h.health).rfind("offline", 0), 0u);
+    if (tickhost::test::isolated()) {
+        // Isolated, the code still running goes with its process: killed, nothing of it is left.
+        EXPECT_TRUE(h.logged("plugin 'hostile': shutdown did not return within", "; its process is killed"))
+            << h.log_text();
+        EXPECT_TRUE(tickhost::test::worker_pids().empty());
+        EXPECT_FALSE(fs::exists(shadow));
+        return;
+    }
     EXPECT_TRUE(mapped(shadow)) << "its code may still run: the library must stay mapped";
 }

@@ -38,16 +38,9 @@ int open_fds() {
     return n;
 }
 
-size_t mapped_count(const fs::path& dir) {
-    std::ifstream maps("/proc/self/maps");
-    std::set<std::string> files;
-    std::string line;
-    while (std::getline(maps, line)) {
-        auto pos = line.find(dir.string());
-        if (pos != std::string::npos) files.insert(line.substr(pos));
-    }
-    return files.size();
-}
+// The images of plugin versions loaded from shadow copies under `dir` (in this process or, isolated, in
+// their own).
+size_t mapped_count(const fs::path& dir) { return tickhost::test::images_mapped(dir); }
 
 size_t file_count(const fs::path& dir) {
     size_t n = 0;
@@ -109,12 +102,18 @@ protected:
         config.watch = GetParam();
         config.poll_interval = 20ms;
         config.settle = 50ms;
+        if (tickhost::test::isolated()) config.isolation = tickhost::Isolation::process;
         auto& p = config.plugins["versioned"];
         p.config.set("events", events.string());
         p.config.set("state", state.string());
         tickhost::set_log_sinks({sink}, spdlog::level::debug);
     }
-    void TearDown() override { host.reset(); }
+    void TearDown() override {
+        host.reset();
+        // Nothing of the plugins is left: no worker process, no zombie, no shadow copy.
+        for (auto& c : tickhost::test::child_processes()) ADD_FAILURE() << "a child process was left behind: " << c;
+        EXPECT_EQ(file_count(config.shadow_dir), 0u) << "shadow copies left behind";
+    }
 
     void start() {
         host = std::make_unique<Host>(config);
@@ -367,13 +366,14 @@ TEST_P(HotReload, DirectoryDeletedKeepsPluginsAndComesBack) {
 TEST_P(HotReload, ConfigReloadAppliesValidChangesAndRefusesInvalidOnes) {
     const fs::path toml = tmp / "host.toml";
     auto write_toml = [&](const std::string& interval, const std::string& extra = "") {
-        write_file(toml, "[host]\nplugin_dir = \"plugins.d\"\nshadow_dir = \"shadow\"\nworkers = 2\n"
-                         "poll_interval = \"20ms\"\nsettle = \"50ms\"\nwatch = \"" +
+        write_file(toml, "[host]\n" + tickhost::test::isolation_toml() +
+                             "plugin_dir = \"plugins.d\"\nshadow_dir = \"shadow\"\nworkers = 2\n"
+                             "poll_interval = \"20ms\"\nsettle = \"50ms\"\nwatch = \"" +
                              std::string(GetParam() == WatchMode::poll ? "poll" : "inotify") +
                              "\"\n"
-                             "[plugins.versioned]\ninterval = \"" + interval + "\"\n" +
-                             "[plugins.versioned.config]\nevents = \"" + events.string() + "\"\nstate = \"" +
-                             state.string() + "\"\n" + "[plugins.other.config]\nstate = \"" +
+                             "[plugins.versioned]\ninterval = \"" +
+                             interval + "\"\n" + "[plugins.versioned.config]\nevents = \"" + events.string() +
+                             "\"\nstate = \"" + state.string() + "\"\n" + "[plugins.other.config]\nstate = \"" +
                              (tmp / "other-state").string() + "\"\n" + extra);
     };
     write_toml("10ms");
@@ -411,9 +411,10 @@ TEST(ReloadQueue, ABurstOfRequestsCoalescesIntoAReloadOfTheLatestFile) {
     const fs::path dir = tmp / "plugins.d";
     fs::create_directories(dir);
     auto write_toml = [&](const std::string& interval) {
-        write_file(toml, "[host]\nplugin_dir = \"plugins.d\"\nshadow_dir = \"shadow\"\nworkers = 2\nwatch = \"off\"\n"
-                         "[plugins.other]\ninterval = \"" + interval + "\"\n[plugins.other.config]\nstate = \"" +
-                             (tmp / "state").string() + "\"\n");
+        write_file(toml, "[host]\n" + tickhost::test::isolation_toml() +
+                             "plugin_dir = \"plugins.d\"\nshadow_dir = \"shadow\"\nworkers = 2\nwatch = \"off\"\n"
+                             "[plugins.other]\ninterval = \"" +
+                             interval + "\"\n[plugins.other.config]\nstate = \"" + (tmp / "state").string() + "\"\n");
     };
     write_toml("10ms");
     fs::copy_file(fixture("fx_versioned_other"), dir / "other.so");
@@ -447,7 +448,8 @@ TEST(ReloadQueue, RestartOnlyKeysAreComparedWithTheRunningValues) {
     const fs::path toml = tmp / "host.toml";
     fs::create_directories(tmp / "plugins.d");
     auto write_toml = [&](int workers, const std::string& shutdown) {
-        write_file(toml, "[host]\nplugin_dir = \"plugins.d\"\nshadow_dir = \"shadow\"\nwatch = \"off\"\nworkers = " +
+        write_file(toml, "[host]\n" + tickhost::test::isolation_toml() +
+                             "plugin_dir = \"plugins.d\"\nshadow_dir = \"shadow\"\nwatch = \"off\"\nworkers = " +
                              std::to_string(workers) + "\nshutdown_timeout = \"" + shutdown + "\"\n");
     };
     write_toml(2, "30s");

@@ -217,7 +217,14 @@ TEST(Plugins, LoadsAShadowCopyNeverTheFileAndCleansUp) {
     ASSERT_TRUE(info);
     EXPECT_NE(info->shadow, file);
     EXPECT_EQ(info->shadow.parent_path(), h.manager->shadow_dir());
-    EXPECT_TRUE(mapped(info->shadow));
+    if (tickhost::test::isolated()) {
+        // Isolated: the copy is mapped in the plugin's own process, never in the host.
+        EXPECT_TRUE(tickhost::test::mapped_in_a_worker(info->shadow));
+        EXPECT_FALSE(mapped(info->shadow));
+        EXPECT_FALSE(tickhost::test::mapped_in_a_worker(file));
+    } else {
+        EXPECT_TRUE(mapped(info->shadow));
+    }
     EXPECT_FALSE(mapped(file));
     EXPECT_EQ(fs::status(h.manager->shadow_dir()).permissions() & fs::perms::all, fs::perms::owner_all);
     // Overwriting the operator's file in place while the plugin runs must not crash the host.
@@ -229,6 +236,7 @@ TEST(Plugins, LoadsAShadowCopyNeverTheFileAndCleansUp) {
     ASSERT_TRUE(eventually([&] { return read_file(h.tmp / "health") != before; }));
     EXPECT_TRUE(h.manager->unload(file, 10s));
     EXPECT_FALSE(mapped(info->shadow)) << "the image stayed mapped after unload";
+    EXPECT_TRUE(tickhost::test::worker_pids().empty()) << "its process outlived the unload";
     EXPECT_FALSE(fs::exists(info->shadow)) << "the shadow copy was not deleted";
 }
 
@@ -280,6 +288,23 @@ TEST(Plugins, GoRuntimePluginsAreNeverReplacedUnloadedOrLoadedTwice) {
     ASSERT_FALSE(h.load(file)) << h.log_text();
     const auto info = h.manager->plugin("gofake");
     ASSERT_TRUE(info);
+    if (tickhost::test::isolated()) {
+        // Isolated, each version has a process of its own, whose end takes its Go runtime along: it is
+        // replaced, removed and loaded again like any plugin, and nothing of it stays mapped.
+        fs::copy_file(fixture("fx_gofake_v2"), file, fs::copy_options::overwrite_existing);
+        ASSERT_FALSE(h.manager->sync(file)) << h.log_text();
+        EXPECT_EQ(h.manager->plugin("gofake")->version, "2.0.0");
+        EXPECT_FALSE(tickhost::test::mapped_in_a_worker(info->shadow)) << "the old version's process is gone";
+        fs::remove(file);
+        EXPECT_FALSE(h.manager->sync(file));
+        EXPECT_FALSE(h.manager->plugin("gofake"));
+        EXPECT_TRUE(tickhost::test::worker_pids().empty());
+        EXPECT_FALSE(h.logged("a Go runtime cannot be unloaded")) << h.log_text();
+        h.add(fixture("fx_gofake_v1"), "gofake.so");
+        ASSERT_FALSE(h.manager->sync(file)) << h.log_text();
+        EXPECT_EQ(h.manager->plugin("gofake")->version, "1.0.0");
+        return;
+    }
     // Replacing it in place is refused with what to do; the running version stays.
     fs::copy_file(fixture("fx_gofake_v2"), file, fs::copy_options::overwrite_existing);
     auto err = h.manager->sync(file);

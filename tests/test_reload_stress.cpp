@@ -26,15 +26,9 @@ size_t file_count(const fs::path& dir) {
     return size_t(std::distance(fs::directory_iterator(dir), fs::directory_iterator()));
 }
 
-// Distinct files under `dir` mapped into this process.
-size_t mapped_count(const fs::path& dir) {
-    std::ifstream maps("/proc/self/maps");
-    std::set<std::string> files;
-    std::string line;
-    while (std::getline(maps, line))
-        if (auto pos = line.find(dir.string()); pos != std::string::npos) files.insert(line.substr(pos));
-    return files.size();
-}
+// Distinct files under `dir` mapped: the images of the plugin versions loaded (in this process or, isolated,
+// in their own).
+size_t mapped_count(const fs::path& dir) { return tickhost::test::images_mapped(dir); }
 
 int cycles() {
     const char* env = std::getenv("TICKHOST_STRESS_CYCLES");

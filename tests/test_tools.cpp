@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdio>
+#include <cstring>
 #include <regex>
 #include <string>
 #include <vector>
@@ -27,10 +28,28 @@ struct Result {
     std::string out;  // stdout and stderr
 };
 
+// In isolated mode (test_util.hpp), `check` and `run-once` load plugins as a host with [host] isolation =
+// "process" does: a command line without a host.toml of its own gets one that says only that (the tests that
+// write a host.toml put the line in it themselves).
+std::string with_mode(const std::string& args) {
+    if (!tickhost::test::isolated() || args.find("--config") != std::string::npos) return args;
+    for (const char* sub : {"check ", "run-once "}) {
+        if (args.rfind(sub, 0) != 0) continue;
+        static TempDir dir;
+        static const fs::path toml = [] {
+            write_file(dir / "host.toml", "[host]\n" + tickhost::test::isolation_toml());
+            return dir / "host.toml";
+        }();
+        return sub + std::string("--config ") + toml.string() + " " + args.substr(std::strlen(sub));
+    }
+    return args;
+}
+
 // stdout and stderr together; with `with_stderr` false, stdout only (stderr goes to the test's own), for
 // output that must be well-formed on its own.
-Result run(const std::string& args, bool with_stderr = true) {
+Result run(const std::string& args_in, bool with_stderr = true) {
     Result r;
+    const std::string args = with_mode(args_in);
     std::FILE* p = ::popen((std::string(TICKHOST_EXE) + " " + args + (with_stderr ? " 2>&1" : "")).c_str(), "r");
     if (!p) return r;
     char buf[4096];
@@ -170,7 +189,7 @@ TEST(Tools, CheckNamesEachRefusalAndWhatToDo) {
 
 TEST(Tools, CheckJsonAndNoShadowCopiesLeft) {
     TempDir tmp;
-    write_file(tmp / "host.toml", "[host]\nshadow_dir = \"shadow\"\n");
+    write_file(tmp / "host.toml", "[host]\n" + tickhost::test::isolation_toml() + "shadow_dir = \"shadow\"\n");
     const Result r =
         run("check --json --config " + (tmp / "host.toml").string() + " " + HELLO_SO + " " + fixture("fx_abi_major"));
     EXPECT_EQ(r.status, 1) << r.out;
@@ -314,6 +333,16 @@ TEST(Tools, CheckFindsAGoMarkerThatStraddlesAReadBoundary) {
 TEST(Tools, CheckReportsAFileThatCrashesWhileLoadingAndGoesOn) {
     const Result r = run("check " + fixture("fx_bad_ctor_crashes") + " " + HELLO_SO);
     EXPECT_EQ(r.status, 1) << r.out;
+    if (tickhost::test::isolated()) {
+        // Isolated, the plugin's own process dies, not the one that checks it, nor a host.
+        EXPECT_TRUE(has(r.out, "fx_bad_ctor_crashes.so: refused: TH_E_NOT_A_LIBRARY: loading it killed its process ") ||
+                    has(r.out, "fx_bad_ctor_crashes.so: refused: TH_E_NOT_A_LIBRARY: loading it ended its process "))
+            << r.out;
+        EXPECT_TRUE(has(r.out, "killed by signal") || has(r.out, "exited with status")) << r.out;
+        EXPECT_TRUE(has(r.out, "the host runs on")) << r.out;
+        EXPECT_TRUE(has(r.out, "name         hello")) << r.out;
+        return;
+    }
     // Killed by SIGSEGV; under a sanitizer, its handler aborts (SIGABRT) or exits instead.
     EXPECT_TRUE(has(r.out, "fx_bad_ctor_crashes.so: refused: TH_E_NOT_A_LIBRARY: loading it killed the process that "
                            "checked it (signal") ||
@@ -328,7 +357,8 @@ TEST(Tools, CheckReportsAFileThatCrashesWhileLoadingAndGoesOn) {
 // An entry point that never returns is bounded by the plugin's timeout, in check as in the host.
 TEST(Tools, CheckBoundsAnEntryPointThatNeverReturns) {
     TempDir tmp;
-    write_file(tmp / "host.toml", "[host]\ndefault_timeout = \"1s\"\nshadow_dir = \"shadow\"\n");
+    write_file(tmp / "host.toml",
+               "[host]\n" + tickhost::test::isolation_toml() + "default_timeout = \"1s\"\nshadow_dir = \"shadow\"\n");
     const Result r =
         run("check --config " + (tmp / "host.toml").string() + " " + fixture("fx_bad_entry_hangs") + " " + HELLO_SO);
     EXPECT_EQ(r.status, 1) << r.out;
@@ -358,7 +388,8 @@ TEST(Tools, RunOnceTakesConfigFromHostTomlAndSet) {
     TempDir tmp;
     const fs::path out = tmp / "probe.out";
     write_file(tmp / "host.toml", "[plugins.probe.config]\nout = \"" + out.string() +
-                                      "\"\ncount = 3\nname = \"from-toml\"\n[host]\nshadow_dir = \"shadow\"\n");
+                                      "\"\ncount = 3\nname = \"from-toml\"\n[host]\nshadow_dir = \"shadow\"\n" +
+                                      tickhost::test::isolation_toml());
     const Result r = run("run-once " + fixture("fx_probe") + " --config " + (tmp / "host.toml").string() +
                          " --set name=from-set --set flag=true");
     EXPECT_EQ(r.status, 0) << r.out;
@@ -387,9 +418,10 @@ TEST(Tools, RunOnceNamesAShutdownThatThrowsAcrossTheCAbi) {
 TEST(Tools, RunOnceBoundsAShutdownThatNeverReturns) {
     TempDir tmp;
     const fs::path release = tmp / "release";
-    write_file(tmp / "host.toml", "[host]\nshutdown_timeout = \"1s\"\nshadow_dir = \"shadow\"\n"
-                                  "[plugins.hostile.config]\nbehaviours = \"overrun,shutdown_hangs\"\nrelease = \"" +
-                                      release.string() + "\"\n");
+    write_file(tmp / "host.toml",
+               "[host]\nshutdown_timeout = \"1s\"\nshadow_dir = \"shadow\"\n" + tickhost::test::isolation_toml() +
+                   "[plugins.hostile.config]\nbehaviours = \"overrun,shutdown_hangs\"\nrelease = \"" +
+                   release.string() + "\"\n");
     const auto t0 = std::chrono::steady_clock::now();
     const Result r = run("run-once " + fixture("fx_hostile") + " --config " + (tmp / "host.toml").string());
     write_file(release, "");
@@ -422,7 +454,8 @@ TEST(Tools, CheckAndRunOnceApplyTheFolderChecksOfARealLoad) {
     r = run("run-once " + (dir / "hello.so").string());
     EXPECT_NE(r.status, 0) << r.out;
     EXPECT_TRUE(has(r.out, "TH_E_INSECURE_FILE")) << r.out;
-    write_file(tmp / "host.toml", "[host]\nallow_insecure = true\nshadow_dir = \"shadow\"\n");
+    write_file(tmp / "host.toml",
+               "[host]\n" + tickhost::test::isolation_toml() + "allow_insecure = true\nshadow_dir = \"shadow\"\n");
     r = run("check --config " + (tmp / "host.toml").string() + " " + (dir / "hello.so").string());
     EXPECT_EQ(r.status, 0) << r.out;
 }

@@ -291,6 +291,8 @@ TEST(Wire, WorkerMessagesRoundTrip) {
     worker_round_trip(Result{kI32Max, true, all_bytes(kMaxText)}, 10);
     worker_round_trip(Result{kI32Min, false, ""}, 11);
     worker_round_trip(Log{0, 0, all_bytes(kMaxText)}, 12);
+    worker_round_trip(Log{0, 0, std::string(kMaxReportText, 'l')}, 12);
+    worker_round_trip(Result{0, false, std::string(kMaxReportText, 'e')}, 10);
     worker_round_trip(Log{6, kU32Max, ""}, 13);
     worker_round_trip(ShutdownDone{all_bytes(kMaxText)}, 14);
     worker_round_trip(ShutdownDone{}, 15);
@@ -420,7 +422,7 @@ TEST(Wire, SplittersRefuseAnEntryPastItsLimitsByItsPosition) {
 }
 
 TEST(Wire, EncoderRefusesStringsPastTheirLimits) {
-    const std::string text(kMaxText + 1, 'x'), name(kMaxName + 1, 'n'), ptext(kMaxPluginText + 1, 'x');
+    const std::string text(kMaxText + 1, 'x'), name(kMaxName + 1, 'n'), report(kMaxReportText + 1, 'r');
     EXPECT_EQ(encode_error(Load{0, 0, text}), "Load: display_path length 4097 exceeds 4096");
     EXPECT_EQ(encode_error(Init{0, 0, 0, name}), "Init: plugin_name length 65 exceeds 64");
     EXPECT_EQ(encode_error(Loaded{1, 0, false, false, false, name, "", "", 0}), "Loaded: name length 65 exceeds 64");
@@ -428,15 +430,16 @@ TEST(Wire, EncoderRefusesStringsPastTheirLimits) {
               "Loaded: version length 4097 exceeds 4096");
     EXPECT_EQ(encode_error(Loaded{1, 0, false, false, false, "n", "", text, 0}),
               "Loaded: description length 4097 exceeds 4096");
-    EXPECT_EQ(encode_error(LoadFailed{1, ptext, ""}), "LoadFailed: reason length 16641 exceeds 16640");
-    EXPECT_EQ(encode_error(LoadFailed{1, "", ptext}), "LoadFailed: hint length 16641 exceeds 16640");
+    EXPECT_EQ(encode_error(LoadFailed{1, text, ""}), "LoadFailed: reason length 4097 exceeds 4096");
+    EXPECT_EQ(encode_error(LoadFailed{1, "", text}), "LoadFailed: hint length 4097 exceeds 4096");
     EXPECT_EQ(encode_error(Tasks{0, {{"a", 1, 1}, {text, 1, 1}}}), "Tasks: entry 1: name length 4097 exceeds 4096");
-    EXPECT_EQ(encode_error(InitDone{0, 0, 0, ptext, ""}), "InitDone: error length 16641 exceeds 16640");
-    EXPECT_EQ(encode_error(InitDone{0, 0, 0, "", ptext}), "InitDone: thrown length 16641 exceeds 16640");
-    EXPECT_EQ(encode_error(Result{0, true, ptext}), "Result: error length 16641 exceeds 16640");
-    EXPECT_EQ(encode_error(Log{2, 0, ptext}), "Log: text length 16641 exceeds 16640");
-    EXPECT_EQ(encode_error(ShutdownDone{ptext}), "ShutdownDone: thrown length 16641 exceeds 16640");
-    EXPECT_EQ(encode_error(Fatal{ptext}), "Fatal: text length 16641 exceeds 16640");
+    // A plugin's escaped words in a line of the host's: up to kMaxReportText.
+    EXPECT_EQ(encode_error(InitDone{0, 0, 0, report, ""}), "InitDone: error length 16897 exceeds 16896");
+    EXPECT_EQ(encode_error(InitDone{0, 0, 0, "", report}), "InitDone: thrown length 16897 exceeds 16896");
+    EXPECT_EQ(encode_error(Result{0, true, report}), "Result: error length 16897 exceeds 16896");
+    EXPECT_EQ(encode_error(Log{2, 0, report}), "Log: text length 16897 exceeds 16896");
+    EXPECT_EQ(encode_error(ShutdownDone{report}), "ShutdownDone: thrown length 16897 exceeds 16896");
+    EXPECT_EQ(encode_error(Fatal{text}), "Fatal: text length 4097 exceeds 4096");
     Config config;
     config.entries = {{"a", true}, {"b", std::string(kMaxConfigString + 1, 'v')}};
     EXPECT_EQ(encode_error(config), "Config: entry 1: value length 60001 exceeds 60000");
@@ -499,19 +502,19 @@ TEST(Wire, DecoderRefusesStringsPastTheirLimits) {
     tasks.b.resize(tasks.b.size() + 200, 'x');
     EXPECT_EQ(worker_error(tasks.b), "Tasks: entry 3: name length 70000 exceeds 4096");
 
-    const std::string text(kMaxText + 1, 'x'), name(kMaxName + 1, 'n'), ptext(kMaxPluginText + 1, 'x');
-    EXPECT_EQ(worker_error(Raw(Type::result).i32(0).u8(0).str(ptext).b), "Result: error length 16641 exceeds 16640");
-    EXPECT_EQ(worker_error(Raw(Type::fatal).str(ptext).b), "Fatal: text length 16641 exceeds 16640");
-    EXPECT_EQ(worker_error(Raw(Type::shutdown_done).str(ptext).b), "ShutdownDone: thrown length 16641 exceeds 16640");
-    EXPECT_EQ(worker_error(Raw(Type::log).i32(2).u32(0).str(ptext).b), "Log: text length 16641 exceeds 16640");
-    EXPECT_EQ(worker_error(Raw(Type::load_failed).i32(1).str(ptext).str("").b),
-              "LoadFailed: reason length 16641 exceeds 16640");
-    EXPECT_EQ(worker_error(Raw(Type::load_failed).i32(1).str("").str(ptext).b),
-              "LoadFailed: hint length 16641 exceeds 16640");
-    EXPECT_EQ(worker_error(Raw(Type::init_done).i32(0).u32(0).u32(0).str(ptext).str("").b),
-              "InitDone: error length 16641 exceeds 16640");
-    EXPECT_EQ(worker_error(Raw(Type::init_done).i32(0).u32(0).u32(0).str("").str(ptext).b),
-              "InitDone: thrown length 16641 exceeds 16640");
+    const std::string text(kMaxText + 1, 'x'), name(kMaxName + 1, 'n'), report(kMaxReportText + 1, 'r');
+    EXPECT_EQ(worker_error(Raw(Type::result).i32(0).u8(0).str(report).b), "Result: error length 16897 exceeds 16896");
+    EXPECT_EQ(worker_error(Raw(Type::fatal).str(text).b), "Fatal: text length 4097 exceeds 4096");
+    EXPECT_EQ(worker_error(Raw(Type::shutdown_done).str(report).b), "ShutdownDone: thrown length 16897 exceeds 16896");
+    EXPECT_EQ(worker_error(Raw(Type::log).i32(2).u32(0).str(report).b), "Log: text length 16897 exceeds 16896");
+    EXPECT_EQ(worker_error(Raw(Type::load_failed).i32(1).str(text).str("").b),
+              "LoadFailed: reason length 4097 exceeds 4096");
+    EXPECT_EQ(worker_error(Raw(Type::load_failed).i32(1).str("").str(text).b),
+              "LoadFailed: hint length 4097 exceeds 4096");
+    EXPECT_EQ(worker_error(Raw(Type::init_done).i32(0).u32(0).u32(0).str(report).str("").b),
+              "InitDone: error length 16897 exceeds 16896");
+    EXPECT_EQ(worker_error(Raw(Type::init_done).i32(0).u32(0).u32(0).str("").str(report).b),
+              "InitDone: thrown length 16897 exceeds 16896");
     const auto loaded = [](const std::string& n, const std::string& v, const std::string& d) {
         return Raw(Type::loaded).u16(1).u16(0).u8(0).u8(0).u8(0).str(n).str(v).str(d).u32(0).b;
     };

@@ -78,6 +78,7 @@ std::shared_ptr<PluginInstance> LoadPipeline::open_in(Isolation mode, const fs::
         o.entry_bound = entry_bound;
         o.max_tasks = config_.max_tasks_per_plugin;
         o.abandon_after = config_.abandon_after;
+        o.workers = config_.workers;
         o.limits = ChildLimits{s.memory_max, s.open_files_max, s.processes_max};
         o.user = s.user;
         o.group = s.group;

@@ -60,13 +60,14 @@ void send_to(int sock, const wire::WorkerMessage& m, uint32_t seq = 0) {
 }
 
 // Every log line of the worker goes to the host: a plugin's on the lane of its call when it logs from
-// one (so that it comes before the call's result), else on the control channel.
+// one (so that it comes before the call's result), else on the control channel. A plugin's record is
+// escaped and capped already (host_api.cpp), as in the host: it fits in kMaxReportText whole.
 class ForwardSink : public spdlog::sinks::base_sink<spdlog::details::null_mutex> {
 protected:
     void sink_it_(const spdlog::details::log_msg& m) override {
-        std::string text(m.payload.data(), std::min(m.payload.size(), wire::kMaxText));
+        std::string text(m.payload.data(), std::min(m.payload.size(), wire::kMaxReportText));
         if (m.logger_name.size() < 7 || std::string_view(m.logger_name.data(), 7) != "plugin.")
-            text = "(worker) " + text.substr(0, wire::kMaxText - 9);
+            text = "(worker) " + text.substr(0, wire::kMaxReportText - 9);
         send_to(t_lane >= 0 ? t_lane : kControl, wire::WorkerMessage{wire::Log{int32_t(m.level), 0xFFFFFFFF, text}});
     }
     void flush_() override {}
@@ -137,7 +138,7 @@ void serve_lane(Worker* w, int sock, uint32_t lane) {
             th_ctx c = t->slot->open(w->cancel_word(lane), f->seq, at(call->deadline_ns), at(call->due_ns));
             tickhost::TaskResult tr = tickhost::detail::call_plugin_run(*t->slot, t->run, t->state, c, call->is_stop);
             res.status = tr.ok ? TH_OK : TH_ERROR;
-            res.error = tr.error.substr(0, wire::kMaxText);
+            res.error = tr.error.substr(0, wire::kMaxReportText);
         }
         send_to(sock, wire::WorkerMessage{res}, f->seq);
     }
@@ -216,8 +217,8 @@ int main(int argc, char** argv) {
             wire::InitDone done;
             if (e) {
                 done.status = e->code;
-                done.error = e->reason.substr(0, wire::kMaxText);
-                done.thrown = e->hint.substr(0, wire::kMaxText);
+                done.error = e->reason.substr(0, wire::kMaxReportText);
+                done.thrown = e->hint.substr(0, wire::kMaxReportText);
                 send_to(kControl, wire::WorkerMessage{done});
                 continue;
             }
@@ -252,8 +253,9 @@ int main(int argc, char** argv) {
                 std::lock_guard<std::mutex> lk(w.mu);
                 w.initialised = false;
             }
+            // The host keeps the bound and kills us when it runs out; ours is a backstop past it.
             bool returned = w.inst ? w.inst->shutdown(std::chrono::nanoseconds(m->bound_ns)) : true;
-            if (!returned) _exit(3);  // the host kills us anyway: its bound ran out
+            if (!returned) _exit(3);
             send_to(kControl, wire::WorkerMessage{wire::ShutdownDone{}});
         } else if (auto* m = std::get_if<wire::SetLogLevel>(&f.msg)) {
             tickhost::set_log_sinks({sink}, spdlog::level::level_enum(std::clamp(m->level, 0, 6)));

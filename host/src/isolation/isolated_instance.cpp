@@ -35,6 +35,10 @@ constexpr uint32_t kLogBurst = 1000;     // log lines a child may send at once .
 constexpr uint32_t kLogPerSecond = 1000;  // ... and per second after that; the rest are dropped and counted
 constexpr Duration kStartGrace = std::chrono::seconds(10);  // exec, the dynamic linker, a sanitizer's start
 constexpr Duration kCallGrace = std::chrono::seconds(2);    // init past its bound before the child is killed
+// A call that ignores its cancellation is ended by killing its process a little before the scheduler would
+// abandon it (abandon_after past its deadline): the call then returns, and no worker of the host is lost.
+constexpr Duration kKillAhead = std::chrono::milliseconds(50);
+constexpr Duration kExitBound = std::chrono::seconds(2);  // for a child told Bye to be gone, then it is killed
 
 // Placeholders for the function pointers of the host's copy of an isolated descriptor: never called.
 th_status placeholder_run(void*, th_ctx, int32_t) { return TH_ERROR; }
@@ -73,8 +77,8 @@ struct Lane {
 
 // What the host, the runtime's thread and the task functions share about one child.
 struct IsolatedLink {
-    std::string plugin;  // its name (the file's stem until the child said)
-    std::shared_ptr<spdlog::logger> log, plugin_log;
+    std::shared_ptr<spdlog::logger> log;
+    uint64_t id = 0;  // the runtime's key for it (never reused, unlike its address)
     std::unique_ptr<ChildProcess> child;
     int control = -1;
     uint8_t* shared = nullptr;
@@ -87,6 +91,8 @@ struct IsolatedLink {
     std::string death;        // how it ended: "was killed by signal 11 (SIGSEGV)"
     std::string kill_reason;  // why the host killed it, if it did
     bool expected = false;    // the host ended it: not a crash
+    bool released = false;    // the runtime is done with it: reaped, its end reported (or not, if expected)
+    int exchanges = 0;        // open/init/shutdown in progress: they report the child's end themselves
     std::function<void(const std::string&)> on_exit;
     std::vector<std::string> task_names;  // after init, for messages
 
@@ -94,8 +100,11 @@ struct IsolatedLink {
     std::vector<std::unique_ptr<Lane>> lanes;
     std::vector<Lane*> free_lanes;
 
-    // Log lines: a token bucket (touched by the runtime's thread and the task functions).
+    // Log lines: a token bucket (touched by the runtime's thread and the task functions), and the plugin's
+    // name and logger (its file's stem until the child says its name).
     std::mutex log_mu;
+    std::string plugin;
+    std::shared_ptr<spdlog::logger> plugin_log;
     double tokens = kLogBurst;
     std::chrono::steady_clock::time_point refilled = std::chrono::steady_clock::now();
     uint64_t dropped = 0;
@@ -106,6 +115,21 @@ struct IsolatedLink {
     }
 
     pid_t pid() const { return child ? child->pid() : 0; }
+
+    std::string name() {
+        std::lock_guard<std::mutex> lk(log_mu);
+        return plugin;
+    }
+    std::shared_ptr<spdlog::logger> logger() {
+        std::lock_guard<std::mutex> lk(log_mu);
+        return plugin_log;
+    }
+    void set_name(const std::string& n) {
+        auto lg = get_logger("plugin." + n);
+        std::lock_guard<std::mutex> lk(log_mu);
+        plugin = n;
+        plugin_log = std::move(lg);
+    }
 
     // Kills the child, recording why (the first reason given is kept).
     void kill(const std::string& why) {
@@ -124,10 +148,14 @@ struct IsolatedLink {
     void log_line(const wire::Log& m) {
         if (m.level < 0 || m.level > 6) return violation("log level " + std::to_string(m.level));
         const auto level = spdlog::level::level_enum(m.level);
-        if (!plugin_log->should_log(level)) return;
         uint64_t was_dropped = 0;
+        std::shared_ptr<spdlog::logger> lg;
+        std::string name;
         {
             std::lock_guard<std::mutex> lk(log_mu);
+            if (!plugin_log->should_log(level)) return;
+            lg = plugin_log;
+            name = plugin;
             const auto now = std::chrono::steady_clock::now();
             tokens = std::min<double>(kLogBurst, tokens + std::chrono::duration<double>(now - refilled).count() *
                                                               kLogPerSecond);
@@ -141,9 +169,11 @@ struct IsolatedLink {
             dropped = 0;
         }
         if (was_dropped)
-            log->warn("plugin '{}': {} log line(s) of its process dropped (more than {} per second)", plugin,
-                      was_dropped, kLogPerSecond);
-        plugin_log->log(level, "{}", escape_plugin_text(m.text));
+            log->warn("plugin '{}': {} log line(s) of its process dropped (more than {} per second)", name, was_dropped,
+                      kLogPerSecond);
+        // Escaped again (the child is untrusted), with a cap above what the child may send: text the worker
+        // escaped already comes out unchanged, as long as in the host's own process.
+        lg->log(level, "{}", escape_plugin_text(m.text, wire::kMaxReportText));
     }
 
     // The tasks whose calls were in flight, for a crash message: " while running task 'a'".
@@ -181,7 +211,7 @@ struct IsolatedLink {
         std::vector<uint8_t> msg;
         std::string err;
         if (!wire::encode(m, seq, &msg, &err)) {
-            log->error("plugin '{}': cannot encode a message for its process: {}", plugin, err);
+            log->error("plugin '{}': cannot encode a message for its process: {}", name(), err);
             return false;
         }
         return channel::send(control, msg, fd, &err);
@@ -195,6 +225,20 @@ struct IsolatedLink {
             free_lanes.pop_back();
             return l;
         }
+        return add_lane_locked(err);
+    }
+    // At least `n` lanes (at most kMaxLanes), made now rather than at the first calls: the calls that can be
+    // in flight at once. False + *err if one could not be made.
+    bool reserve_lanes(size_t n, std::string* err) {
+        std::lock_guard<std::mutex> lk(lanes_mu);
+        while (lanes.size() < std::min<size_t>(n, kMaxLanes)) {
+            Lane* l = add_lane_locked(err);
+            if (!l) return false;
+            free_lanes.push_back(l);
+        }
+        return true;
+    }
+    Lane* add_lane_locked(std::string* err) {
         if (lanes.size() >= kMaxLanes) {
             *err = "more than " + std::to_string(kMaxLanes) + " calls of this plugin in flight at once";
             return nullptr;
@@ -219,7 +263,42 @@ struct IsolatedLink {
         std::lock_guard<std::mutex> lk(lanes_mu);
         free_lanes.push_back(l);
     }
+
+    // Waits until the runtime is done with the child (reaped, its end reported). False if `bound` ran out.
+    bool wait_released(Duration bound) {
+        std::unique_lock<std::mutex> lk(mu);
+        return cv.wait_for(lk, bound, [&] { return released; });
+    }
+    void set_released() {
+        std::lock_guard<std::mutex> lk(mu);
+        dead = true;
+        released = true;
+        cv.notify_all();
+    }
 };
+
+namespace {
+
+// While the host is in an exchange with the child (open, init, shutdown), that exchange reports the child's
+// end in its own error; the runtime only notes it.
+class Exchange {
+public:
+    explicit Exchange(IsolatedLink& l) : l_(l) {
+        std::lock_guard<std::mutex> lk(l_.mu);
+        ++l_.exchanges;
+    }
+    ~Exchange() {
+        std::lock_guard<std::mutex> lk(l_.mu);
+        --l_.exchanges;
+    }
+    Exchange(const Exchange&) = delete;
+    Exchange& operator=(const Exchange&) = delete;
+
+private:
+    IsolatedLink& l_;
+};
+
+}  // namespace
 
 // ---- the runtime: one thread for every child's control channel and exit ------------------------------
 
@@ -228,7 +307,9 @@ struct IsolationRuntime::Impl {
     int ep = -1, wake = -1;
     std::thread thread;
     std::mutex mu;
-    std::map<IsolatedLink*, std::shared_ptr<IsolatedLink>> links;
+    // By id, not address: an event of a child that just ended must not reach one started since at its address.
+    std::map<uint64_t, std::shared_ptr<IsolatedLink>> links;
+    uint64_t next_id = 1;
     std::atomic<bool> stopping{false};
 
     void loop();
@@ -249,11 +330,15 @@ IsolationRuntime::~IsolationRuntime() {
     }
     // Children left (their instances are gone with the manager): killed and reaped here.
     for (auto& [p, l] : impl_->links) {
-        l->expected = true;
+        {
+            std::lock_guard<std::mutex> lk(l->mu);
+            l->expected = true;
+        }
         if (l->child) {
             l->child->kill();
             l->child->wait();
         }
+        l->set_released();
     }
     if (impl_->ep >= 0) ::close(impl_->ep);
     if (impl_->wake >= 0) ::close(impl_->wake);
@@ -279,19 +364,20 @@ bool IsolationRuntime::add(const std::shared_ptr<IsolatedLink>& link, std::strin
             return false;
         }
     }
-    impl_->links[link.get()] = link;
+    link->id = impl_->next_id++;
+    impl_->links[link->id] = link;
     epoll_event ev{};
     ev.events = EPOLLIN | EPOLLRDHUP;
-    ev.data.u64 = reinterpret_cast<uintptr_t>(link.get());
+    ev.data.u64 = link->id << 1;
     if (::epoll_ctl(impl_->ep, EPOLL_CTL_ADD, link->control, &ev) != 0) {
-        impl_->links.erase(link.get());
+        impl_->links.erase(link->id);
         *err = std::string("epoll_ctl: ") + std::strerror(errno);
         return false;
     }
     // Its exit too: a process the plugin forked may hold the channel open after the child died.
     if (link->child && link->child->pidfd() >= 0) {
         ev.events = EPOLLIN;
-        ev.data.u64 = reinterpret_cast<uintptr_t>(link.get()) | 1;
+        ev.data.u64 = link->id << 1 | 1;
         ::epoll_ctl(impl_->ep, EPOLL_CTL_ADD, link->child->pidfd(), &ev);
     }
     return true;
@@ -313,7 +399,7 @@ void IsolationRuntime::Impl::loop() {
             std::shared_ptr<IsolatedLink> l;
             {
                 std::lock_guard<std::mutex> lk(mu);
-                auto it = links.find(reinterpret_cast<IsolatedLink*>(uintptr_t(tag & ~uint64_t(1))));
+                auto it = links.find(tag >> 1);
                 if (it == links.end()) continue;
                 l = it->second;
             }
@@ -367,8 +453,20 @@ void IsolationRuntime::Impl::readable(IsolatedLink& l, bool exited) {
         // Closed, broken, or exited: the child is gone or going. Make sure, and collect how it ended.
         if (l.child) {
             if (!l.child->try_wait()) {
-                // It closed the channel but lives on, or is exiting: a short grace, then SIGKILL.
-                for (int i = 0; i < 50 && !l.child->try_wait(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+                // It closed the channel but lives on, or is exiting (its descriptors close before it is a
+                // zombie): a short grace, then SIGKILL. Woken by its exit itself, not by a clock.
+                const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(100);
+                while (!l.child->try_wait()) {
+                    const auto left =
+                        std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now());
+                    if (left.count() <= 0) break;
+                    if (l.child->pidfd() >= 0) {
+                        pollfd p{l.child->pidfd(), POLLIN, 0};
+                        ::poll(&p, 1, int(left.count()) + 1);
+                    } else {
+                        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+                    }
+                }
                 if (!l.child->exited()) l.child->kill();
             }
             const ChildExit ex = l.child->wait();
@@ -390,28 +488,33 @@ void IsolationRuntime::Impl::ended(const std::shared_ptr<IsolatedLink>& l) {
     if (l->child && l->child->pidfd() >= 0) ::epoll_ctl(ep, EPOLL_CTL_DEL, l->child->pidfd(), nullptr);
     {
         std::lock_guard<std::mutex> lk(mu);
-        links.erase(l.get());
+        links.erase(l->id);
     }
     const ChildUsage u = l->child ? l->child->usage() : ChildUsage{};
     const std::string usage = "cpu " + format_elapsed(u.cpu) + ", peak RSS " + mib(u.max_rss_bytes);
     std::function<void(const std::string&)> handler;
     std::string why;
+    bool expected, reported;
     {
         std::lock_guard<std::mutex> lk(l->mu);
-        if (l->expected && l->kill_reason.empty()) {
-            log->debug("plugin '{}': process {} ended ({}); {}", l->plugin, l->pid(), l->death, usage);
-            return;
-        }
         why = "its process " + std::to_string(l->pid()) + " " + l->death +
               (l->kill_reason.empty() ? "" : ", killed by the host because it " + l->kill_reason);
-        if (!l->expected) handler = l->on_exit;
+        expected = l->expected;
+        reported = l->exchanges > 0;
+        if (!expected) handler = l->on_exit;
     }
-    why += l->running();
+    const std::string running = l->running();
+    why += running;
     if (handler) {
         handler(why + " (" + usage + ")");
+    } else if (expected || reported || !running.empty()) {
+        // The host ended it (and said why where it matters), or the exchange or the call that was in
+        // progress reports its end in its own error.
+        log->debug("plugin '{}': {} ({})", l->name(), why, usage);
     } else {
-        log->error("plugin '{}': {} ({})", l->plugin, why, usage);
+        log->error("plugin '{}': {} ({})", l->name(), why, usage);
     }
+    l->set_released();
 }
 
 // ---- the instance -------------------------------------------------------------------------------------
@@ -447,31 +550,33 @@ std::shared_ptr<IsolatedInstance> IsolatedInstance::open(IsolationRuntime& rt, c
     inst->sha256_ = staged.sha256;
     inst->go_runtime_ = staged.go_runtime;  // the host's own scan, not the child's word
     inst->abandon_after_ = o.abandon_after;
+    inst->workers_ = o.workers;
     staged.copy.clear();  // the instance removes the copy
 
     auto link = std::make_shared<IsolatedLink>();
-    link->plugin = file.stem().string();
+    const std::string stem = file.stem().string();
+    link->set_name(stem);
     link->log = rt.log();
-    link->plugin_log = get_logger("plugin." + link->plugin);
     inst->link_ = link;
+    Exchange exchange(*link);  // a refusal below says how the child ended
 
     ChildSpec spec;
     spec.exe = o.worker;
-    spec.name = link->plugin;
+    spec.name = stem;
     spec.limits = o.limits;
     std::string e;
     if (!o.user.empty()) {
         uid_t uid;
         gid_t gid;
         if (!resolve_user(o.user, &uid, &gid, &e))
-            return fail(TH_E_NOT_ALLOWED, "[plugins." + link->plugin + "] user: " + e, "name a user that exists");
+            return fail(TH_E_NOT_ALLOWED, "[plugins." + stem + "] user: " + e, "name a user that exists");
         spec.uid = uid;
         spec.gid = gid;
     }
     if (!o.group.empty()) {
         gid_t gid;
         if (!resolve_group(o.group, &gid, &e))
-            return fail(TH_E_NOT_ALLOWED, "[plugins." + link->plugin + "] group: " + e, "name a group that exists");
+            return fail(TH_E_NOT_ALLOWED, "[plugins." + stem + "] group: " + e, "name a group that exists");
         spec.gid = gid;
     }
     // The lanes' cancel words: written here, read-only in the child.
@@ -505,10 +610,9 @@ std::shared_ptr<IsolatedInstance> IsolatedInstance::open(IsolationRuntime& rt, c
     ::close(plugin_fd);
     if (!link->child)
         return fail(TH_E_NOT_A_LIBRARY, "cannot start its process: " + e,
-                    "check that tickhost-worker is installed beside tickhost and the limits in [plugins." +
-                        link->plugin + "]");
+                    "check that tickhost-worker is installed beside tickhost and the limits in [plugins." + stem + "]");
     for (auto& u : link->child->unenforced())
-        link->log->warn("plugin '{}': {} (limit not enforced; see docs/security.md)", link->plugin, u);
+        link->log->warn("plugin '{}': {} (limit not enforced; see docs/security.md)", stem, u);
     if (!rt.add(link, &e)) {
         link->expected = true;
         link->child->kill();
@@ -518,7 +622,7 @@ std::shared_ptr<IsolatedInstance> IsolatedInstance::open(IsolationRuntime& rt, c
 
     // Hello, Load; then Ready, and Loaded + its tasks (or LoadFailed).
     wire::Hello hello;
-    hello.log_level = int32_t(link->plugin_log->level());
+    hello.log_level = int32_t(link->logger()->level());
     hello.max_tasks = o.max_tasks;
     hello.max_lanes = kMaxLanes;
     link->send(hello);
@@ -546,17 +650,30 @@ std::shared_ptr<IsolatedInstance> IsolatedInstance::open(IsolationRuntime& rt, c
     if (!loaded) {
         if (why == "timeout") {
             link->kill("did not finish loading the plugin in time");
-            return refuse(TH_E_ENTRY_TIMEOUT,
-                          "its entry point (or a static constructor) did not return within " +
-                              format_duration(o.entry_bound) + "; its process was killed",
-                          "fix the plugin's static constructors and entry point, or raise [plugins." + link->plugin +
-                              "] timeout");
+            return refuse(
+                TH_E_ENTRY_TIMEOUT,
+                "its entry point (or a static constructor) did not return within " + format_duration(o.entry_bound) +
+                    "; its process was killed",
+                "fix the plugin's static constructors and entry point, or raise [plugins." + stem + "] timeout");
         }
-        return refuse(TH_E_NOT_A_LIBRARY, "its process died while loading it: " + why,
+        std::string death;
+        {
+            std::lock_guard<std::mutex> lk(link->mu);
+            death = link->death;
+        }
+        // In the host's own process this would have ended the host ("killed the process that checked it").
+        return refuse(TH_E_NOT_A_LIBRARY,
+                      std::string("loading it ") + (death.rfind("killed", 0) == 0 ? "killed" : "ended") +
+                          " its process " + std::to_string(link->pid()) + " (" + death + "); the host runs on",
                       "the plugin crashes in its static constructors or entry point; check it with `tickhost check`");
     }
     if (auto* f = std::get_if<wire::LoadFailed>(&loaded->msg)) {
         const th_status code = f->code < 0 && f->code >= -200 ? th_status(f->code) : TH_E_NOT_A_LIBRARY;
+        if (code == TH_E_ENTRY_TIMEOUT)  // the host's words: the code left running goes with its process
+            return refuse(code,
+                          std::string(TH_ENTRY_SYMBOL) + " did not return within " + format_duration(o.entry_bound) +
+                              "; the plugin is refused and its process was killed",
+                          escape_plugin_text(f->hint));
         return refuse(code, escape_plugin_text(f->reason), escape_plugin_text(f->hint));
     }
     auto* l = std::get_if<wire::Loaded>(&loaded->msg);
@@ -606,11 +723,7 @@ std::shared_ptr<IsolatedInstance> IsolatedInstance::open(IsolationRuntime& rt, c
     d.task_count = uint32_t(inst->static_tasks_.size());
     LoadFailure lf;
     if (!validate_descriptor(&d, &lf, o.max_tasks)) return refuse(lf.code, lf.reason, lf.hint);
-    {
-        std::lock_guard<std::mutex> lk(link->mu);
-        link->plugin = inst->name_;
-    }
-    link->plugin_log = get_logger("plugin." + inst->name_);
+    link->set_name(inst->name_);
     return inst;
 }
 
@@ -622,7 +735,16 @@ IsolatedInstance::~IsolatedInstance() {
             link_->on_exit = nullptr;
         }
         if (!link_->send(wire::Bye{})) link_->kill("did not take Bye");
-        // Reaped by the runtime when its channel closes.
+        // Gone when this returns, as an in-process version is unmapped when it is unloaded: its process has
+        // exited and the runtime has reaped it (bounded: one that lingers is killed).
+        if (!link_->wait_released(kExitBound)) {
+            link_->kill("did not exit when told to");
+            link_->wait_released(kExitBound);
+        }
+        // And the runtime's reference is dropped, so that the channel and lanes close with this instance
+        // (unless a call of an abandoned task still holds them; it returns now that the child is gone).
+        for (int i = 0; i < 2000 && link_.use_count() > 1; ++i)
+            std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
     if (!shadow_.empty()) {
         std::error_code ec;
@@ -650,6 +772,7 @@ std::optional<LoadError> IsolatedInstance::init(const PluginValues& config, Dura
     auto err = [&](th_status code, std::string reason, std::string hint) {
         return LoadError{code, status_name(code), std::move(reason), std::move(hint)};
     };
+    Exchange exchange(*link_);
     std::vector<wire::ConfigEntry> entries;
     for (auto& [k, v] : config.all()) {
         wire::ConfigEntry e;
@@ -668,17 +791,21 @@ std::optional<LoadError> IsolatedInstance::init(const PluginValues& config, Dura
     link_->send(wire::Init{std::chrono::duration_cast<std::chrono::nanoseconds>(bound).count(),
                            std::chrono::duration_cast<std::chrono::nanoseconds>(deadline.time_since_epoch()).count(),
                            uint32_t(cap), name_});
+    // The child bounds init itself (the plugin sees that deadline) and answers by then; the grace is for a
+    // child that cannot answer at all.
     const auto until = deadline + kCallGrace;
     std::string why;
     auto reply = link_->next_reply(until, &why);
+    const auto timed_out = [&] {
+        // The init that did not return is still running in the child: it goes with its process.
+        link_->kill("did not return from init within " + format_duration(bound));
+        return err(TH_E_INIT_FAILED,
+                   "init did not return within " + format_duration(bound) + "; its process was killed",
+                   "fix the plugin's init (it must return; long work belongs in a task), or raise [plugins." + name_ +
+                       "] timeout in host.toml");
+    };
     if (!reply) {
-        if (why == "timeout") {
-            link_->kill("did not return from init within " + format_duration(bound));
-            return err(TH_E_INIT_FAILED,
-                       "init did not return within " + format_duration(bound) + "; its process was killed",
-                       "fix the plugin's init (it must return; long work belongs in a task), or raise [plugins." +
-                           name_ + "] timeout in host.toml");
-        }
+        if (why == "timeout") return timed_out();
         return err(TH_E_INIT_FAILED, "its process died during init: " + why,
                    "the plugin crashes in its init; try it with `tickhost run-once`");
     }
@@ -688,8 +815,11 @@ std::optional<LoadError> IsolatedInstance::init(const PluginValues& config, Dura
         return err(TH_E_INIT_FAILED, "its process answered init out of protocol; it was killed", "");
     }
     if (done->status != TH_OK) {
+        // A failure that comes at the bound is the child's own bound running out: init did not return.
+        if (done->status == TH_E_INIT_FAILED && std::chrono::steady_clock::now() >= deadline) return timed_out();
         const th_status code = done->status < 0 && done->status >= -200 ? th_status(done->status) : TH_E_INIT_FAILED;
-        return err(code, escape_plugin_text(done->error), escape_plugin_text(done->thrown));
+        return err(code, escape_plugin_text(done->error, wire::kMaxReportText),
+                   escape_plugin_text(done->thrown, wire::kMaxReportText));
     }
     const size_t statics = static_tasks_.size();
     if (done->task_count < statics || done->task_count > cap) {
@@ -723,6 +853,12 @@ std::optional<LoadError> IsolatedInstance::init(const PluginValues& config, Dura
         link_->task_names.clear();
         for (auto& t : list.tasks) link_->task_names.push_back(t.name);
     }
+    // A lane for each call that can be in flight at once (no more calls than tasks, nor than the
+    // scheduler's workers): made now, so that the first runs do not wait for them and the host's
+    // descriptors do not grow with the load.
+    const size_t workers = workers_ ? workers_ : std::max(1u, std::thread::hardware_concurrency());
+    if (!link_->reserve_lanes(std::min(list.tasks.size(), workers), &e))
+        link_->log->warn("plugin '{}': {}; its calls make their lanes when they need them", name_, e);
     initialised_ = true;
     *out = std::move(list);
     return std::nullopt;
@@ -750,11 +886,12 @@ TaskFn IsolatedInstance::task_fn(size_t index, const std::string& task_name) {
         }
         lane->pending.store(seq, std::memory_order_relaxed);
         rc.set_cancel_relay(&lane->relay);
-        // Past its deadline and abandon_after, a call that ignored its cancellation costs its process.
-        const auto kill_at = std::chrono::steady_clock::time_point(
-                                 std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                                     rc.deadline().time_since_epoch())) +
-                             abandon_after;
+        // Past its deadline and abandon_after, a call that ignored its cancellation costs its process: killed
+        // just before the scheduler would abandon the call, so that the call returns instead.
+        const auto kill_at =
+            std::chrono::steady_clock::time_point(
+                std::chrono::duration_cast<std::chrono::steady_clock::duration>(rc.deadline().time_since_epoch())) +
+            abandon_after - std::min<Duration>(kKillAhead, abandon_after / 4);
         TaskResult result;
         bool healthy = false;
         std::vector<uint8_t> buf;
@@ -793,8 +930,10 @@ TaskFn IsolatedInstance::task_fn(size_t index, const std::string& task_name) {
                 result = TaskResult::failure("its process sent an invalid message and was killed");
                 break;
             }
-            result = res->status == TH_OK ? TaskResult::success()
-                                          : TaskResult::failure(res->error.empty() ? "failed" : escape_plugin_text(res->error));
+            result = res->status == TH_OK
+                         ? TaskResult::success()
+                         : TaskResult::failure(
+                               res->error.empty() ? "failed" : escape_plugin_text(res->error, wire::kMaxReportText));
             healthy = true;
             break;
         }
@@ -814,19 +953,27 @@ bool IsolatedInstance::shutdown(Duration bound) {
         std::lock_guard<std::mutex> lk(link_->mu);
         if (link_->dead) return true;  // nothing left to shut down (no shutdown call: said in plugin.h)
     }
-    if (!link_->send(wire::Shutdown{std::chrono::duration_cast<std::chrono::nanoseconds>(bound).count()})) return true;
+    Exchange exchange(*link_);
+    // The host keeps the bound (shutdown has no context to see it by): the child's is a backstop past it.
+    const auto until = std::chrono::steady_clock::now() + bound;
+    if (!link_->send(wire::Shutdown{std::chrono::duration_cast<std::chrono::nanoseconds>(bound + kCallGrace).count()}))
+        return true;
     std::string why;
-    auto reply = link_->next_reply(std::chrono::steady_clock::now() + bound, &why);
+    auto reply = link_->next_reply(until, &why);
     if (!reply) {
-        if (why != "timeout") return true;  // it died during shutdown: nothing of it is left either
+        if (why != "timeout") {  // nothing of it is left either
+            link_->log->error("plugin '{}': its process died during shutdown: {}", name_, why);
+            return true;
+        }
         link_->log->error("plugin '{}': shutdown did not return within {}; its process is killed", name_,
                           format_duration(bound));
         return false;
     }
     if (auto* d = std::get_if<wire::ShutdownDone>(&reply->msg)) {
         if (!d->thrown.empty())
-            link_->log->error("plugin '{}': shutdown {} (an exception must not cross the C ABI; catch it in the plugin)",
-                              name_, escape_plugin_text(d->thrown));
+            link_->log->error(
+                "plugin '{}': shutdown {} (an exception must not cross the C ABI; catch it in the plugin)", name_,
+                escape_plugin_text(d->thrown, wire::kMaxReportText));
         return true;
     }
     link_->violation("expected ShutdownDone");

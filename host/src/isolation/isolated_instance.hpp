@@ -57,6 +57,7 @@ struct IsolatedOptions {
     ChildLimits limits;
     std::string user, group;  // empty: the host's
     int log_level = 2;        // the plugin logger's level
+    size_t workers = 0;       // the scheduler's workers (0: one per core): calls of it in flight at once
 };
 
 // The tickhost-worker the host starts: $TICKHOST_WORKER, else beside the running executable, else where
@@ -69,7 +70,8 @@ public:
     // checks its descriptor. Null + *err on failure (the child is then gone).
     static std::shared_ptr<IsolatedInstance> open(IsolationRuntime& rt, const std::filesystem::path& file,
                                                   StagedFile& staged, const IsolatedOptions& o, LoadError* err);
-    ~IsolatedInstance() override;  // asks the child to exit (it is reaped by the runtime) and removes the copy
+    // Asks the child to exit and waits (bounded) until it has and the runtime has reaped it, then removes the copy.
+    ~IsolatedInstance() override;
 
     Isolation mode() const override { return Isolation::process; }
     const th_plugin_def& def() const override { return def_; }
@@ -96,6 +98,7 @@ private:
     std::string sha256_;
     bool go_runtime_ = false;
     Duration abandon_after_{0};
+    size_t workers_ = 0;
     bool initialised_ = false;
     // The host's copy of the descriptor, with the strings it points to.
     th_plugin_def def_{};

@@ -380,13 +380,13 @@ void get(Reader& r, Loaded* m) {
 
 void put(Writer& w, const LoadFailed& m) {
     w.i32(m.code);
-    w.str("reason", m.reason, kMaxPluginText);
-    w.str("hint", m.hint, kMaxPluginText);
+    w.str("reason", m.reason, kMaxText);
+    w.str("hint", m.hint, kMaxText);
 }
 void get(Reader& r, LoadFailed* m) {
     m->code = r.i32("code");
-    m->reason = r.str("reason", kMaxPluginText);
-    m->hint = r.str("hint", kMaxPluginText);
+    m->reason = r.str("reason", kMaxText);
+    m->hint = r.str("hint", kMaxText);
 }
 
 size_t task_entry_size(const TaskEntry& e) { return 4 + e.name.size() + 8 + 8; }
@@ -421,44 +421,44 @@ void put(Writer& w, const InitDone& m) {
     w.i32(m.status);
     w.u32(m.task_count);
     w.u32(m.refused_over_cap);
-    w.str("error", m.error, kMaxPluginText);
-    w.str("thrown", m.thrown, kMaxPluginText);
+    w.str("error", m.error, kMaxReportText);
+    w.str("thrown", m.thrown, kMaxReportText);
 }
 void get(Reader& r, InitDone* m) {
     m->status = r.i32("status");
     m->task_count = r.u32("task_count");
     m->refused_over_cap = r.u32("refused_over_cap");
-    m->error = r.str("error", kMaxPluginText);
-    m->thrown = r.str("thrown", kMaxPluginText);
+    m->error = r.str("error", kMaxReportText);
+    m->thrown = r.str("thrown", kMaxReportText);
 }
 
 void put(Writer& w, const Result& m) {
     w.i32(m.status);
     w.boolean(m.threw);
-    w.str("error", m.error, kMaxPluginText);
+    w.str("error", m.error, kMaxReportText);
 }
 void get(Reader& r, Result* m) {
     m->status = r.i32("status");
     m->threw = r.boolean("threw");
-    m->error = r.str("error", kMaxPluginText);
+    m->error = r.str("error", kMaxReportText);
 }
 
 void put(Writer& w, const Log& m) {
     w.level("level", m.level);
     w.u32(m.task_index);
-    w.str("text", m.text, kMaxPluginText);
+    w.str("text", m.text, kMaxReportText);
 }
 void get(Reader& r, Log* m) {
     m->level = r.level("level");
     m->task_index = r.u32("task_index");
-    m->text = r.str("text", kMaxPluginText);
+    m->text = r.str("text", kMaxReportText);
 }
 
-void put(Writer& w, const ShutdownDone& m) { w.str("thrown", m.thrown, kMaxPluginText); }
-void get(Reader& r, ShutdownDone* m) { m->thrown = r.str("thrown", kMaxPluginText); }
+void put(Writer& w, const ShutdownDone& m) { w.str("thrown", m.thrown, kMaxReportText); }
+void get(Reader& r, ShutdownDone* m) { m->thrown = r.str("thrown", kMaxReportText); }
 
-void put(Writer& w, const Fatal& m) { w.str("text", m.text, kMaxPluginText); }
-void get(Reader& r, Fatal* m) { m->text = r.str("text", kMaxPluginText); }
+void put(Writer& w, const Fatal& m) { w.str("text", m.text, kMaxText); }
+void get(Reader& r, Fatal* m) { m->text = r.str("text", kMaxText); }
 
 // ---- Framing.
 

@@ -34,17 +34,17 @@
 //   65 Loaded       u16 abi_major, u16 abi_minor, bool has_init, bool has_shutdown, bool go_runtime,
 //                   string name (<= 64), string version (<= 4096), string description (<= 4096),
 //                   u32 static_task_count (the static tasks follow in Tasks messages)
-//   66 LoadFailed   i32 code, string reason (<= 16640), string hint (<= 16640)
+//   66 LoadFailed   i32 code, string reason (<= 4096), string hint (<= 4096)
 //   67 Tasks        u32 first_index, u32 count, then count entries:
 //                     string name (<= 4096 on the wire; the host applies its name rules later),
 //                     i64 interval_ns, i64 timeout_ns
 //                   A list may span several Tasks messages (encode_tasks splits it).
 //   68 InitDone     i32 status, u32 task_count (static + declared; the declared ones follow in Tasks
-//                   messages), u32 refused_over_cap, string error (<= 16640), string thrown (<= 16640)
-//   69 Result       i32 status, bool threw, string error (<= 16640)   (header seq = the call's seq)
-//   70 Log          i32 level (0..6), u32 task_index (0xFFFFFFFF = none), string text (<= 16640)
-//   71 ShutdownDone string thrown (<= 16640)
-//   72 Fatal        string text (<= 16640) (the worker's own error, sent before it exits)
+//                   messages), u32 refused_over_cap, string error (<= 16896), string thrown (<= 16896)
+//   69 Result       i32 status, bool threw, string error (<= 16896)   (header seq = the call's seq)
+//   70 Log          i32 level (0..6), u32 task_index (0xFFFFFFFF = none), string text (<= 16896)
+//   71 ShutdownDone string thrown (<= 16896)
+//   72 Fatal        string text (<= 4096) (the worker's own error, sent before it exits)
 //
 // The encoding is canonical: a datagram that decodes re-encodes to the same bytes.
 //
@@ -72,11 +72,12 @@ constexpr uint32_t kProtocolVersion = 1;
 constexpr size_t kMaxMessage = 65536;       // bytes in one datagram, header included
 constexpr size_t kHeaderSize = 8;           // type, version, reserved, seq
 constexpr size_t kMaxText = 4096;           // most string fields: texts, paths, keys, task names on the wire
+// Texts that carry a plugin's words as the host prints them (escaped by escape_plugin_text: up to 4096 of its
+// bytes, each at most 4 characters, then " … (n bytes truncated)"), inside a line of the host's own: a log
+// record ("[task] text"), a call's or init's error, an exception's text. Larger than kMaxText so that an
+// isolated plugin's lines and errors are the same, byte for byte, as in the host's own process.
+constexpr size_t kMaxReportText = 4 * kMaxText + 512;
 constexpr size_t kMaxName = 64;             // plugin names (Init, Loaded)
-// A plugin's text as the worker's host services made it (escaped, cut at TH_MAX_TEXT_BYTES of input with a
-// note of what was cut, tagged with its task): each input byte escapes to at most 4. Log, Result, InitDone,
-// LoadFailed, ShutdownDone and Fatal texts.
-constexpr size_t kMaxPluginText = 4 * 4096 + 256;
 constexpr size_t kMaxConfigString = 60000;  // a string config value
 constexpr int32_t kMaxLogLevel = 6;         // spdlog::level::off; levels are 0 (trace) .. 6
 
@@ -205,8 +206,8 @@ struct Frame {
 
 // Encodes one message as one datagram into *out (replacing its content). Refuses (false + *err, *out
 // emptied) rather than truncating: a string past its limit, a log level outside 0..6, or a message longer
-// than kMaxMessage (a big Config or Tasks list: use the splitters below). Callers cut texts to kMaxText
-// first.
+// than kMaxMessage (a big Config or Tasks list: use the splitters below). Callers cut texts to their limit
+// (kMaxText, kMaxReportText) first.
 bool encode(const HostMessage& m, uint32_t seq, std::vector<uint8_t>* out, std::string* err);
 bool encode(const WorkerMessage& m, uint32_t seq, std::vector<uint8_t>* out, std::string* err);
 
