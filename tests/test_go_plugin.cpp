@@ -7,6 +7,7 @@
 
 #include <gtest/gtest.h>
 
+#include <regex>
 #include <string>
 
 #include <unistd.h>
@@ -52,6 +53,7 @@ struct GoHarness : Harness {
     fs::path out = tmp / "events";
     fs::path file;
     GoHarness() {
+        check_fds = false;  // a Go runtime in this process keeps its epoll and pipe descriptors for good
         plugin("gofixture").interval = 20ms;
         plugin("gofixture").config.set("out", out.string());
         file = add(FX_GO_V1, "gofixture.so");
@@ -217,4 +219,50 @@ TEST(GoPlugin, RemovingItStopsItAndPuttingItBackAsksForARestart) {
               std::string::npos)
         << err->message();
     EXPECT_EQ(read_file(h.out).find("2.0.0"), std::string::npos) << read_file(h.out);
+}
+
+// Isolated, the same Go plugin is an ordinary one: each version runs in a new tickhost-worker process with a
+// Go runtime of its own, so it is replaced, removed and loaded again while this process never starts one.
+TEST(GoPlugin, IsolatedItIsReplacedRemovedAndLoadedAgainFreely) {
+    SKIP_WITHOUT_GO();  // starts no Go runtime in this process
+    GoHarness h;
+    h.check_fds = true;
+    h.plugin("gofixture").isolation = tickhost::Isolation::process;
+    const std::regex v1("run 1\\.0\\.0 (\\d+)\n"), v2("run 2\\.0\\.0 (\\d+)\n");
+    auto pid_of = [&](const std::regex& re) -> std::string {
+        std::smatch m;
+        const std::string all = read_file(h.out);
+        return std::regex_search(all, m, re) ? m[1].str() : "";
+    };
+    ASSERT_FALSE(h.load(h.file)) << h.log_text();
+    ASSERT_TRUE(eventually([&] { return !pid_of(v1).empty(); })) << read_file(h.out);
+    const std::string first = pid_of(v1);
+    EXPECT_NE(first, std::to_string(::getpid())) << "it runs in another process";
+    const auto info = h.manager->plugin("gofixture");
+    ASSERT_TRUE(info);
+    EXPECT_FALSE(mapped(info->shadow)) << "its library is not mapped in the host";
+
+    // Replaced: the new version in a new process; the old one got its stop call and shutdown in its own.
+    h.add(FX_GO_V2, "gofixture.so");
+    EXPECT_FALSE(h.manager->sync(h.file)) << h.log_text();
+    ASSERT_TRUE(eventually([&] { return !pid_of(v2).empty(); })) << read_file(h.out);
+    const std::string second = pid_of(v2);
+    EXPECT_NE(second, first);
+    EXPECT_NE(read_file(h.out).find("stop 1.0.0 " + first + "\nshutdown 1.0.0 " + first + "\n"), std::string::npos)
+        << read_file(h.out);
+    EXPECT_EQ(h.manager->plugin("gofixture")->version, "2.0.0");
+
+    // Removed: stopped in its process; put back: loaded again, in a third process.
+    fs::remove(h.file);
+    EXPECT_FALSE(h.manager->sync(h.file));
+    EXPECT_FALSE(h.manager->plugin("gofixture"));
+    EXPECT_NE(read_file(h.out).find("stop 2.0.0 " + second + "\nshutdown 2.0.0 " + second + "\n"), std::string::npos)
+        << read_file(h.out);
+    fs::remove(h.out);
+    h.add(FX_GO_V1, "gofixture.so");
+    EXPECT_FALSE(h.manager->sync(h.file)) << h.log_text();
+    ASSERT_TRUE(eventually([&] { return !pid_of(v1).empty(); })) << read_file(h.out);
+    EXPECT_NE(pid_of(v1), first);
+    EXPECT_NE(pid_of(v1), second);
+    EXPECT_FALSE(h.logged("kept mapped")) << h.log_text();
 }
