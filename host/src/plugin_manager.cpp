@@ -699,11 +699,11 @@ void PluginManager::apply_config(HostConfig next) {
             if (!(prev.plugin(p->name) == config_.plugin(p->name)) || prev.default_timeout != config_.default_timeout ||
                 prev.isolation_of(p->name) != config_.isolation_of(p->name))
                 changed.push_back(p);
-        // A changed plugin is restarted in place, on the library already loaded: its tasks stop, shutdown,
-        // init with the new settings, its tasks start. No reload: this is what keeps a plugin with a Go
-        // runtime (never unloaded, never loaded twice) running, and it is the same for every plugin. Only a
-        // plugin whose code may still be running (a stop call or shutdown that did not return) is not
-        // restarted: it is kept, idle, until the host exits.
+        // A changed plugin in the host's process is restarted in place, on the library already loaded: its
+        // tasks stop, shutdown, init with the new settings, its tasks start. No reload: this is what keeps a
+        // plugin with a Go runtime (never unloaded, never loaded twice) running. Only a plugin whose code may
+        // still be running (a stop call or shutdown that did not return) is not restarted: it is kept, idle,
+        // until the host exits. An isolated plugin gets a new process instead (below).
         for (auto& p : changed) {
             by_file_.erase(p->file);
             if (!config_.plugin(p->name).enabled) {
@@ -711,11 +711,17 @@ void PluginManager::apply_config(HostConfig next) {
                 stop_plugins({p}, config_.shutdown_timeout);
                 continue;
             }
-            if (const Isolation mode = config_.isolation_of(p->name); mode != p->inst->mode()) {
-                // Another mode: another instance, loaded and checked before the running one stops (which
-                // comes back if the new one fails), as for a new version of the file.
-                log_->info("plugin '{}': isolation changed in host.toml: moving it to isolation = \"{}\"", p->name,
-                           mode == Isolation::process ? "process" : "none");
+            if (const Isolation mode = config_.isolation_of(p->name);
+                mode != p->inst->mode() || mode == Isolation::process) {
+                // Another mode, or new settings of an isolated plugin: another instance, loaded and checked
+                // before the running one stops (which comes back if the new one fails), as for a new version
+                // of the file. An isolated plugin's user, group and limits are those its process started with,
+                // and its old process may end in its stop call or shutdown: the new settings get a new process.
+                if (mode != p->inst->mode())
+                    log_->info("plugin '{}': isolation changed in host.toml: moving it to isolation = \"{}\"", p->name,
+                               mode == Isolation::process ? "process" : "none");
+                else
+                    log_->info("plugin '{}': settings changed in host.toml: restarting it in a new process", p->name);
                 by_file_[p->file] = p;
                 detail::StagedFile staged;
                 LoadFailure rf;
