@@ -7,6 +7,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 namespace fs = std::filesystem;
 
 namespace tickhost::detail {
@@ -33,6 +36,22 @@ LoadPipeline::LoadPipeline(const HostConfig& config, std::shared_ptr<spdlog::log
 LoadPipeline::~LoadPipeline() = default;
 
 const fs::path& LoadPipeline::shadow_dir() const { return cache_->dir(); }
+
+namespace {
+#if defined(__linux__)
+// A worker that runs as another user opens the checked copy again through the descriptor it was given
+// (/proc/self/fd/5: dlopen needs a path), and that open checks the copy's own mode, 0700 and the host's:
+// the worker's group may read it. Nobody else can: the cache's folders stay 0700. A user or group that does
+// not resolve is left for the instance to refuse by name.
+void share_copy(const fs::path& copy, const std::string& user, const std::string& group) {
+    uid_t uid;
+    gid_t gid;
+    const bool known = group.empty() ? resolve_user(user, &uid, &gid, nullptr) : resolve_group(group, &gid, nullptr);
+    if (!known || ::chown(copy.c_str(), uid_t(-1), gid) != 0) return;  // not root: the spawn says why
+    ::chmod(copy.c_str(), 0750);
+}
+#endif
+}  // namespace
 
 FilePolicy LoadPipeline::policy() const {
     return {config_.allow_insecure, config_.allow_symlinks, config_.max_plugin_size};
@@ -82,6 +101,7 @@ std::shared_ptr<PluginInstance> LoadPipeline::open_in(Isolation mode, const fs::
         o.limits = ChildLimits{s.memory_max, s.open_files_max, s.processes_max};
         o.user = s.user;
         o.group = s.group;
+        if (!o.user.empty() || !o.group.empty()) share_copy(staged.copy, o.user, o.group);
         if (!isolation_) isolation_ = std::make_unique<IsolationRuntime>(log_);
         return IsolatedInstance::open(*isolation_, file, staged, o, err);
 #else

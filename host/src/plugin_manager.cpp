@@ -7,17 +7,25 @@
 #include "loader.hpp"
 #include "plugin_instance.hpp"
 #include "time_format.hpp"
+#if defined(__linux__)
+#include "isolation/isolated_instance.hpp"
+#endif
 
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <condition_variable>
-#include <deque>
-#include <thread>
 #include <cstring>
+#include <deque>
+#include <fstream>
 #include <set>
+#include <sstream>
+#include <thread>
 
 #include <sys/stat.h>
+#if defined(__linux__)
+#include <sys/wait.h>
+#endif
 
 namespace fs = std::filesystem;
 
@@ -35,8 +43,85 @@ struct LoadedPlugin {
     std::vector<PluginTaskInfo> scheduled;
 };
 
+namespace {
+
+// The end of an isolated instance's process, watched through the instance's exit handler, which this
+// replaces (watch() installs the supervisor's again when the plugin is started again). For a process gone
+// already, set_exit_handler calls the handler at once: its end was told elsewhere then (by the supervisor,
+// or by the isolation runtime's own log line). Nothing for an instance in the host's process.
+class EndWatch {
+public:
+    explicit EndWatch(PluginInstance& inst) : inst_(inst) {
+        if (inst.mode() != Isolation::process) return;
+        state_ = std::make_shared<State>();
+        inst.set_exit_handler([st = state_, installer = std::this_thread::get_id()](const std::string& why) {
+            std::lock_guard<std::mutex> lk(st->mu);
+            if (st->why) return;
+            st->why = why;
+            st->told = std::this_thread::get_id() == installer;
+            st->cv.notify_all();
+        });
+    }
+    // How it ended, if it has. A process that has exited but is not collected yet (its channel and lanes
+    // close first: a call or init that saw it die may return before the isolation runtime has told) is
+    // waited for, up to `bound`; one still running is not.
+    std::optional<std::string> ended(Duration bound = Duration::zero()) const {
+        if (!state_) return std::nullopt;
+        std::unique_lock<std::mutex> lk(state_->mu);
+        if (!state_->why && bound > Duration::zero()) {
+            lk.unlock();
+            const bool wait = exiting();
+            lk.lock();
+            if (wait) state_->cv.wait_for(lk, bound, [&] { return state_->why.has_value(); });
+        }
+        return state_->why;
+    }
+    // Its end was told before this watch began.
+    bool told_elsewhere() const {
+        if (!state_) return false;
+        std::lock_guard<std::mutex> lk(state_->mu);
+        return state_->told;
+    }
+
+private:
+    struct State {
+        std::mutex mu;
+        std::condition_variable cv;
+        std::optional<std::string> why;
+        bool told = false;  // ended before the watch began
+    };
+    // Ended or ending: reaped by the isolation runtime (which then tells), a zombie (waitid without reaping),
+    // or on its way out (PF_EXITING, 0x4, in the flags of /proc/<pid>/stat: set as it starts to exit, before
+    // its descriptors close, which is what a call or init that saw it die has seen).
+    bool exiting() const {
+#if defined(__linux__)
+        auto* iso = dynamic_cast<IsolatedInstance*>(&inst_);
+        if (!iso || iso->pid() <= 0) return false;
+        siginfo_t si{};
+        if (::waitid(P_PID, id_t(iso->pid()), &si, WEXITED | WNOHANG | WNOWAIT) != 0 || si.si_pid != 0) return true;
+        std::ifstream in("/proc/" + std::to_string(iso->pid()) + "/stat");
+        std::string stat;
+        std::getline(in, stat);
+        const size_t close = stat.rfind(')');
+        if (close == std::string::npos) return true;  // gone meanwhile
+        std::istringstream rest(stat.substr(close + 1));
+        std::string state;
+        long ppid, pgrp, session, tty, tpgid;
+        unsigned long flags = 0;
+        rest >> state >> ppid >> pgrp >> session >> tty >> tpgid >> flags;
+        return state == "Z" || state == "X" || (flags & 0x4) != 0;
+#else
+        return false;
+#endif
+    }
+    PluginInstance& inst_;
+    std::shared_ptr<State> state_;
+};
+
+}  // namespace
 }  // namespace detail
 
+using detail::EndWatch;
 using detail::LoadedPlugin;
 using detail::LoadFailure;
 using detail::schedule_of;
@@ -73,14 +158,18 @@ PluginManager::PluginManager(Tickers& tickers, HostConfig config)
     supervisor_ = std::make_shared<Supervisor>();
 }
 
+struct PluginManager::Crash {
+    fs::path file;
+    std::string name;
+    // Compared with the running version's instance: a weak reference, so that a version gone meanwhile
+    // (replaced, removed) never matches, even one whose memory a later instance reuses.
+    std::weak_ptr<detail::PluginInstance> instance;
+    std::string why;
+};
+
 // The supervisor's queue and thread. Exit handlers hold it by shared_ptr: one that fires while the
 // manager is being destroyed finds it closed.
 struct PluginManager::Supervisor {
-    struct Crash {
-        fs::path file;
-        const void* instance;
-        std::string why;
-    };
     std::mutex mu;
     std::condition_variable cv;
     std::deque<Crash> crashes;
@@ -99,17 +188,21 @@ PluginManager::~PluginManager() {
     if (supervisor_->thread.joinable()) supervisor_->thread.join();
 }
 
+void PluginManager::start_supervisor() {
+    std::lock_guard<std::mutex> lk(supervisor_->mu);
+    if (!supervisor_->thread.joinable() && !supervisor_->closed)
+        supervisor_->thread = std::thread([this] { supervise(); });
+}
+
 void PluginManager::watch(const Plugin& p) {
     if (p->inst->mode() != Isolation::process) return;
     auto sup = supervisor_;
-    {
-        std::lock_guard<std::mutex> lk(sup->mu);
-        if (!sup->thread.joinable() && !sup->closed) sup->thread = std::thread([this] { supervise(); });
-    }
-    p->inst->set_exit_handler([sup, file = p->file, inst = static_cast<const void*>(p->inst.get())](const std::string& why) {
+    start_supervisor();
+    p->inst->set_exit_handler([sup, file = p->file, name = p->name,
+                               inst = std::weak_ptr<detail::PluginInstance>(p->inst)](const std::string& why) {
         std::lock_guard<std::mutex> lk(sup->mu);
         if (sup->closed) return;
-        sup->crashes.push_back({file, inst, why});
+        sup->crashes.push_back({file, name, inst, why});
         sup->cv.notify_all();
     });
 }
@@ -128,7 +221,7 @@ void PluginManager::supervise() {
                 sup.cv.wait_until(lk, next);
         }
         if (sup.closed) break;
-        std::deque<Supervisor::Crash> crashes;
+        std::deque<Crash> crashes;
         crashes.swap(sup.crashes);
         std::vector<fs::path> due;
         const auto now = std::chrono::steady_clock::now();
@@ -141,7 +234,7 @@ void PluginManager::supervise() {
             }
         }
         lk.unlock();
-        for (auto& c : crashes) crashed(c.file, c.instance, c.why);
+        for (auto& c : crashes) crashed(c);
         for (auto& f : due) {
             std::lock_guard<std::mutex> g(mu_);
             if (!stopping_ && !by_file_.count(f)) sync_guarded(f);
@@ -150,23 +243,42 @@ void PluginManager::supervise() {
     }
 }
 
-void PluginManager::crashed(const fs::path& file, const void* instance, const std::string& why) {
+void PluginManager::crashed(const Crash& c) {
     std::lock_guard<std::mutex> lk(mu_);
-    auto it = by_file_.find(file);
-    if (it == by_file_.end() || it->second->inst.get() != instance) {
-        log_->info("{}: a version no longer running ended: {}", file.string(), why);
+    auto it = by_file_.find(c.file);
+    const auto instance = c.instance.lock();
+    if (it == by_file_.end() || !instance || it->second->inst != instance) {
+        // A version being stopped (a stop call or shutdown that crashed, while it was replaced, restarted with
+        // new settings or removed) or already gone: said, nothing more to do.
+        log_->warn("plugin '{}' ({}): the process of a version no longer running ended: {}", c.name,
+                   c.file.filename().string(), c.why);
         return;
     }
     Plugin p = it->second;
     by_file_.erase(it);
     Duration shortest = Duration::max();
     for (auto& t : p->scheduled) shortest = std::min(shortest, t.interval);
-    if (shortest == Duration::max()) shortest = std::chrono::seconds(1);
     // Its tasks get no stop call and it gets no shutdown call: its process is gone.
     stop_plugins({p}, config_.shutdown_timeout);
+    back_off(*p, "stopped: " + c.why + "; its tasks got no stop call", shortest);
+}
+
+// A task's shortest interval among a plugin's static tasks as host.toml sets them (before init: no task of
+// its own is scheduled yet).
+Duration PluginManager::shortest_static_interval(const LoadedPlugin& p) const {
+    Duration shortest = Duration::max();
+    const th_plugin_def& d = p.inst->def();
+    for (uint32_t i = 0; i < d.task_count; ++i)
+        shortest = std::min(shortest, schedule_of(p.settings, d.tasks[i], config_.default_timeout).first);
+    return shortest;
+}
+
+void PluginManager::back_off(const LoadedPlugin& p, const std::string& what, Duration shortest) {
+    if (shortest <= Duration::zero() || shortest == Duration::max()) shortest = std::chrono::seconds(1);
+    const fs::path& file = p.file;
     const auto now = std::chrono::steady_clock::now();
     Down& d = down_[file];
-    if (d.sha256 != p->inst->sha256()) d = Down{p->inst->sha256(), {}, {}, false};
+    if (d.sha256 != p.inst->sha256()) d = Down{p.inst->sha256(), {}, {}, false};
     d.crashes.erase(std::remove_if(d.crashes.begin(), d.crashes.end(),
                                    [&](auto t) { return now - t > config_.crash_window; }),
                     d.crashes.end());
@@ -174,10 +286,10 @@ void PluginManager::crashed(const fs::path& file, const void* instance, const st
     const size_t k = d.crashes.size();
     if (k >= config_.crash_limit) {
         d.for_good = true;
-        log_->error("plugin {} stopped: {}; its tasks got no stop call. It ended {} times within {} ([host] "
-                    "crash_limit, crash_window): it stays down until its file changes or host.toml is applied "
-                    "again (SIGHUP)",
-                    describe(*p), why, k, format_duration(config_.crash_window));
+        log_->error(
+            "plugin {} {}. It ended {} times within {} ([host] crash_limit, crash_window): it stays down until "
+            "its file changes or host.toml is applied again (SIGHUP)",
+            describe(p), what, k, format_duration(config_.crash_window));
         return;
     }
     // interval x 2^(k-1), at most backoff_max; backoff_max off: at once.
@@ -185,9 +297,9 @@ void PluginManager::crashed(const fs::path& file, const void* instance, const st
     for (size_t i = 1; i < k && delay < config_.backoff_max; ++i) delay = delay > Duration::max() / 2 ? Duration::max() : delay * 2;
     delay = config_.backoff_max > Duration::zero() ? std::min(delay, config_.backoff_max) : Duration::zero();
     d.until = now + delay;
-    log_->error("plugin {} stopped: {}; its tasks got no stop call. Restarting it in {} (crash {} of [host] "
-                "crash_limit = {} within {})",
-                describe(*p), why, format_duration(delay), k, config_.crash_limit, format_duration(config_.crash_window));
+    log_->error("plugin {} {}. Restarting it in {} (crash {} of [host] crash_limit = {} within {})", describe(p), what,
+                format_duration(delay), k, config_.crash_limit, format_duration(config_.crash_window));
+    start_supervisor();  // a crash in init comes before watch() ever ran
     std::lock_guard<std::mutex> g(supervisor_->mu);
     supervisor_->restarts[file] = d.until;
     supervisor_->cv.notify_all();
@@ -464,7 +576,17 @@ std::optional<LoadError> PluginManager::add_new(const fs::path& file, detail::St
                    file.string(), p->name, p->name);
         return std::nullopt;
     }
-    if (auto err = initialise(*p)) return refuse(file, "not loaded", *err, sha);
+    // Isolated: its end during init is told here (rather than by the isolation runtime's own line).
+    const EndWatch end(*p->inst);
+    if (auto err = initialise(*p)) {
+        // Isolated, its process died in init: a crash like one in a run (restarted after a back-off, down
+        // after crash_limit), not a refusal of the file that waits for the file to change.
+        if (auto why = end.ended(std::chrono::seconds(2))) {
+            back_off(*p, "stopped: " + *why + " during its init", shortest_static_interval(*p));
+            return err;
+        }
+        return refuse(file, "not loaded", *err, sha);
+    }
     if (auto err = start_tasks(p)) return refuse(file, "not loaded", *err, sha);
     by_file_[file] = p;
     const th_plugin_def& d = p->inst->def();
@@ -517,6 +639,11 @@ std::optional<LoadError> PluginManager::replace(const Plugin& old, detail::Stage
                 "{}: the old version {} cannot be started again (its code may still be running); no "
                 "version of this plugin runs until the file changes or the host restarts",
                 file.string(), describe(*old));
+        } else if (auto why = EndWatch(*old->inst).ended(std::chrono::seconds(2))) {
+            log_->error(
+                "{}: the old version {} cannot be started again: {}; no version of this plugin runs until "
+                "the file changes or host.toml is applied again",
+                file.string(), describe(*old), *why);
         } else {
             auto again = initialise(*old);
             if (!again) again = start_tasks(old);
@@ -572,11 +699,11 @@ void PluginManager::apply_config(HostConfig next) {
             if (!(prev.plugin(p->name) == config_.plugin(p->name)) || prev.default_timeout != config_.default_timeout ||
                 prev.isolation_of(p->name) != config_.isolation_of(p->name))
                 changed.push_back(p);
-        // A changed plugin is restarted in place, on the library already loaded: its tasks stop, shutdown,
-        // init with the new settings, its tasks start. No reload: this is what keeps a plugin with a Go
-        // runtime (never unloaded, never loaded twice) running, and it is the same for every plugin. Only a
-        // plugin whose code may still be running (a stop call or shutdown that did not return) is not
-        // restarted: it is kept, idle, until the host exits.
+        // A changed plugin in the host's process is restarted in place, on the library already loaded: its
+        // tasks stop, shutdown, init with the new settings, its tasks start. No reload: this is what keeps a
+        // plugin with a Go runtime (never unloaded, never loaded twice) running. Only a plugin whose code may
+        // still be running (a stop call or shutdown that did not return) is not restarted: it is kept, idle,
+        // until the host exits. An isolated plugin gets a new process instead (below).
         for (auto& p : changed) {
             by_file_.erase(p->file);
             if (!config_.plugin(p->name).enabled) {
@@ -584,11 +711,17 @@ void PluginManager::apply_config(HostConfig next) {
                 stop_plugins({p}, config_.shutdown_timeout);
                 continue;
             }
-            if (const Isolation mode = config_.isolation_of(p->name); mode != p->inst->mode()) {
-                // Another mode: another instance, loaded and checked before the running one stops (which
-                // comes back if the new one fails), as for a new version of the file.
-                log_->info("plugin '{}': isolation changed in host.toml: moving it to isolation = \"{}\"", p->name,
-                           mode == Isolation::process ? "process" : "none");
+            if (const Isolation mode = config_.isolation_of(p->name);
+                mode != p->inst->mode() || mode == Isolation::process) {
+                // Another mode, or new settings of an isolated plugin: another instance, loaded and checked
+                // before the running one stops (which comes back if the new one fails), as for a new version
+                // of the file. An isolated plugin's user, group and limits are those its process started with,
+                // and its old process may end in its stop call or shutdown: the new settings get a new process.
+                if (mode != p->inst->mode())
+                    log_->info("plugin '{}': isolation changed in host.toml: moving it to isolation = \"{}\"", p->name,
+                               mode == Isolation::process ? "process" : "none");
+                else
+                    log_->info("plugin '{}': settings changed in host.toml: restarting it in a new process", p->name);
                 by_file_[p->file] = p;
                 detail::StagedFile staged;
                 LoadFailure rf;
@@ -670,6 +803,10 @@ std::optional<LoadError> PluginManager::start_tasks(const std::shared_ptr<Loaded
 }
 
 bool PluginManager::stop_plugins(std::vector<std::shared_ptr<LoadedPlugin>> ps, Duration bound, Duration total) {
+    // An isolated plugin's process may end during its stop calls or shutdown: watched from here, to be told
+    // with the plugin's name before its instance (and the report with it) is gone.
+    std::vector<std::unique_ptr<EndWatch>> ends;
+    for (auto& p : ps) ends.push_back(std::make_unique<EndWatch>(*p->inst));
     // Remove every task first so that all stop calls run in parallel (removal cancels a run in flight, so a
     // cooperative run returns at once and its stop call follows), then wait for each.
     for (auto& p : ps)
@@ -684,7 +821,8 @@ bool PluginManager::stop_plugins(std::vector<std::shared_ptr<LoadedPlugin>> ps, 
               : bound == config_.shutdown_timeout ? " (shutdown_timeout)"
                                                   : "");
     bool clean = true;
-    for (auto& p : ps) {
+    for (size_t i = 0; i < ps.size(); ++i) {
+        const Plugin& p = ps[i];
         bool stuck = false;
         for (auto& t : p->scheduled) {
             auto left = std::max(Duration(0), Duration(until - std::chrono::steady_clock::now()));
@@ -714,8 +852,9 @@ bool PluginManager::stop_plugins(std::vector<std::shared_ptr<LoadedPlugin>> ps, 
                 }
             }
             stuck = true;
-            log_->error("plugin '{}': task '{}' {}; the plugin is not shut down and stays loaded", p->name, t.name,
-                        what);
+            log_->error("plugin '{}': task '{}' {}; {}", p->name, t.name, what,
+                        p->inst->mode() == Isolation::process ? "its process is killed"
+                                                              : "the plugin is not shut down and stays loaded");
         }
         if (stuck) {
             clean = false;
@@ -728,6 +867,9 @@ bool PluginManager::stop_plugins(std::vector<std::shared_ptr<LoadedPlugin>> ps, 
             p->inst->abandon();
             continue;
         }
+        if (auto why = ends[i]->ended(std::chrono::seconds(2)); why && !ends[i]->told_elsewhere())
+            log_->warn("plugin '{}' ({}): {}, during its stop calls or shutdown", p->name, p->file.filename().string(),
+                       *why);
         log_->info("unloaded plugin '{}' ({})", p->name, p->file.filename().string());
     }
     return clean;

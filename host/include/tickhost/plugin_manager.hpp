@@ -208,15 +208,21 @@ private:
     // Isolated plugins whose process ended on its own: the crash handled (tasks removed, no stop calls),
     // then a restart after a back-off, or down for good after crash_limit crashes within crash_window.
     struct Supervisor;
+    struct Crash;  // an isolated plugin's process that ended on its own, for the supervisor
     struct Down {
         std::string sha256;                                  // the content that crashed
         std::vector<std::chrono::steady_clock::time_point> crashes;  // within crash_window
         std::chrono::steady_clock::time_point until{};       // restart not before
         bool for_good = false;                               // until the file changes or host.toml is applied
     };
-    void supervise();  // the supervisor's thread
-    void crashed(const std::filesystem::path& file, const void* instance, const std::string& why);
+    void start_supervisor();  // its thread, at the first isolated plugin's start or crash
+    void supervise();         // the supervisor's thread
+    void crashed(const Crash& c);
     void watch(const Plugin& p);  // hands an isolated plugin's exits to the supervisor
+    // After its process ended on its own (`what`: "stopped: <how>; ..."): the end counted within crash_window,
+    // then a restart after interval x 2^(k-1) (at most backoff_max), or down for good at crash_limit.
+    void back_off(const detail::LoadedPlugin& p, const std::string& what, Duration shortest);
+    Duration shortest_static_interval(const detail::LoadedPlugin& p) const;
 
     Tickers& tickers_;
     HostConfig config_;
