@@ -71,6 +71,18 @@ TaskResult call_plugin_run(ContextSlot& slot, th_run_fn run, void* state, th_ctx
     return run_result(st, guard.close());
 }
 
+bool InProcessInstance::call(std::function<void()> fn, Duration bound, std::string* threw) {
+    if (!inline_calls_) return call_bounded(std::move(fn), bound, threw);
+    try {
+        fn();
+    } catch (const std::exception& e) {
+        if (threw) *threw = std::string("threw: ") + e.what();
+    } catch (...) {
+        if (threw) *threw = "threw an exception that is not a std::exception";
+    }
+    return true;
+}
+
 InProcessInstance::InProcessInstance(std::shared_ptr<Library> lib, std::shared_ptr<spdlog::logger> log)
     : lib_(std::move(lib)), log_(std::move(log)), name_(lib_->def().name) {
     owner_.plugin = name_;
@@ -111,7 +123,7 @@ std::optional<LoadError> InProcessInstance::init(const PluginValues& config, Dur
                 }
             } guard{*ctx_, &err};
             try {
-                returned = call_bounded(
+                returned = this->call(
                     [call, lib = lib_, c] {
                         try {
                             call->status = lib->def().init(c, &call->state);
@@ -196,7 +208,7 @@ bool InProcessInstance::shutdown(Duration bound) {
     const th_shutdown_fn fn = lib_->def().shutdown;
     if (!fn) return true;
     std::string threw;
-    if (call_bounded([fn, state = state_, lib = lib_] { fn(state); }, bound, &threw)) {
+    if (call([fn, state = state_, lib = lib_] { fn(state); }, bound, &threw)) {
         if (!threw.empty())
             log_->error("plugin '{}': shutdown {} (an exception must not cross the C ABI; catch it in the plugin)",
                         name_, threw);

@@ -6,6 +6,7 @@
 #include "loader.hpp"
 #include "plugin_instance.hpp"
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -37,6 +38,10 @@ public:
     bool shutdown(Duration bound) override;
     void abandon() override;
 
+    // init and shutdown called on the caller's thread, unbounded: for tickhost-worker, whose process the host
+    // kills when a call overruns (a thread per call could not even start under the plugin's rlimits).
+    void call_inline() { inline_calls_ = true; }
+
     // For the isolated worker, which serves one in-process instance: the task's function and state.
     const std::vector<th_task_def>& task_defs() const { return tasks_; }
     void* state() const { return state_; }
@@ -52,6 +57,9 @@ private:
     std::unique_ptr<ContextSlot> ctx_;
     void* state_ = nullptr;
     bool initialised_ = false;
+    bool inline_calls_ = false;
+    // call_bounded, or inline (call_inline()).
+    bool call(std::function<void()> fn, Duration bound, std::string* threw = nullptr);
     std::vector<th_task_def> tasks_;                   // static then declared
     std::vector<std::unique_ptr<std::string>> names_;  // names of the declared tasks
 };

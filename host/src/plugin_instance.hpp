@@ -67,6 +67,8 @@ public:
     // Isolated: called once, on another thread, when its process ends without the host having asked (a
     // crash, `exit`, a limit, a kill for a hang), with what happened. Must not block. In-process: never.
     virtual void set_exit_handler(std::function<void(const std::string& why)> fn) { (void)fn; }
+    // False once an isolated plugin's process has ended (or been killed). In-process: always true.
+    virtual bool alive() const { return true; }
 };
 
 }  // namespace tickhost::detail

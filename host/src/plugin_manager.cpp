@@ -699,11 +699,13 @@ void PluginManager::apply_config(HostConfig next) {
             if (!(prev.plugin(p->name) == config_.plugin(p->name)) || prev.default_timeout != config_.default_timeout ||
                 prev.isolation_of(p->name) != config_.isolation_of(p->name))
                 changed.push_back(p);
-        // A changed plugin in the host's process is restarted in place, on the library already loaded: its
-        // tasks stop, shutdown, init with the new settings, its tasks start. No reload: this is what keeps a
-        // plugin with a Go runtime (never unloaded, never loaded twice) running. Only a plugin whose code may
-        // still be running (a stop call or shutdown that did not return) is not restarted: it is kept, idle,
-        // until the host exits. An isolated plugin gets a new process instead (below).
+        // A changed plugin is restarted in place, on the library already loaded (an isolated one in its
+        // process): its tasks stop, shutdown, init with the new settings, its tasks start. No reload: this is
+        // what keeps a plugin with a Go runtime (never unloaded, never loaded twice) running, and it is the
+        // same in both modes. Only a plugin whose code may still be running (a stop call or shutdown that did
+        // not return) is not restarted: it is kept, idle, until the host exits. An isolated plugin whose
+        // process-level settings changed (user, group, limits), or whose process ended during the stop, gets
+        // a new process instead (below), as does a change of mode.
         for (auto& p : changed) {
             by_file_.erase(p->file);
             if (!config_.plugin(p->name).enabled) {
@@ -711,8 +713,14 @@ void PluginManager::apply_config(HostConfig next) {
                 stop_plugins({p}, config_.shutdown_timeout);
                 continue;
             }
+            const PluginSettings& was = prev.plugin(p->name);
+            const PluginSettings& now = config_.plugin(p->name);
+            const bool process_settings = was.user != now.user || was.group != now.group ||
+                                          was.memory_max != now.memory_max ||
+                                          was.open_files_max != now.open_files_max ||
+                                          was.processes_max != now.processes_max;
             if (const Isolation mode = config_.isolation_of(p->name);
-                mode != p->inst->mode() || mode == Isolation::process) {
+                mode != p->inst->mode() || (mode == Isolation::process && (process_settings || !p->inst->alive()))) {
                 // Another mode, or new settings of an isolated plugin: another instance, loaded and checked
                 // before the running one stops (which comes back if the new one fails), as for a new version
                 // of the file. An isolated plugin's user, group and limits are those its process started with,
@@ -741,6 +749,11 @@ void PluginManager::apply_config(HostConfig next) {
                     "above), so it is kept loaded and idle until the host exits; restart the host",
                     p->name);
                 continue;
+            }
+            if (!p->inst->alive()) {
+                // Its process ended during the stop: a new one, from the file, with the new settings.
+                log_->info("plugin '{}': its process ended while it stopped; starting it in a new process", p->name);
+                continue;  // not in by_file_: reconcile() below loads it
             }
             auto err = initialise(*p);
             if (!err) err = start_tasks(p);

@@ -199,6 +199,7 @@ int main(int argc, char** argv) {
             }
             w.lib = lib;
             w.inst = std::make_shared<tickhost::detail::InProcessInstance>(lib, tickhost::get_logger("plugins"));
+            w.inst->call_inline();  // the host bounds init and shutdown by killing this process
             const th_plugin_def& d = lib->def();
             auto text = [](const char* s) { return s ? std::string(s).substr(0, wire::kMaxText) : std::string(); };
             send_to(kControl, wire::WorkerMessage{wire::Loaded{d.abi_major, d.abi_minor, d.init != nullptr,

@@ -754,6 +754,11 @@ IsolatedInstance::~IsolatedInstance() {
 
 pid_t IsolatedInstance::pid() const { return link_->pid(); }
 
+bool IsolatedInstance::alive() const {
+    std::lock_guard<std::mutex> lk(link_->mu);
+    return !link_->dead && link_->kill_reason.empty();
+}
+
 void IsolatedInstance::set_exit_handler(std::function<void(const std::string&)> fn) {
     std::string why;
     {

@@ -90,6 +90,7 @@ public:
     // running. Must not block.
     void set_exit_handler(std::function<void(const std::string& why)> fn) override;
     pid_t pid() const;
+    bool alive() const override;
 
 private:
     IsolatedInstance() = default;
