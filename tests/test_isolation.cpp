@@ -960,6 +960,8 @@ TEST_F(Isolation, ProcessesMaxForAnotherUserIsRlimitNproc) {
     start();
     ASSERT_TRUE(eventually([&] { return first_number_after(out_, "forked ").has_value(); })) << log();
     EXPECT_LT(*first_number_after(out_, "forked "), 8) << read_file(out_);
+    std::cout << "[ info     ] processes_max 8 for user nobody by RLIMIT_NPROC (its processes and threads): forked "
+              << *first_number_after(out_, "forked ") << " of 32\n";
     EXPECT_FALSE(h().logged("limit not enforced")) << log();
     // Removed while its user has no process left to start: its shutdown still runs.
     const pid_t pid = pids(out_, "init").at(0);
