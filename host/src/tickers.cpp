@@ -911,11 +911,21 @@ bool Tickers::Impl::call(Worker& w, Slot& s, Member m, bool is_stop, int64_t due
 
 int64_t Tickers::Impl::scan_workers(int64_t now) {
     int64_t next = INT64_MAX;
-    std::vector<std::shared_ptr<Worker>> snapshot;
+    std::vector<std::shared_ptr<Worker>> snapshot, returned;
     {
         std::lock_guard<std::mutex> lk(wmu_);
+        // Abandoned workers whose stuck call has returned since (their thread has ended): joined now, not
+        // at stop(), so that a thousand abandoned runs over time do not keep a thousand stacks.
+        auto it = std::stable_partition(workers_.begin(), workers_.end(), [](const std::shared_ptr<Worker>& w) {
+            return !(w->exited.load() && !w->retired.load() &&
+                     (w->run_word.load(std::memory_order_acquire) & 3) == kGone);
+        });
+        returned.assign(std::make_move_iterator(it), std::make_move_iterator(workers_.end()));
+        workers_.erase(it, workers_.end());
         snapshot = workers_;
     }
+    for (auto& w : returned)
+        if (w->thread.joinable()) w->thread.join();
     size_t replacements = 0;
     for (auto& wp : snapshot) {
         Worker& w = *wp;

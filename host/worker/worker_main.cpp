@@ -26,6 +26,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -180,7 +181,6 @@ int main(int argc, char** argv) {
     w.shared = static_cast<const uint8_t*>(mem);
     send_to(kControl, wire::WorkerMessage{wire::Ready{wire::kProtocolVersion, int32_t(::getpid())}});
 
-    std::vector<std::thread> lanes;
     for (;;) {
         int fd = -1;
         auto f = next(&fd);
@@ -247,8 +247,12 @@ int main(int argc, char** argv) {
         } else if (auto* m = std::get_if<wire::AddLane>(&f.msg)) {
             if (fd < 0) die("AddLane without a socket");
             if (m->lane_index >= w.max_lanes) die("lane index past the shared memory");
-            lanes.emplace_back(serve_lane, &w, fd, m->lane_index);
-            lanes.back().detach();
+            try {
+                std::thread(serve_lane, &w, fd, m->lane_index).detach();
+            } catch (const std::system_error& e) {
+                die("cannot start a thread for lane " + std::to_string(m->lane_index) + ": " + e.what() +
+                    " (memory_max or processes_max reached?)");
+            }
         } else if (auto* m = std::get_if<wire::Shutdown>(&f.msg)) {
             {
                 std::lock_guard<std::mutex> lk(w.mu);
