@@ -241,6 +241,8 @@ TEST(GoPlugin, IsolatedItIsReplacedRemovedAndLoadedAgainFreely) {
     const auto info = h.manager->plugin("gofixture");
     ASSERT_TRUE(info);
     EXPECT_FALSE(mapped(info->shadow)) << "its library is not mapped in the host";
+    EXPECT_EQ(info->isolation, tickhost::Isolation::process);
+    EXPECT_EQ(std::to_string(info->pid), first) << "PluginInfo names its process";
 
     // Replaced: the new version in a new process; the old one got its stop call and shutdown in its own.
     h.add(FX_GO_V2, "gofixture.so");

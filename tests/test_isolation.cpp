@@ -888,8 +888,33 @@ struct SharedOut {
     }
 };
 
+// Copies of this build's tickhost and tickhost-worker that user nobody can execute (the build tree may lie
+// under a folder only root may enter, such as /root); $TICKHOST_WORKER names the copy while this lives.
+struct ExecutablesForNobody {
+    TempDir dir;
+    fs::path worker = dir / "tickhost-worker", host = dir / "tickhost";
+    std::string previous;
+    bool had_previous = false;
+    ExecutablesForNobody() {
+        fs::permissions(dir.path(), fs::perms(0755), fs::perm_options::replace);
+        fs::copy_file(TICKHOST_WORKER_EXE, worker);
+        fs::copy_file(TICKHOST_EXE, host);
+        fs::permissions(worker, fs::perms(0755), fs::perm_options::replace);
+        fs::permissions(host, fs::perms(0755), fs::perm_options::replace);
+        if (const char* p = std::getenv("TICKHOST_WORKER")) previous = p, had_previous = true;
+        ::setenv("TICKHOST_WORKER", worker.c_str(), 1);
+    }
+    ~ExecutablesForNobody() {
+        if (had_previous)
+            ::setenv("TICKHOST_WORKER", previous.c_str(), 1);
+        else
+            ::unsetenv("TICKHOST_WORKER");
+    }
+};
+
 TEST_F(Isolation, UserAndGroupAsRootRunTheWorkerAsNobody) {
     if (::geteuid() != 0) GTEST_SKIP() << "needs a host running as root (user/group are refused otherwise)";
+    ExecutablesForNobody exes;
     SharedOut shared;
     out_ = shared.out;
     bad().config.set("where", std::string("never"));
@@ -912,6 +937,7 @@ TEST_F(Isolation, UserAndGroupAsRootRunTheWorkerAsNobody) {
 // The real binary as user nobody, asked to run a plugin as nobody: refused by name.
 TEST_F(Isolation, UserOnANonRootHostIsRefusedByName) {
     if (::geteuid() != 0) GTEST_SKIP() << "needs root to start a host as another user";
+    ExecutablesForNobody exes;
     TempDir d;
     fs::permissions(d.path(), fs::perms(0755), fs::perm_options::replace);
     fs::create_directories(d / "plugins");
@@ -933,7 +959,7 @@ TEST_F(Isolation, UserOnANonRootHostIsRefusedByName) {
         ::dup2(fd, 2);
         const gid_t g = kNobody;
         if (::setgroups(1, &g) != 0 || ::setgid(kNobody) != 0 || ::setuid(kNobody) != 0) ::_exit(126);
-        ::execl(TICKHOST_EXE, TICKHOST_EXE, "--config", (d / "host.toml").c_str(), (char*)nullptr);
+        ::execl(exes.host.c_str(), exes.host.c_str(), "--config", (d / "host.toml").c_str(), (char*)nullptr);
         ::_exit(127);
     }
     ASSERT_GT(host, 0);
@@ -950,6 +976,7 @@ TEST_F(Isolation, UserOnANonRootHostIsRefusedByName) {
 TEST_F(Isolation, ProcessesMaxForAnotherUserIsRlimitNproc) {
     if (::geteuid() != 0 || tickhost::detail::cgroup_v2_usable(nullptr))
         GTEST_SKIP() << "for a root host without a delegated cgroup v2 (" << cgroup_or_why() << ")";
+    ExecutablesForNobody exes;
     SharedOut shared;
     out_ = shared.out;
     bad().user = "nobody";

@@ -913,8 +913,9 @@ bool PluginManager::unload_all(Duration bound, Duration total) {
 namespace {
 PluginInfo info_of(const LoadedPlugin& p) {
     const th_plugin_def& d = p.inst->def();
-    return PluginInfo{p.name, d.version ? d.version : "", d.description ? d.description : "", p.file,
-                      p.inst->shadow(), p.inst->sha256(), p.scheduled};
+    return PluginInfo{p.name,           d.version ? d.version : "", d.description ? d.description : "", p.file,
+                      p.inst->shadow(),  p.inst->sha256(),          p.scheduled,
+                      p.inst->mode(),   p.inst->pid()};
 }
 }  // namespace
 

@@ -71,6 +71,8 @@ struct PluginInfo {
     std::filesystem::path shadow;  // the loaded copy
     std::string sha256;
     std::vector<PluginTaskInfo> tasks;
+    Isolation isolation = Isolation::none;  // where its code runs
+    int pid = 0;                            // isolated: its process (a new one after each restart); else 0
 };
 
 // What a plugin file declares, read by PluginManager::inspect() without initialising the plugin.

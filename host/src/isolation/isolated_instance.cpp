@@ -509,8 +509,8 @@ void IsolationRuntime::Impl::ended(const std::shared_ptr<IsolatedLink>& l) {
         handler(why + " (" + usage + ")");
     } else if (expected || reported || !running.empty()) {
         // The host ended it (and said why where it matters), or the exchange or the call that was in
-        // progress reports its end in its own error.
-        log->debug("plugin '{}': {} ({})", l->name(), why, usage);
+        // progress reports its end in its own error. Its CPU time and peak RSS are said here, at unload.
+        log->info("plugin '{}': {} ({})", l->name(), why, usage);
     } else {
         log->error("plugin '{}': {} ({})", l->name(), why, usage);
     }
@@ -611,6 +611,8 @@ std::shared_ptr<IsolatedInstance> IsolatedInstance::open(IsolationRuntime& rt, c
     if (!link->child)
         return fail(TH_E_NOT_A_LIBRARY, "cannot start its process: " + e,
                     "check that tickhost-worker is installed beside tickhost and the limits in [plugins." + stem + "]");
+    if (o.limits.memory_max || o.limits.open_files_max || o.limits.processes_max)
+        link->log->info("plugin '{}': limits enforced by {}", stem, link->child->limits_mechanism());
     for (auto& u : link->child->unenforced())
         link->log->warn("plugin '{}': {} (limit not enforced; see docs/security.md)", stem, u);
     if (!rt.add(link, &e)) {
@@ -636,6 +638,16 @@ std::shared_ptr<IsolatedInstance> IsolatedInstance::open(IsolationRuntime& rt, c
     auto expect = [&](std::string* why) { return link->next_reply(until, why); };
     std::string why;
     auto ready = expect(&why);
+    if (ready) {
+        const auto* r = std::get_if<wire::Ready>(&ready->msg);
+        if (r && r->protocol_version != wire::kProtocolVersion) {
+            link->violation("protocol version " + std::to_string(r->protocol_version));
+            return refuse(TH_E_NOT_A_LIBRARY,
+                          "its process speaks protocol version " + std::to_string(r->protocol_version) + ", not " +
+                              std::to_string(wire::kProtocolVersion),
+                          "install tickhost-worker from the same build as tickhost");
+        }
+    }
     if (!ready || !std::get_if<wire::Ready>(&ready->msg)) {
         if (ready) {
             if (auto* f = std::get_if<wire::Fatal>(&ready->msg))
@@ -752,7 +764,7 @@ IsolatedInstance::~IsolatedInstance() {
     }
 }
 
-pid_t IsolatedInstance::pid() const { return link_->pid(); }
+int IsolatedInstance::pid() const { return link_->pid(); }
 
 bool IsolatedInstance::alive() const {
     std::lock_guard<std::mutex> lk(link_->mu);

@@ -89,7 +89,7 @@ public:
     // exit, a limit, or a kill for a hang): `why` names the process, how it ended and the task it was
     // running. Must not block.
     void set_exit_handler(std::function<void(const std::string& why)> fn) override;
-    pid_t pid() const;
+    int pid() const override;
     bool alive() const override;
 
 private:
