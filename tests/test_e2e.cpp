@@ -48,19 +48,47 @@ public:
             waitpid(pid_, nullptr, 0);
         }
     }
-    void signal(int sig) { kill(pid_, sig); }
-    // Exit status, or -1 if it did not exit within `bound`.
+    void signal(int sig) {
+        note_workers();
+        kill(pid_, sig);
+    }
+    // Exit status, or -1 if it did not exit within `bound`. Its plugins' processes end with it.
     int wait(std::chrono::milliseconds bound = 20s) {
         int status = 0;
         bool done = eventually([&] { return waitpid(pid_, &status, WNOHANG) == pid_; }, bound);
         if (!done) return -1;
         exited_ = true;
+        EXPECT_TRUE(eventually([&] { return !any_worker_alive(); }, 5s)) << "a plugin's process outlived the host";
         return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     }
 
+    size_t workers_seen() const { return workers_.size(); }
+
 private:
+    // The host's tickhost-worker children (isolated plugins), as seen while it runs.
+    void note_workers() {
+        std::error_code ec;
+        for (auto it = fs::directory_iterator("/proc", ec); !ec && it != fs::directory_iterator(); it.increment(ec)) {
+            const std::string name = it->path().filename().string();
+            if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+            const pid_t pid = std::stoi(name);
+            if (tickhost::test::proc_status_field(pid, "PPid") == std::to_string(pid_) &&
+                tickhost::test::proc_status_field(pid, "Name") == "tickhost-worker")
+                workers_.push_back(pid);
+        }
+    }
+    bool any_worker_alive() const {
+        for (pid_t pid : workers_) {
+            const std::string state = tickhost::test::proc_status_field(pid, "State");
+            if (tickhost::test::proc_status_field(pid, "Name") == "tickhost-worker" && state.rfind("Z", 0) != 0)
+                return true;
+        }
+        return false;
+    }
+
     pid_t pid_ = -1;
     bool exited_ = false;
+    std::vector<pid_t> workers_;
 };
 
 struct HostDir {
@@ -96,6 +124,7 @@ TEST(EndToEnd, SigtermStopsGracefullyAndHeartbeatGoesOffline) {
     ASSERT_TRUE(eventually([&] { return read_file(d.log).find("count0: first run") != std::string::npos; }))
         << read_file(d.log);
     p.signal(SIGTERM);
+    EXPECT_EQ(p.workers_seen(), tickhost::test::isolated() ? 3u : 0u) << "a process of its own for each plugin";
     EXPECT_EQ(p.wait(), 0) << read_file(d.log);
     EXPECT_TRUE(std::regex_match(read_file(d.health), std::regex("offline \\d+ \\d{13}\n"))) << read_file(d.health);
     const std::string log = read_file(d.log);

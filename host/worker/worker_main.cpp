@@ -21,6 +21,7 @@
 #include <spdlog/sinks/base_sink.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <memory>
@@ -33,6 +34,13 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <unistd.h>
+
+#if defined(__SANITIZE_THREAD__)
+// Under TSan a process with threads sleeps atexit_sleep_ms (1 s) in _exit: every plugin unload, which waits
+// for its process to end, would take a second. A worker has nothing to catch in that second (its exits are
+// the host's Bye or the host's end). TSAN_OPTIONS still override this.
+extern "C" const char* __tsan_default_options() { return "atexit_sleep_ms=0"; }
+#endif
 
 namespace wire = tickhost::detail::wire;
 namespace channel = tickhost::detail::channel;
@@ -91,6 +99,15 @@ struct Worker {
     std::vector<std::unique_ptr<TaskCtx>> tasks;
     std::atomic<bool> initialised{false};
     std::mutex mu;  // init/shutdown (control thread) against the lanes' reading of `tasks`
+    // Calls executing on the lanes. The host asks for shutdown (or init again) only after the last call's
+    // result reached it, but that order runs through the host's process: the control thread waits here
+    // until it sees the calls done, so that their end happens-before what it does next in this process
+    // too (a plugin's shutdown frees what its runs used).
+    std::atomic<uint32_t> calls_in_flight{0};
+    void quiesce() const {
+        while (calls_in_flight.load(std::memory_order_acquire) != 0)
+            std::this_thread::sleep_for(std::chrono::microseconds(100));
+    }
 
     const std::atomic<uint64_t>* cancel_word(uint32_t lane) const {
         return reinterpret_cast<const std::atomic<uint64_t>*>(const_cast<const uint8_t*>(shared) + size_t(lane) * 64);
@@ -136,8 +153,10 @@ void serve_lane(Worker* w, int sock, uint32_t lane) {
         } else {
             using std::chrono::steady_clock;
             const auto at = [](int64_t ns) { return steady_clock::time_point(std::chrono::nanoseconds(ns)); };
+            w->calls_in_flight.fetch_add(1, std::memory_order_relaxed);
             th_ctx c = t->slot->open(w->cancel_word(lane), f->seq, at(call->deadline_ns), at(call->due_ns));
             tickhost::TaskResult tr = tickhost::detail::call_plugin_run(*t->slot, t->run, t->state, c, call->is_stop);
+            w->calls_in_flight.fetch_sub(1, std::memory_order_release);
             res.status = tr.ok ? TH_OK : TH_ERROR;
             res.error = tr.error.substr(0, wire::kMaxReportText);
         }
@@ -212,6 +231,7 @@ int main(int argc, char** argv) {
                 std::visit([&](auto& v) { w.config.set(e.key, v); }, e.value);
         } else if (auto* m = std::get_if<wire::Init>(&f.msg)) {
             if (!w.inst) die("Init before a successful Load");
+            w.quiesce();  // a restart in place: the previous calls are over
             tickhost::detail::TaskList list;
             auto e = w.inst->init(w.config, std::chrono::nanoseconds(m->bound_ns), m->max_tasks, &list);
             w.config = {};
@@ -254,6 +274,7 @@ int main(int argc, char** argv) {
                     " (memory_max or processes_max reached?)");
             }
         } else if (auto* m = std::get_if<wire::Shutdown>(&f.msg)) {
+            w.quiesce();
             {
                 std::lock_guard<std::mutex> lk(w.mu);
                 w.initialised = false;

@@ -371,6 +371,7 @@ bool IsolationRuntime::add(const std::shared_ptr<IsolatedLink>& link, std::strin
     ev.data.u64 = link->id << 1;
     if (::epoll_ctl(impl_->ep, EPOLL_CTL_ADD, link->control, &ev) != 0) {
         impl_->links.erase(link->id);
+        link->id = 0;
         *err = std::string("epoll_ctl: ") + std::strerror(errno);
         return false;
     }
@@ -615,7 +616,7 @@ std::shared_ptr<IsolatedInstance> IsolatedInstance::open(IsolationRuntime& rt, c
         link->log->info("plugin '{}': limits enforced by {}", stem, link->child->limits_mechanism());
     for (auto& u : link->child->unenforced())
         link->log->warn("plugin '{}': {} (limit not enforced; see docs/security.md)", stem, u);
-    if (!rt.add(link, &e)) {
+    if (!rt.add(link, &e)) {  // (link->id stays 0: nothing waits for the runtime to reap it)
         link->expected = true;
         link->child->kill();
         link->child->wait();
@@ -746,17 +747,20 @@ IsolatedInstance::~IsolatedInstance() {
             link_->expected = true;
             link_->on_exit = nullptr;
         }
-        if (!link_->send(wire::Bye{})) link_->kill("did not take Bye");
-        // Gone when this returns, as an in-process version is unmapped when it is unloaded: its process has
-        // exited and the runtime has reaped it (bounded: one that lingers is killed).
-        if (!link_->wait_released(kExitBound)) {
-            link_->kill("did not exit when told to");
-            link_->wait_released(kExitBound);
+        // A child the runtime never took (open failed before) was reaped there, or is by ~ChildProcess.
+        if (link_->id != 0) {
+            if (!link_->send(wire::Bye{})) link_->kill("did not take Bye");
+            // Gone when this returns, as an in-process version is unmapped when it is unloaded: its process
+            // has exited and the runtime has reaped it (bounded: one that lingers is killed).
+            if (!link_->wait_released(kExitBound)) {
+                link_->kill("did not exit when told to");
+                link_->wait_released(kExitBound);
+            }
+            // And the runtime's reference is dropped, so that the channel and lanes close with this instance
+            // (unless a call of an abandoned task still holds them; it returns now that the child is gone).
+            for (int i = 0; i < 2000 && link_.use_count() > 1; ++i)
+                std::this_thread::sleep_for(std::chrono::microseconds(50));
         }
-        // And the runtime's reference is dropped, so that the channel and lanes close with this instance
-        // (unless a call of an abandoned task still holds them; it returns now that the child is gone).
-        for (int i = 0; i < 2000 && link_.use_count() > 1; ++i)
-            std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
     if (!shadow_.empty()) {
         std::error_code ec;
