@@ -69,6 +69,8 @@ public:
     virtual void set_exit_handler(std::function<void(const std::string& why)> fn) { (void)fn; }
     // False once an isolated plugin's process has ended (or been killed). In-process: always true.
     virtual bool alive() const { return true; }
+    // Isolated: the host killed its process (a call past its bound, a protocol violation). In-process: false.
+    virtual bool killed_by_host() const { return false; }
     // Isolated: the pid of its process. In-process: 0.
     virtual int pid() const { return 0; }
 };

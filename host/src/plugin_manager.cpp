@@ -580,8 +580,9 @@ std::optional<LoadError> PluginManager::add_new(const fs::path& file, detail::St
     const EndWatch end(*p->inst);
     if (auto err = initialise(*p)) {
         // Isolated, its process died in init: a crash like one in a run (restarted after a back-off, down
-        // after crash_limit), not a refusal of the file that waits for the file to change.
-        if (auto why = end.ended(std::chrono::seconds(2))) {
+        // after crash_limit), not a refusal of the file that waits for the file to change. An init the host
+        // killed (past its bound) is refused, as in the host's own process.
+        if (auto why = p->inst->killed_by_host() ? std::nullopt : end.ended(std::chrono::seconds(2))) {
             back_off(*p, "stopped: " + *why + " during its init", shortest_static_interval(*p));
             return err;
         }

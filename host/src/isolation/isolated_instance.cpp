@@ -770,6 +770,11 @@ IsolatedInstance::~IsolatedInstance() {
 
 int IsolatedInstance::pid() const { return link_->pid(); }
 
+bool IsolatedInstance::killed_by_host() const {
+    std::lock_guard<std::mutex> lk(link_->mu);
+    return !link_->kill_reason.empty();
+}
+
 bool IsolatedInstance::alive() const {
     std::lock_guard<std::mutex> lk(link_->mu);
     return !link_->dead && link_->kill_reason.empty();

@@ -91,6 +91,7 @@ public:
     void set_exit_handler(std::function<void(const std::string& why)> fn) override;
     int pid() const override;
     bool alive() const override;
+    bool killed_by_host() const override;
 
 private:
     IsolatedInstance() = default;
