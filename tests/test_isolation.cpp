@@ -875,6 +875,24 @@ TEST_F(Isolation, GarbageOnTheChannelGetsTheWorkerKilledAndNamed) {
     expect_steady_after(trouble);
 }
 
+// An isolated plugin's log lines are limited (1000 at once, then 1000 per second); the rest are dropped and
+// counted in the host's log, and the good plugin beside it keeps its schedule.
+TEST_F(Isolation, LogFloodIsRateLimitedAndCounted) {
+    bad().config.set("how", std::string("flood"));
+    bad().interval = std::chrono::milliseconds(200);
+    h().add(kCrash, "fx_crash.so");
+    const auto trouble = Clock::now();
+    start();
+    ASSERT_TRUE(eventually([&] { return h().logged("log line(s) of its process dropped (more than 1000 per second)"); }, 20s))
+        << log().substr(0, 2000);
+    const double seconds = std::chrono::duration<double>(Clock::now() - trouble).count();
+    const size_t lines = h().count_logged("] flood ");
+    EXPECT_GE(lines, 1000u) << "the first burst goes through whole";
+    EXPECT_LE(double(lines), 1000 + 1000 * (seconds + 1)) << "no more than the burst and the rate allow";
+    EXPECT_TRUE(h().logged("[plugin.fx_crash] [work] flood 0")) << "its lines are the plugin's, with the task";
+    expect_steady_after(trouble);
+}
+
 // ---- 8. user and group ---------------------------------------------------------------------------------------
 
 // A folder and an `out` file that user nobody can reach (the test's TempDir is 0700 root).
