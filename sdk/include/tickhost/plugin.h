@@ -75,7 +75,8 @@
  * with the same services (is_cancelled reads shared memory: no system call). What differs:
  *  - Its process is not the host's: it has its own globals, environment, working directory and limits, and
  *    runs as [plugins.<name>] user/group when set. It inherits the host's standard output and error and no
- *    other descriptor of the host's but 3, 4 and 5, the host's channel: never read, write or close them.
+ *    other descriptor of the host's but its channel (3, 4, 5, and sockets the host adds while it runs):
+ *    never read, write or close a descriptor the plugin did not open itself.
  *  - Log lines travel to the host (at most 1000 per second after a burst of 1000; more are dropped and
  *    counted in the host's log). Each is cut at TH_MAX_TEXT_BYTES as in the host.
  *  - Stated exception to "exactly once" below: when its process dies (a crash, exit(), abort(), a limit
