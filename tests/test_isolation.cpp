@@ -259,10 +259,13 @@ protected:
         if (tickhost::detail::kHostSanitized) {
             // A sanitized worker would turn the plugin's SIGSEGV into a report and an abort (or exit 1): the
             // cases are about a process that dies by SIGSEGV. Read by the workers only (at their start).
-            const char* asan = std::getenv("ASAN_OPTIONS");
-            const std::string opts = asan ? asan : "";
-            if (opts.find("handle_segv=0") == std::string::npos)
-                ::setenv("ASAN_OPTIONS", (opts + (opts.empty() ? "" : ":") + "handle_segv=0").c_str(), 1);
+            // (TSan's handler reports it and exits 66, ASan's aborts.)
+            for (const char* var : {"ASAN_OPTIONS", "TSAN_OPTIONS"}) {
+                const char* set = std::getenv(var);
+                const std::string opts = set ? set : "";
+                if (opts.find("handle_segv=0") == std::string::npos)
+                    ::setenv(var, (opts + (opts.empty() ? "" : ":") + "handle_segv=0").c_str(), 1);
+            }
         }
         fds_before_ = own_fds();
         h_.emplace();
