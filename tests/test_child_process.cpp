@@ -14,6 +14,7 @@
 
 #include <atomic>
 #include <filesystem>
+#include <iostream>
 #include <map>
 #include <thread>
 
@@ -626,6 +627,17 @@ TEST(ChildLimits, ProcessesMaxOneAsRootIsASeccompFilter) {
 TEST(ChildLimits, SeccompFilterKillsForeignSyscallAbis) {
     if (::getuid() != 0 || cgroup_here()) GTEST_SKIP() << "the filter is used as root without a cgroup";
     for (const char* abi : {"int80", "x32"}) {
+        {
+            // Some kernels (and VMs) have no such entry at all: the call faults without any filter, and there is
+            // nothing for the filter to stop. The filter is only judged where the entry exists.
+            Report plain;
+            auto unfiltered = start(probe({abi}), plain);
+            ASSERT_TRUE(unfiltered);
+            if (unfiltered->wait().text() != "exited with status 0") {
+                std::cout << "[ NOTE     ] " << abi << ": this kernel has no such system call entry; nothing to filter\n";
+                continue;
+            }
+        }
         Report report;
         auto spec = probe({abi});
         spec.limits.processes_max = 1;

@@ -302,9 +302,15 @@ TEST_P(HotReload, RapidReplaceCyclesLeakNothing) {
         rename_over(i % 2 ? V1 : V2, so);
         if (i % 10 == 0) std::this_thread::sleep_for(5ms);
     }
+    // Wait until the watcher has handled every one of those events. V1 running or two shadow copies are no
+    // proof: V1 runs while a replace by V2 (from an event still queued) is being checked. Events are handled
+    // in order, one at a time, and a file that sorts after "versioned.so" settles no earlier than it: once
+    // the sentinel's refusal is logged, everything before it is done.
+    write_file(tmp / "sentinel", "not a shared library: a marker");
+    rename_over(tmp / "sentinel", dir / "zz-sentinel.so");
+    ASSERT_TRUE(eventually([&] { return logged("zz-sentinel.so", "not loaded"); })) << log_text();
     // The last write was V1 (i = 199): that version must end up running, and the other plugin never noticed.
     ASSERT_TRUE(runs("1.0.0")) << log_text();
-    // Let the last events settle (a slow machine may still be replacing): poll, never a fixed sleep.
     ASSERT_TRUE(eventually([&] {
         return loaded() == 2u && file_count(host->plugins().shadow_dir()) == 2u &&
                mapped_count(config.shadow_dir) == 2u;
