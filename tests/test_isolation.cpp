@@ -580,6 +580,8 @@ TEST_F(Isolation, MemoryHogIsHeldToMemoryMax) {
     bad().memory_max = kMax;
     bad().config.set("how", std::string("hog"));
     bad().config.set("hog_mb", int64_t(kHog));
+    // Touching 256 MiB may take seconds in a sanitized build on a loaded machine: the run is not to time out.
+    bad().timeout = 60s;
     const fs::path file = h().add(kCrash, "fx_crash.so");
     const auto trouble = Clock::now();
     start();
