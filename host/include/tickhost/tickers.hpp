@@ -260,7 +260,7 @@ uint64_t fnv1a64(std::string_view bytes);
 // A stable pseudo-random offset in [0, jitter) for `key`, a whole number of milliseconds:
 //   offset = (fnv1a64(key) mod ceil(jitter / 1 ms)) ms        (0 when jitter <= 0)
 // Whole milliseconds keep tasks that fall in one millisecond in one batch: the timer wakes at most 1,000
-// times per interval for them however many there are. The host's key is "host\0plugin\0task" (see
+// times a second for them however many there are. The host's key is "host\0plugin\0task" (see
 // README.md, "Schedules"); an embedding application may use any.
 Duration jitter_offset(std::string_view key, Duration jitter);
 
