@@ -183,6 +183,31 @@ TEST(Schedule, TasksWithOneAnchorAndOtherOffsetsRunApart) {
     for (size_t k = 0; k < 11; ++k) EXPECT_EQ(b.due[k] - a.due[k], 40ms);
 }
 
+TEST(Schedule, JitteredTasksComeDueAtMostOnceAMillisecond) {
+    // 2,000 tasks at 100 ms spread by a 100 ms jitter: at most 100 distinct due times per interval, each a batch.
+    Fixture f;
+    const TimePoint t0 = f.clock->now();
+    std::mutex mu;
+    std::set<int64_t> dues;
+    std::atomic<int> runs{0};
+    for (int i = 0; i < 2000; ++i)
+        f.tickers.add(Schedule{100ms, tickhost::jitter_offset("t" + std::to_string(i), 100ms), false, t0},
+                      {"t", 0s, [&](RunContext& ctx, bool is_stop) {
+                           if (is_stop) return TaskResult::success();
+                           std::lock_guard<std::mutex> lk(mu);
+                           dues.insert(ctx.due().time_since_epoch().count());
+                           ++runs;
+                           return TaskResult::success();
+                       }});
+    f.tickers.start();
+    f.advance(299ms, 1ms);  // runs at anchor + offset + 100 ms and + 200 ms, offsets 0..99 ms
+    EXPECT_EQ(runs, 4000);
+    std::lock_guard<std::mutex> lk(mu);
+    EXPECT_LE(dues.size(), 200u);
+    EXPECT_GE(dues.size(), 150u) << "and spread over the jitter";
+    for (int64_t d : dues) EXPECT_EQ((d - t0.time_since_epoch().count()) % 1000000, 0) << "whole milliseconds";
+}
+
 TEST(Schedule, DefaultAnchorIsNowAndBadSchedulesThrow) {
     Fixture f;
     Probe p;
