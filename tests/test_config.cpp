@@ -1105,10 +1105,11 @@ TEST(ConfigSchedule, TheDocumentedJitterExample) {
     const std::string key("web-01\0heartbeat\0beat", 21);
     EXPECT_EQ(tickhost::fnv1a64(key), 0xe92f7c7dc969b955ull);
     EXPECT_EQ(tickhost::fnv1a64(key), 16802785614434515285ull);
-    EXPECT_EQ(task_jitter_offset("web-01", "heartbeat", "beat", 10s), 5285ms);
-    EXPECT_EQ(task_jitter_offset("web-02", "heartbeat", "beat", 10s), 1230ms);
-    // "10%" of a 1m interval is 6s: 16802785614434515285 mod 6000 = 1285.
-    EXPECT_EQ(task_jitter_offset("web-01", "heartbeat", "beat", (Jitter{0s, 100000}).of(1min)), 1285ms);
+    EXPECT_EQ(16802785614434515285ull % 1000, 285u);
+    EXPECT_EQ(task_jitter_offset("web-01", "heartbeat", "beat", 10s), 2850ms);
+    EXPECT_EQ(task_jitter_offset("web-02", "heartbeat", "beat", 10s), 2300ms);
+    // "10%" of a 1m interval is 6s, 600 steps: 16802785614434515285 mod 600 = 85.
+    EXPECT_EQ(task_jitter_offset("web-01", "heartbeat", "beat", (Jitter{0s, 100000}).of(1min)), 850ms);
 }
 
 // ---------------------------------------------------------------- the documented keys

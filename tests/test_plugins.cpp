@@ -355,7 +355,7 @@ std::shared_ptr<ManualClock> start_on_manual_clock(tickhost::test::Harness& h) {
 }
 }  // namespace
 
-// README's example, through the host: web-01, heartbeat, beat, jitter "10s": 5.285 s; aligned on the minute.
+// README's example, through the host: web-01, heartbeat, beat, jitter "10s": 2.85 s; aligned on the minute.
 TEST(PluginSchedules, JitterOffsetAndAlignmentFromHostTomlReachTheScheduler) {
     Harness h;
     h.config.host_name = "web-01";
@@ -371,11 +371,11 @@ TEST(PluginSchedules, JitterOffsetAndAlignmentFromHostTomlReachTheScheduler) {
     ASSERT_TRUE(info);
     const auto& t = info->tasks.at(0);
     EXPECT_EQ(t.jitter, 10s);
-    EXPECT_EQ(t.offset, 5285ms);
+    EXPECT_EQ(t.offset, 2850ms);
     EXPECT_TRUE(t.align);
-    EXPECT_EQ(t.first_due, clock->now() + 30s + 5285ms) << "12:01:05.285";
-    EXPECT_TRUE(h.logged("beat every 1m (timeout 10s, offset 5.285s, aligned)")) << h.log_text();
-    clock->advance(30s + 5285ms - 1ns);
+    EXPECT_EQ(t.first_due, clock->now() + 30s + 2850ms) << "12:01:02.85";
+    EXPECT_TRUE(h.logged("beat every 1m (timeout 10s, offset 2.85s, aligned)")) << h.log_text();
+    clock->advance(30s + 2850ms - 1ns);
     ASSERT_TRUE(h.tickers->wait_idle());
     EXPECT_EQ(h.tickers->stats(t.id)->runs, 0u);
     clock->advance(1ns);
@@ -383,7 +383,7 @@ TEST(PluginSchedules, JitterOffsetAndAlignmentFromHostTomlReachTheScheduler) {
     EXPECT_EQ(h.tickers->stats(t.id)->runs, 1u);
     clock->advance(1min);
     ASSERT_TRUE(h.tickers->wait_idle());
-    EXPECT_EQ(h.tickers->stats(t.id)->runs, 2u) << "12:02:05.285\n" << h.log_text();
+    EXPECT_EQ(h.tickers->stats(t.id)->runs, 2u) << "12:02:02.85\n" << h.log_text();
     EXPECT_EQ(h.tickers->stats(t.id)->failures, 0u);
     EXPECT_TRUE(h.manager->unload_all(10s));
 }
@@ -452,7 +452,7 @@ TEST(PluginSchedules, ChangingJitterOrAlignRestartsThePlugin) {
     next.plugins["heartbeat"].jitter = Jitter{10s, 0};
     h.manager->apply_config(next);
     EXPECT_EQ(h.count_logged(restarted), 1u) << h.log_text();
-    EXPECT_EQ(h.manager->plugin("heartbeat")->tasks.at(0).offset, 5285ms);
+    EXPECT_EQ(h.manager->plugin("heartbeat")->tasks.at(0).offset, 2850ms);
     // A task's alignment.
     next.plugins["heartbeat"].tasks["beat"].align = true;
     h.manager->apply_config(next);
@@ -462,7 +462,7 @@ TEST(PluginSchedules, ChangingJitterOrAlignRestartsThePlugin) {
     next.jitter = Jitter{0s, 10000};
     h.manager->apply_config(next);
     EXPECT_EQ(h.count_logged(restarted), 3u);
-    EXPECT_EQ(h.manager->plugin("heartbeat")->tasks.at(0).offset, 5285ms) << "its own jitter still wins";
+    EXPECT_EQ(h.manager->plugin("heartbeat")->tasks.at(0).offset, 2850ms) << "its own jitter still wins";
     next.align = true;
     h.manager->apply_config(next);
     EXPECT_EQ(h.count_logged(restarted), 4u);

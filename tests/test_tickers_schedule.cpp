@@ -118,7 +118,7 @@ TEST(Schedule, Fnv1a64KnownVectors) {
     EXPECT_NE(tickhost::fnv1a64(std::string_view("a\0b", 3)), tickhost::fnv1a64("ab"));
 }
 
-TEST(Schedule, JitterOffsetsAreStableBoundedWholeMillisecondsAndSpread) {
+TEST(Schedule, JitterOffsetsAreStableBoundedWholeStepsAndSpread) {
     const Duration jitter = 10s;
     std::set<int64_t> seen;
     for (int i = 0; i < 1000; ++i) {
@@ -128,21 +128,25 @@ TEST(Schedule, JitterOffsetsAreStableBoundedWholeMillisecondsAndSpread) {
         EXPECT_EQ(o, tickhost::jitter_offset(key, jitter)) << "stable";
         EXPECT_GE(o, 0s);
         EXPECT_LT(o, jitter);
-        EXPECT_EQ(o.count() % 1000000, 0) << "whole milliseconds";
-        EXPECT_EQ(o, std::chrono::milliseconds(tickhost::fnv1a64(key) % 10000)) << "the documented formula";
+        EXPECT_EQ(o % tickhost::jitter_step, 0s) << "whole steps";
+        EXPECT_EQ(o, (tickhost::fnv1a64(key) % 1000) * 10ms) << "the documented formula";
         seen.insert(o.count());
     }
-    // 1000 keys over 10,000 possible offsets: about 950 distinct ones if the offsets were uniform.
-    EXPECT_GT(seen.size(), 900u);
-    // The bounds: no jitter, below or at one millisecond (ceil(jitter / 1 ms) = 1): no offset; 1.5 ms: 0 or 1 ms.
+    // 1000 keys over 1000 possible offsets: about 632 distinct ones if the offsets were uniform.
+    EXPECT_GT(seen.size(), 580u);
+    EXPECT_EQ(tickhost::jitter_step, 10ms);
+    // The bounds: no jitter, or one of at most a step (ceil(jitter / 10 ms) = 1): no offset; 15 ms: 0 or 10 ms.
     EXPECT_EQ(tickhost::jitter_offset("k", 0s), 0s);
     EXPECT_EQ(tickhost::jitter_offset("k", -1s), 0s);
     EXPECT_EQ(tickhost::jitter_offset("k", 1ns), 0s);
-    EXPECT_EQ(tickhost::jitter_offset("k", 1ms), 0s);
+    EXPECT_EQ(tickhost::jitter_offset("k", 10ms), 0s);
+    std::set<int64_t> small;
     for (int i = 0; i < 50; ++i) {
-        const Duration o = tickhost::jitter_offset("k" + std::to_string(i), 1500us);
-        EXPECT_TRUE(o == 0ms || o == 1ms) << o.count();
+        const Duration o = tickhost::jitter_offset("k" + std::to_string(i), 15ms);
+        EXPECT_TRUE(o == 0ms || o == 10ms) << o.count();
+        small.insert(o.count());
     }
+    EXPECT_EQ(small.size(), 2u);
     // The longest interval's jitter stays below it.
     EXPECT_LT(tickhost::jitter_offset("k", tickhost::max_duration), tickhost::max_duration);
 }
@@ -183,8 +187,8 @@ TEST(Schedule, TasksWithOneAnchorAndOtherOffsetsRunApart) {
     for (size_t k = 0; k < 11; ++k) EXPECT_EQ(b.due[k] - a.due[k], 40ms);
 }
 
-TEST(Schedule, JitteredTasksComeDueAtMostOnceAMillisecond) {
-    // 2,000 tasks at 100 ms spread by a 100 ms jitter: at most 100 distinct due times per interval, each a batch.
+TEST(Schedule, JitteredTasksComeDueAtMostOnceAStep) {
+    // 2,000 tasks at 100 ms spread by a 100 ms jitter: at most 10 distinct due times per interval, each a batch.
     Fixture f;
     const TimePoint t0 = f.clock->now();
     std::mutex mu;
@@ -200,12 +204,11 @@ TEST(Schedule, JitteredTasksComeDueAtMostOnceAMillisecond) {
                            return TaskResult::success();
                        }});
     f.tickers.start();
-    f.advance(299ms, 1ms);  // runs at anchor + offset + 100 ms and + 200 ms, offsets 0..99 ms
+    f.advance(299ms, 1ms);  // runs at anchor + offset + 100 ms and + 200 ms, offsets 0..90 ms
     EXPECT_EQ(runs, 4000);
     std::lock_guard<std::mutex> lk(mu);
-    EXPECT_LE(dues.size(), 200u);
-    EXPECT_GE(dues.size(), 150u) << "and spread over the jitter";
-    for (int64_t d : dues) EXPECT_EQ((d - t0.time_since_epoch().count()) % 1000000, 0) << "whole milliseconds";
+    EXPECT_EQ(dues.size(), 20u) << "each of the 10 steps taken, twice";
+    for (int64_t d : dues) EXPECT_EQ((d - t0.time_since_epoch().count()) % 10000000, 0) << "whole steps";
 }
 
 TEST(Schedule, DefaultAnchorIsNowAndBadSchedulesThrow) {

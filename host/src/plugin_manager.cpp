@@ -799,7 +799,7 @@ std::optional<LoadError> PluginManager::start_tasks(const std::shared_ptr<Loaded
     // run) and the plugin is shut down, bounded, as after a failed init.
     std::string what;
     const char* adding = nullptr;  // the task being added when it failed
-    // A jitter offsets each task's phase (README.md, "Schedules"): tasks whose offsets fall in one millisecond
+    // A jitter offsets each task's phase (README.md, "Schedules"): tasks whose offsets fall on one 10 ms step
     // still run as one batch. Aligned tasks come due on wall-clock multiples of their interval.
     try {
         const TimePoint anchor = tickers_.clock().now();

@@ -68,7 +68,7 @@ struct PluginTaskInfo {
     bool align = false;  // on wall-clock multiples of its interval
 };
 
-// The host's jitter offset of a plugin's task (README.md, "Schedules"), a whole number of milliseconds in
+// The host's jitter offset of a plugin's task (README.md, "Schedules"), a whole number of jitter steps in
 // [0, jitter): jitter_offset(host + '\0' + plugin + '\0' + task, jitter) (<tickhost/tickers.hpp>), with
 // `host` the machine's name (HostConfig::host_name when set).
 Duration task_jitter_offset(std::string_view host, std::string_view plugin, std::string_view task, Duration jitter);

@@ -257,11 +257,14 @@ struct Schedule {
 // multiply). fnv1a64("") == 0xcbf29ce484222325, fnv1a64("a") == 0xaf63dc4c8601ec8c.
 uint64_t fnv1a64(std::string_view bytes);
 
-// A stable pseudo-random offset in [0, jitter) for `key`, a whole number of milliseconds:
-//   offset = (fnv1a64(key) mod ceil(jitter / 1 ms)) ms        (0 when jitter <= 0)
-// Whole milliseconds keep tasks that fall in one millisecond in one batch: the timer wakes at most 1,000
-// times a second for them however many there are. The host's key is "host\0plugin\0task" (see
-// README.md, "Schedules"); an embedding application may use any.
+// The step of jitter offsets: tasks whose offsets fall on one step still run as one batch, so the timer
+// wakes at most 100 times a second for the tasks of one interval and anchor, however many there are (each
+// wake-up costs a few context switches; see README.md, "Performance").
+inline constexpr Duration jitter_step = std::chrono::milliseconds(10);
+
+// A stable pseudo-random offset in [0, jitter) for `key`, a whole number of jitter steps (10 ms):
+//   offset = (fnv1a64(key) mod ceil(jitter / 10 ms)) * 10 ms        (0 when jitter <= 0)
+// The host's key is "host\0plugin\0task" (see README.md, "Schedules"); an embedding application may use any.
 Duration jitter_offset(std::string_view key, Duration jitter);
 
 struct TaskStats {
