@@ -13,7 +13,7 @@
 // ("50ms") or a share of the interval ("100%"): whole 10 ms steps, so tasks come due in up to J / 10 ms batches
 // per interval instead of one. Scheduler mode seeds task i with "t<i>"; plugin mode sets [plugins.bench_sched]
 // jitter. Lateness is then measured against each task's own due time, and expected_runs counts the due times
-// inside the window.
+// inside the window (they no longer fall between ticks: a task may run once more while the stop begins).
 //
 // plugin: the same workload, every task a task of a real plugin (bench_sched.so) loaded by the host and
 // called through the C ABI, so that the ABI's cost per run shows next to scheduler mode.
@@ -345,15 +345,13 @@ int scheduler_mode(const Args& a) {
     const auto T0 = Clock::now();
     const auto window =
         std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(a.duration_s)) + I / 2;
-    long expected = -1;
+    std::vector<tickhost::Duration> offsets;
     if (!a.jitter.empty()) {
         // Each task offset as the host offsets a plugin's; lateness against its own due time.
         const tickhost::Duration J = parse_jitter(a.jitter).of(I);
-        expected = 0;
         for (long i = 0; i < N; ++i) {
             const tickhost::Duration o = tickhost::jitter_offset("t" + std::to_string(i), J);
-            const auto first = I + o;  // after T0
-            if (first <= window) expected += 1 + long((window - first) / I);
+            offsets.push_back(o);
             t.add(tickhost::Schedule{I, o, false, tickhost::TimePoint(T0.time_since_epoch())},
                   {"t", 0s, [&hist, &stops](tickhost::RunContext& ctx, bool stop) {
                        if (stop)
@@ -387,6 +385,12 @@ int scheduler_mode(const Args& a) {
         t.stop();
         wait_for(stops, N);
     });
+    long expected = -1;
+    if (!a.jitter.empty()) {  // due times inside the window
+        expected = 0;
+        for (const auto o : offsets)
+            if (I + o <= window) expected += 1 + long((window - I - o) / I);
+    }
     print_runs("scheduler", a, hist.summarize(), add_per_s, remove_per_s, w, stops.load(), register_ms,
                t.worker_count(), 0, expected);
     return 0;
@@ -550,6 +554,7 @@ int plugin_mode(const Args& a) {
     const auto anchor = Clock::time_point(t0.first_due.time_since_epoch()) - t0.offset - I;
     const auto stop_at =
         anchor + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(a.duration_s)) + I / 2;
+    const Window w = run_window(stop_at, I, [&] { host.stop(); });
     long expected = -1;
     if (!a.jitter.empty()) {  // the due times inside the window, task by task
         expected = 0;
@@ -558,7 +563,6 @@ int plugin_mode(const Args& a) {
             if (first <= stop_at) expected += 1 + long((stop_at - first) / I);
         }
     }
-    const Window w = run_window(stop_at, I, [&] { host.stop(); });
     if (!isolated) {
         print_runs("plugin", a, hist.summarize(), 0, 0, w, stops.load(), register_ms, host.tickers().worker_count(), 0,
                    expected);

@@ -800,7 +800,10 @@ std::optional<LoadError> PluginManager::start_tasks(const std::shared_ptr<Loaded
     std::string what;
     const char* adding = nullptr;  // the task being added when it failed
     // A jitter offsets each task's phase (README.md, "Schedules"): tasks whose offsets fall on one 10 ms step
-    // still run as one batch. Aligned tasks come due on wall-clock multiples of their interval.
+    // still run as one batch. Aligned tasks come due on wall-clock multiples of their interval. The tasks are
+    // added in the order of their offsets (p->scheduled keeps the plugin's order): the members of a batch then
+    // sit side by side in the scheduler's slots and in memory, which the workers walk through in order.
+    size_t added = 0;
     try {
         const TimePoint anchor = tickers_.clock().now();
         const WallTime wall = tickers_.clock().wall_now();
@@ -808,27 +811,38 @@ std::optional<LoadError> PluginManager::start_tasks(const std::shared_ptr<Loaded
         std::vector<std::string> capped;  // tasks whose jitter was capped at their interval (the first three)
         size_t capped_n = 0;
         std::string capped_source;
+        const size_t n = p->tasks.tasks.size();
         p->scheduled.clear();
-        p->scheduled.reserve(p->tasks.tasks.size());  // push_back below cannot throw after an add
-        for (size_t i = 0; i < p->tasks.tasks.size(); ++i) {
+        p->scheduled.resize(n);  // filled below without allocating after an add (an entry's id 0: not added)
+        std::vector<detail::Placement> where(n);
+        std::vector<size_t> order(n);
+        for (size_t i = 0; i < n; ++i) {
             const th_task_def& t = p->tasks.tasks[i];
-            adding = t.name;
             const auto [interval, timeout] = schedule_of(p->settings, t, config_.default_timeout);
-            const detail::Placement pl = detail::placement_of(config_, host, p->name, p->settings, t.name, interval);
+            where[i] = detail::placement_of(config_, host, p->name, p->settings, t.name, interval);
+            const detail::Placement& pl = where[i];
             if (pl.capped) {
                 if (++capped_n <= 3) capped.push_back(std::string(t.name) + " (" + format_duration(interval) + ")");
                 capped_source = pl.source;
             }
-            const TaskId id = tickers_.add(Schedule{interval, pl.offset, pl.align, anchor},
-                                           TickTask{p->name + "/" + t.name, timeout, p->inst->task_fn(i, t.name)});
             TimePoint first = anchor + pl.offset + interval;
             if (pl.align) {  // the first multiple (plus offset) after now, by the wall clock as it reads now
                 const Duration since = (wall.time_since_epoch() - pl.offset) % interval;
                 first = anchor + (interval - (since < Duration::zero() ? since + interval : since));
             }
-            p->scheduled.push_back({t.name, interval, timeout, id, first, pl.jitter, pl.offset, pl.align});
+            p->scheduled[i] = {t.name, interval, timeout, 0, first, pl.jitter, pl.offset, pl.align};
+            order[i] = i;
+        }
+        std::stable_sort(order.begin(), order.end(),
+                         [&](size_t x, size_t y) { return where[x].offset < where[y].offset; });
+        for (const size_t i : order) {
+            const th_task_def& t = p->tasks.tasks[i];
+            PluginTaskInfo& info = p->scheduled[i];
+            adding = t.name;
+            info.id = tickers_.add(Schedule{info.interval, info.offset, info.align, anchor},
+                                   TickTask{p->name + "/" + t.name, info.timeout, p->inst->task_fn(i, t.name)});
             adding = nullptr;
-            if (p->scheduled.size() == 1) detail::fault_point("start_tasks", p->name);  // test seam
+            if (++added == 1) detail::fault_point("start_tasks", p->name);  // test seam
         }
         if (!capped.empty()) {
             std::string list;
@@ -846,8 +860,11 @@ std::optional<LoadError> PluginManager::start_tasks(const std::shared_ptr<Loaded
     } catch (...) {
         what = "an unknown exception";
     }
+    // Only the tasks added are removed (and get their stop calls).
+    p->scheduled.erase(
+        std::remove_if(p->scheduled.begin(), p->scheduled.end(), [](const PluginTaskInfo& t) { return t.id == 0; }),
+        p->scheduled.end());
     const std::string task = adding ? adding : "";
-    const size_t added = p->scheduled.size();
     if (!stop_plugins({p}, config_.shutdown_timeout))
         log_->error("plugin '{}': its code may still be running after the failed start; it stays loaded", p->name);
     p->scheduled.clear();
