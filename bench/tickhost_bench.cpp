@@ -9,6 +9,12 @@
 //
 //   tickhost-bench plugin --tasks N --interval-ms I --duration-s D [--workers W]
 //
+// --jitter J (scheduler and plugin modes): each task's phase offset as the host offsets it, J a duration
+// ("50ms") or a share of the interval ("100%"): whole 10 ms steps, so tasks come due in up to J / 10 ms batches
+// per interval instead of one. Scheduler mode seeds task i with "t<i>"; plugin mode sets [plugins.bench_sched]
+// jitter. Lateness is then measured against each task's own due time, and expected_runs counts the due times
+// inside the window (they no longer fall between ticks: a task may run once more while the stop begins).
+//
 // plugin: the same workload, every task a task of a real plugin (bench_sched.so) loaded by the host and
 // called through the C ABI, so that the ABI's cost per run shows next to scheduler mode.
 //
@@ -83,17 +89,21 @@ struct Args {
     long cycles = 100;
     std::string isolation = "none";
     long calls = 20000;
+    std::string jitter;  // empty: none
     bool tasks_set = false;
     bool duration_set = false;
 };
 
 const char* kUsage =
     "usage: tickhost-bench scheduler --tasks N --interval-ms I --duration-s D [--addremove-n K]\n"
-    "                                [--no-addremove] [--workers W]\n"
+    "                                [--no-addremove] [--workers W] [--jitter J]\n"
     "       tickhost-bench plugin --tasks N --interval-ms I --duration-s D [--workers W] [--isolation process]\n"
+    "                             [--jitter J]\n"
     "       tickhost-bench isolated [--calls M]\n"
     "       tickhost-bench reload [--cycles C]\n"
     "       tickhost-bench idle [--tasks N] [--duration-s D] [--isolation process]\n";
+
+tickhost::Jitter parse_jitter(const std::string& text);
 
 [[noreturn]] void usage(const std::string& msg) {
     std::fprintf(stderr, "tickhost-bench: %s\n%s", msg.c_str(), kUsage);
@@ -115,6 +125,7 @@ Args parse(int argc, char** argv) {
     app.add_option("--workers", a.workers);
     app.add_option("--isolation", a.isolation);
     app.add_option("--calls", a.calls);
+    app.add_option("--jitter", a.jitter);
     std::string threads;
     app.add_option("--threads", threads);  // the peers' knob, taken and ignored; tickhost's is --workers
     try {
@@ -130,7 +141,24 @@ Args parse(int argc, char** argv) {
     if (a.mode.empty()) a.mode = "scheduler";
     if (a.tasks < 0 || a.interval_ms <= 0 || a.duration_s <= 0 || a.calls < 1) usage("bad arguments");
     if (a.isolation != "none" && a.isolation != "process") usage("--isolation is none or process");
+    if (!a.jitter.empty()) parse_jitter(a.jitter);  // usage error if it is not one
     return a;
+}
+
+// --jitter: "50ms" or "100%" (host.toml's forms, without "off").
+tickhost::Jitter parse_jitter(const std::string& text) {
+    tickhost::Jitter j;
+    if (!text.empty() && text.back() == '%') {
+        char* end = nullptr;
+        const double pct = std::strtod(text.c_str(), &end);
+        if (end != text.c_str() + text.size() - 1 || !(pct > 0) || pct > 100) usage("--jitter: a share is 0..100%");
+        j.ppm = uint32_t(std::llround(pct * 10000));
+    } else if (auto d = tickhost::parse_duration(text); d && *d > tickhost::Duration::zero()) {
+        j.duration = *d;
+    } else {
+        usage("--jitter: a duration (\"50ms\") or a share of the interval (\"100%\")");
+    }
+    return j;
 }
 
 // The JSON lines: one object per line, keys in the order given, numbers rounded as the peers print them.
@@ -237,16 +265,19 @@ Window run_window(Clock::time_point stop_at, Clock::duration interval, Stop stop
 }
 
 // The peers' JSON line for a run of N tasks (`child_cpu_s`: an isolated plugin's process).
+// `expected_runs` < 0: tasks x the window's ticks (every task due at the same instants).
 void print_runs(const char* mode, const Args& a, const Histogram::Summary& sum, double add_per_s, double remove_per_s,
-                const Window& w, long stops, double register_ms, size_t workers, double child_cpu_s = 0) {
+                const Window& w, long stops, double register_ms, size_t workers, double child_cpu_s = 0,
+                long expected_runs = -1) {
     const long K = long(a.duration_s * 1000.0 / double(a.interval_ms));
+    if (expected_runs < 0) expected_runs = a.tasks * K;
     print_line({{"peer", "tickhost"},
                 {"mode", mode},
                 {"tasks", a.tasks},
                 {"interval_ms", a.interval_ms},
                 {"duration_s", a.duration_s},
                 {"runs", sum.count},
-                {"expected_runs", a.tasks * K},
+                {"expected_runs", expected_runs},
                 {"late_p50_us", sum.p50_us},
                 {"late_p99_us", sum.p99_us},
                 {"late_max_us", sum.max_us},
@@ -262,7 +293,8 @@ void print_runs(const char* mode, const Args& a, const Histogram::Summary& sum, 
                 {"threads", w.threads},
                 {"workers", workers},
                 {"isolation", a.isolation},
-                {"child_cpu_s", rounded(child_cpu_s, 3)}});
+                {"child_cpu_s", rounded(child_cpu_s, 3)},
+                {"jitter", a.jitter.empty() ? "none" : a.jitter}});
 }
 
 // CPU time of the children this process has reaped (an isolated plugin's tickhost-worker).
@@ -311,7 +343,26 @@ int scheduler_mode(const Args& a) {
     std::atomic<long> stops{0};
     tickhost::Tickers t(options(a));
     const auto T0 = Clock::now();
-    for (long i = 0; i < N; ++i) {
+    const auto window =
+        std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(a.duration_s)) + I / 2;
+    std::vector<tickhost::Duration> offsets;
+    if (!a.jitter.empty()) {
+        // Each task offset as the host offsets a plugin's; lateness against its own due time.
+        const tickhost::Duration J = parse_jitter(a.jitter).of(I);
+        for (long i = 0; i < N; ++i) {
+            const tickhost::Duration o = tickhost::jitter_offset("t" + std::to_string(i), J);
+            offsets.push_back(o);
+            t.add(tickhost::Schedule{I, o, false, tickhost::TimePoint(T0.time_since_epoch())},
+                  {"t", 0s, [&hist, &stops](tickhost::RunContext& ctx, bool stop) {
+                       if (stop)
+                           stops.fetch_add(1, std::memory_order_release);
+                       else
+                           hist.record((Clock::now().time_since_epoch() - ctx.due().time_since_epoch()).count());
+                       return tickhost::TaskResult::success();
+                   }});
+        }
+    }
+    for (long i = 0; i < N && a.jitter.empty(); ++i) {
         uint64_t* ki = &k[size_t(i)];
         t.add(I,
               {"t", 0s,
@@ -328,13 +379,20 @@ int scheduler_mode(const Args& a) {
               T0 + I);
     }
     const double register_ms = std::chrono::duration<double, std::milli>(Clock::now() - T0).count();
-    const auto stop_at = T0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(a.duration_s)) + I / 2;
+    const auto stop_at = T0 + window;
     t.start();
     const Window w = run_window(stop_at, I, [&] {
         t.stop();
         wait_for(stops, N);
     });
-    print_runs("scheduler", a, hist.summarize(), add_per_s, remove_per_s, w, stops.load(), register_ms, t.worker_count());
+    long expected = -1;
+    if (!a.jitter.empty()) {  // due times inside the window
+        expected = 0;
+        for (const auto o : offsets)
+            if (I + o <= window) expected += 1 + long((window - I - o) / I);
+    }
+    print_runs("scheduler", a, hist.summarize(), add_per_s, remove_per_s, w, stops.load(), register_ms,
+               t.worker_count(), 0, expected);
     return 0;
 }
 
@@ -471,6 +529,7 @@ int plugin_mode(const Args& a) {
     auto& pc = config.plugins["bench_sched"].config;
     pc.set("tasks", int64_t(N));
     pc.set("interval", std::to_string(a.interval_ms) + "ms");
+    if (!a.jitter.empty()) config.plugins["bench_sched"].jitter = parse_jitter(a.jitter);
     const bool isolated = a.isolation == "process";
     const fs::path summary = tmp.path / "summary";
     if (isolated) {
@@ -491,12 +550,22 @@ int plugin_mode(const Args& a) {
     }
     // The protocol's window, on the plugin's own anchor (its tasks' first due time minus one interval).
     const auto info = host.plugins().plugin("bench_sched");
-    const auto anchor = Clock::time_point(info->tasks.at(0).first_due.time_since_epoch()) - I;
+    const auto& t0 = info->tasks.at(0);
+    const auto anchor = Clock::time_point(t0.first_due.time_since_epoch()) - t0.offset - I;
     const auto stop_at =
         anchor + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(a.duration_s)) + I / 2;
     const Window w = run_window(stop_at, I, [&] { host.stop(); });
+    long expected = -1;
+    if (!a.jitter.empty()) {  // the due times inside the window, task by task
+        expected = 0;
+        for (const auto& t : info->tasks) {
+            const auto first = Clock::time_point(t.first_due.time_since_epoch());
+            if (first <= stop_at) expected += 1 + long((stop_at - first) / I);
+        }
+    }
     if (!isolated) {
-        print_runs("plugin", a, hist.summarize(), 0, 0, w, stops.load(), register_ms, host.tickers().worker_count());
+        print_runs("plugin", a, hist.summarize(), 0, 0, w, stops.load(), register_ms, host.tickers().worker_count(), 0,
+                   expected);
         return 0;
     }
     // The plugin's figures, from its process; its CPU once the host has reaped it.
@@ -512,7 +581,8 @@ int plugin_mode(const Args& a) {
     sum.count = f[0], sum.p50_us = f[1], sum.p99_us = f[2], sum.max_us = f[3], sum.early = f[4];
     const auto until = Clock::now() + 5s;
     while (children_cpu_s() == 0 && Clock::now() < until) std::this_thread::sleep_for(1ms);
-    print_runs("plugin", a, sum, 0, 0, w, child_stops, register_ms, host.tickers().worker_count(), children_cpu_s());
+    print_runs("plugin", a, sum, 0, 0, w, child_stops, register_ms, host.tickers().worker_count(), children_cpu_s(),
+               expected);
     return 0;
 }
 

@@ -1,6 +1,7 @@
 // Fuzzes host.toml parsing and validation: any text either becomes a HostConfig that satisfies the
 // documented bounds, or a ConfigError that names the file; nothing else may escape, nothing may crash.
 #include <tickhost/config.hpp>
+#include <tickhost/tickers.hpp>
 
 #include <cstdint>
 #include <cstdlib>
@@ -33,7 +34,23 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
             const bool process_only = !p.user.empty() || !p.group.empty() || p.memory_max != 0 ||
                                       p.open_files_max != 0 || p.processes_max != 0;
             check(!process_only || cfg.isolation_of(name) == tickhost::Isolation::process);
+            // A jitter: a duration (0..365 days) or a share (at most 100 %), never longer than an interval
+            // host.toml sets for the tasks it applies to.
+            auto jitter_ok = [&](const std::optional<tickhost::Jitter>& j) {
+                return !j || (j->ppm <= 1000000 && j->duration.count() >= 0 && j->duration <= tickhost::max_duration &&
+                              (j->ppm == 0 || j->duration.count() == 0));
+            };
+            check(jitter_ok(p.jitter));
+            const auto& pj = p.jitter ? p.jitter : cfg.jitter;
+            check(!pj || !p.interval || !pj->longer_than(*p.interval));
+            for (auto& [task, t] : p.tasks) {
+                check(jitter_ok(t.jitter));
+                const auto& j = t.jitter ? t.jitter : pj;
+                const auto& i = t.interval ? t.interval : p.interval;
+                check(!j || !i || !j->longer_than(*i));
+            }
         }
+        check(!cfg.jitter || cfg.jitter->ppm <= 1000000);
     } catch (const tickhost::ConfigError& e) {
         check(std::string_view(e.what()).rfind("/fuzz/host.toml:", 0) == 0);
     }

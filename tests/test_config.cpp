@@ -1,5 +1,6 @@
 // Tests for host.toml parsing and validation (host/src/config.cpp).
 #include "tickhost/config.hpp"
+#include "tickhost/plugin_manager.hpp"
 #include "tickhost/tickers.hpp"
 
 #include <gtest/gtest.h>
@@ -392,7 +393,7 @@ TEST(ConfigError, UnknownKeySuggestsTheClosestOne) {
 TEST(ConfigError, UnknownKeyListsValidKeysWhenNothingIsClose) {
     EXPECT_TRUE(load_should_fail("[host]\ncolour = 1\n", "valid keys: plugin_dir, workers, default_timeout", 2, 1));
     EXPECT_TRUE(load_should_fail("[plugins.x]\nfoo = 1\n", "valid keys: enabled, interval, timeout, tasks, config", 2, 1));
-    EXPECT_TRUE(load_should_fail("[plugins.x.tasks.\"a.b\"]\nfoo = 1\n", "plugins.x.tasks.\"a.b\".foo: unknown key (valid keys: interval, timeout)", 2, 1));
+    EXPECT_TRUE(load_should_fail("[plugins.x.tasks.\"a.b\"]\nfoo = 1\n", "plugins.x.tasks.\"a.b\".foo: unknown key (valid keys: interval, timeout, jitter, align)", 2, 1));
 }
 
 TEST(ConfigError, UnknownTableSuggestsTheClosestOne) {
@@ -954,6 +955,161 @@ TEST(ConfigIsolation, EveryNewPluginFieldRestartsThePlugin) {
     EXPECT_EQ(a, b);
     b.isolation = Isolation::none;
     EXPECT_FALSE(a == b);
+}
+
+// ---------------------------------------------------------------- schedules: jitter and align
+
+TEST(ConfigSchedule, JitterAndAlignAtEveryLevel) {
+    const HostConfig c = parse(R"(
+[host]
+jitter = "10%"
+align = true
+[plugins.a]
+jitter = "3s"
+align = false
+[plugins.a.tasks.t]
+jitter = "off"
+align = true
+[plugins.a.tasks.u]
+jitter = "2.5%"
+[plugins.b]
+jitter = "0s"
+[plugins.b.tasks.v]
+jitter = "0%"
+)");
+    ASSERT_TRUE(c.jitter);
+    EXPECT_EQ(c.jitter->ppm, 100000u);
+    EXPECT_TRUE(c.align);
+    const PluginSettings& a = c.plugin("a");
+    EXPECT_EQ(a.jitter, (Jitter{3s, 0}));
+    EXPECT_EQ(a.align, false);
+    EXPECT_EQ(a.tasks.at("t").jitter, Jitter{}) << "off: zero, set (it turns the plugin's off)";
+    EXPECT_EQ(a.tasks.at("t").align, true);
+    EXPECT_EQ(a.tasks.at("u").jitter, (Jitter{0s, 25000}));
+    EXPECT_FALSE(a.tasks.at("u").align);
+    EXPECT_EQ(c.plugin("b").jitter, Jitter{});
+    EXPECT_EQ(c.plugin("b").tasks.at("v").jitter, Jitter{});
+    // Defaults: nothing set anywhere.
+    const HostConfig d = parse("[plugins.x]\n");
+    EXPECT_FALSE(d.jitter);
+    EXPECT_FALSE(d.align);
+    EXPECT_FALSE(d.plugin("x").jitter);
+    EXPECT_FALSE(d.plugin("x").align);
+}
+
+TEST(ConfigSchedule, JitterForms) {
+    auto jitter_of = [](const std::string& v) { return *parse("[host]\njitter = \"" + v + "\"\n").jitter; };
+    EXPECT_EQ(jitter_of("100%").ppm, 1000000u);
+    EXPECT_EQ(jitter_of("0.0001%").ppm, 1u);
+    EXPECT_EQ(jitter_of(" 7% ").ppm, 70000u);
+    EXPECT_EQ(jitter_of("250ms").duration, 250ms);
+    EXPECT_EQ(jitter_of("1h").duration, 1h);
+    EXPECT_EQ(jitter_of("8760h").duration, tickhost::max_duration);
+    // What a jitter comes to for an interval: a share of it, or the duration, at most the interval.
+    EXPECT_EQ((Jitter{0s, 100000}).of(1min), 6s);
+    EXPECT_EQ((Jitter{0s, 1000000}).of(tickhost::max_duration), tickhost::max_duration);
+    EXPECT_EQ((Jitter{0s, 1}).of(1s), 1us);
+    EXPECT_EQ((Jitter{3s, 0}).of(1min), 3s);
+    EXPECT_EQ((Jitter{90s, 0}).of(1min), 1min);
+    EXPECT_EQ(Jitter{}.of(1min), 0s);
+    EXPECT_EQ(format_jitter(Jitter{0s, 25000}), "2.5%");
+    EXPECT_EQ(format_jitter(Jitter{0s, 1}), "0.0001%");
+    EXPECT_EQ(format_jitter(Jitter{0s, 1000000}), "100%");
+    EXPECT_EQ(format_jitter(Jitter{1500ms, 0}), "1.5s");
+    EXPECT_EQ(format_jitter(Jitter{}), "0s");
+}
+
+TEST(ConfigSchedule, BadJitterAndAlignValues) {
+    EXPECT_TRUE(load_should_fail("[host]\njitter = 3\n", "host.jitter: a jitter needs a unit or a %", 2, 10));
+    EXPECT_TRUE(load_should_fail("[host]\njitter = 0.5\n", "a jitter needs a unit or a %", 2, 10));
+    EXPECT_TRUE(load_should_fail("[host]\njitter = true\n", "host.jitter: must be a jitter, got boolean true", 2, 10));
+    EXPECT_TRUE(load_should_fail("[host]\njitter = \"10\"\n", "host.jitter: \"10\" is not a jitter", 2, 10));
+    EXPECT_TRUE(load_should_fail("[host]\njitter = \"sometimes\"\n", "is not a jitter", 2, 10));
+    EXPECT_TRUE(load_should_fail("[host]\njitter = \"-3s\"\n", "host.jitter: must be >= 0, got \"-3s\"", 2, 10));
+    EXPECT_TRUE(load_should_fail("[host]\njitter = \"101%\"\n",
+                                 "host.jitter: \"101%\" is more than the interval: a jitter is at most \"100%\"", 2,
+                                 10));
+    EXPECT_TRUE(load_should_fail("[host]\njitter = \"99999999%\"\n", "is more than the interval", 2, 10));
+    EXPECT_TRUE(load_should_fail("[host]\njitter = \"-5%\"\n", "\"-5%\" is not a percentage", 2, 10));
+    EXPECT_TRUE(load_should_fail("[host]\njitter = \"%\"\n", "\"%\" is not a percentage", 2, 10));
+    EXPECT_TRUE(load_should_fail("[host]\njitter = \"1.23456%\"\n", "up to 4 decimals", 2, 10));
+    EXPECT_TRUE(load_should_fail("[host]\njitter = \"1.%\"\n", "is not a percentage", 2, 10));
+    EXPECT_TRUE(load_should_fail("[host]\njitter = \"8761h\"\n", "longer than the longest duration", 2, 10));
+    EXPECT_TRUE(load_should_fail("[plugins.x.tasks.t]\njitter = [1]\n",
+                                 "plugins.x.tasks.t.jitter: must be a jitter, got an array", 2, 10));
+    EXPECT_TRUE(load_should_fail("[host]\nalign = \"yes\"\n", "host.align: must be a boolean", 2, 9));
+    EXPECT_TRUE(load_should_fail("[plugins.x]\nalign = 1\n", "plugins.x.align: must be a boolean", 2, 9));
+    EXPECT_TRUE(
+        load_should_fail("[plugins.x.tasks.t]\nalign = \"on\"\n", "plugins.x.tasks.t.align: must be a boolean", 2, 9));
+    EXPECT_TRUE(load_should_fail("[plugins.x.tasks.t]\njiter = \"1s\"\n", "did you mean 'jitter'?", 2, 1));
+}
+
+TEST(ConfigSchedule, AJitterLongerThanTheIntervalIsANamedErrorAtTheJitter) {
+    // In the same table.
+    EXPECT_TRUE(
+        load_should_fail("[plugins.x]\ninterval = \"1m\"\njitter = \"90s\"\n",
+                         "plugins.x.jitter: \"1m30s\" is longer than the interval \"1m\" of [plugins.x] (line 2); "
+                         "a jitter is at most the interval: shorten it, or write a share of the interval such "
+                         "as \"50%\"",
+                         3, 10));
+    // A task's own interval, shorter than the plugin's jitter it inherits: the error points at that jitter.
+    EXPECT_TRUE(load_should_fail("[plugins.x]\njitter = \"30s\"\n[plugins.x.tasks.fast]\ninterval = \"10s\"\n",
+                                 "plugins.x.jitter: \"30s\" is longer than the interval \"10s\" of "
+                                 "[plugins.x.tasks.fast] (line 4)",
+                                 2, 10));
+    // A task's own jitter against the plugin's interval it inherits.
+    EXPECT_TRUE(load_should_fail("[plugins.x]\ninterval = \"5s\"\n[plugins.x.tasks.t]\njitter = \"6s\"\n",
+                                 "plugins.x.tasks.t.jitter: \"6s\" is longer than the interval \"5s\" of "
+                                 "[plugins.x.tasks.t] (line 2)",
+                                 4, 10));
+    // [host] jitter against an interval set in host.toml.
+    EXPECT_TRUE(load_should_fail("[host]\njitter = \"2m\"\n[plugins.x]\ninterval = \"1m\"\n",
+                                 "host.jitter: \"2m\" is longer than the interval \"1m\" of [plugins.x] (line 4)", 2,
+                                 10));
+    // Equal is allowed; a share never is too long; an own shorter jitter or "off" wins over a longer one.
+    EXPECT_NO_THROW(parse("[plugins.x]\ninterval = \"1m\"\njitter = \"1m\"\n"));
+    EXPECT_NO_THROW(parse("[host]\njitter = \"100%\"\n[plugins.x]\ninterval = \"1s\"\n"));
+    EXPECT_NO_THROW(
+        parse("[plugins.x]\njitter = \"30s\"\n[plugins.x.tasks.fast]\ninterval = \"10s\"\njitter = \"5s\"\n"));
+    EXPECT_NO_THROW(parse("[host]\njitter = \"2m\"\n[plugins.x]\ninterval = \"1m\"\njitter = \"off\"\n"));
+    // No interval in host.toml: the plugin's own default decides, when it starts (capped there, with a warning).
+    EXPECT_NO_THROW(parse("[plugins.x]\njitter = \"1h\"\n"));
+}
+
+TEST(ConfigSchedule, JitterAndAlignChangesRestartThePlugin) {
+    const PluginSettings base;
+    PluginSettings p;
+    p.jitter = Jitter{};
+    EXPECT_FALSE(p == base) << "set (even to zero) differs from unset";
+    p = base;
+    p.jitter = Jitter{1s, 0};
+    PluginSettings q = p;
+    EXPECT_EQ(p, q);
+    q.jitter = Jitter{2s, 0};
+    EXPECT_FALSE(p == q);
+    q.jitter = Jitter{0s, 10000};
+    EXPECT_FALSE(p == q);
+    q = p;
+    q.align = false;
+    EXPECT_FALSE(p == q);
+    q = p;
+    q.tasks["t"].jitter = Jitter{1s, 0};
+    EXPECT_FALSE(p == q);
+    q = p;
+    q.tasks["t"].align = true;
+    EXPECT_FALSE(p == q);
+}
+
+// The example of README.md ("Schedules"): host web-01, plugin heartbeat, task beat, jitter "10s".
+TEST(ConfigSchedule, TheDocumentedJitterExample) {
+    const std::string key("web-01\0heartbeat\0beat", 21);
+    EXPECT_EQ(tickhost::fnv1a64(key), 0xe92f7c7dc969b955ull);
+    EXPECT_EQ(tickhost::fnv1a64(key), 16802785614434515285ull);
+    EXPECT_EQ(16802785614434515285ull % 1000, 285u);
+    EXPECT_EQ(task_jitter_offset("web-01", "heartbeat", "beat", 10s), 2850ms);
+    EXPECT_EQ(task_jitter_offset("web-02", "heartbeat", "beat", 10s), 2300ms);
+    // "10%" of a 1m interval is 6s, 600 steps: 16802785614434515285 mod 600 = 85.
+    EXPECT_EQ(task_jitter_offset("web-01", "heartbeat", "beat", (Jitter{0s, 100000}).of(1min)), 850ms);
 }
 
 // ---------------------------------------------------------------- the documented keys

@@ -1,4 +1,7 @@
 // End to end: the real `tickhost` binary on a temporary host.toml, driven with real signals.
+#include <tickhost/config.hpp>
+#include <tickhost/plugin_manager.hpp>
+
 #include <gtest/gtest.h>
 
 #include <csignal>
@@ -609,6 +612,42 @@ TEST(EndToEnd, ARefusedFileIsLoggedOnce) {
     };
     EXPECT_EQ(count("junk.so: not loaded"), 1u) << log;
     EXPECT_EQ(count("junk2.so: not loaded"), 1u) << log;
+    p.signal(SIGTERM);
+    EXPECT_EQ(p.wait(), 0) << read_file(d.log);
+}
+
+// host.toml's jitter and align through the real binary: the heartbeat's beats (their wall-clock times, written
+// by the plugin) fall on multiples of its interval plus its offset, never before. Generous bound on lateness.
+TEST(EndToEnd, AnAlignedJitteredTaskRunsOnItsWallClockTimes) {
+    HostDir d;
+    fs::remove(d.plugins / "hello.so");
+    fs::remove(d.plugins / "counter_c.so");
+    write_file(d.toml, "[host]\n" + tickhost::test::isolation_toml() +
+                           "plugin_dir = \"plugins.d\"\nworkers = 2\nshadow_dir = \"shadow\"\n"
+                           "[plugins.heartbeat]\ninterval = \"2s\"\njitter = \"50%\"\nalign = true\n"
+                           "[plugins.heartbeat.config]\npath = \"" +
+                           d.health.string() + "\"\n");
+    const auto offset = tickhost::task_jitter_offset(tickhost::machine_name(), "heartbeat", "beat", 1s);
+    Process p({TICKHOST_EXE, "--config", d.toml.string()}, d.log);
+    const std::string line = "beat every 2s (timeout 10s, offset " + tickhost::format_duration(offset) + ", aligned)";
+    ASSERT_TRUE(eventually([&] { return read_file(d.log).find(line) != std::string::npos; }, 20s)) << read_file(d.log);
+    // Three beats: "online <runs> <unix_ms>".
+    std::vector<long long> at;
+    ASSERT_TRUE(eventually(
+        [&] {
+            std::smatch m;
+            const std::string s = read_file(d.health);
+            if (std::regex_match(s, m, std::regex("online (\\d+) (\\d{13})\n")) && size_t(std::stoi(m[1])) > at.size())
+                at.push_back(std::stoll(m[2]));
+            return at.size() >= 3;
+        },
+        20s))
+        << read_file(d.log);
+    for (long long ms : at) {
+        // Past its time by less than 1.5 s: a beat before its time would show as 1.5 s .. 2 s past the one before.
+        const long long past = ((ms - offset.count() / 1000000) % 2000 + 2000) % 2000;
+        EXPECT_LT(past, 1500) << ms << " with offset " << tickhost::format_duration(offset);
+    }
     p.signal(SIGTERM);
     EXPECT_EQ(p.wait(), 0) << read_file(d.log);
 }

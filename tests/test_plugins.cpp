@@ -331,3 +331,143 @@ TEST(Plugins, GoRuntimePluginsAreNeverReplacedUnloadedOrLoadedTwice) {
               std::string::npos)
         << err->message();
 }
+
+// ---------------------------------------------------------------- schedules from host.toml (jitter, align)
+
+namespace {
+using tickhost::Jitter;
+using tickhost::ManualClock;
+
+// The harness's Tickers and manager, on a manual clock whose wall clock reads 12:00:30 on 2026-01-01. Its
+// monotonic time starts at the real one's: an isolated plugin's process reads a run's deadline on the real
+// monotonic clock, so a deadline on the manual clock must not lie in the real past.
+std::shared_ptr<ManualClock> start_on_manual_clock(tickhost::test::Harness& h) {
+    auto clock = std::make_shared<ManualClock>(tickhost::TimePoint(std::chrono::steady_clock::now().time_since_epoch()),
+                                               ManualClock::kDefaultWallStart + 12h + 30s);
+    Tickers::Options o;
+    o.workers = h.config.workers;
+    o.default_timeout = h.config.default_timeout;
+    o.clock = clock;
+    h.tickers = std::make_unique<Tickers>(o);
+    h.manager = std::make_unique<PluginManager>(*h.tickers, h.config);
+    h.tickers->start();
+    return clock;
+}
+}  // namespace
+
+// README's example, through the host: web-01, heartbeat, beat, jitter "10s": 2.85 s; aligned on the minute.
+TEST(PluginSchedules, JitterOffsetAndAlignmentFromHostTomlReachTheScheduler) {
+    Harness h;
+    h.config.host_name = "web-01";
+    h.config.default_timeout = 10s;
+    auto& hb = h.plugin("heartbeat");
+    hb.interval = 1min;
+    hb.jitter = Jitter{10s, 0};
+    hb.align = true;
+    hb.config.set("path", (h.tmp / "health").string());
+    auto clock = start_on_manual_clock(h);
+    ASSERT_FALSE(h.manager->load(h.add(HEARTBEAT_SO))) << h.log_text();
+    const auto info = h.manager->plugin("heartbeat");
+    ASSERT_TRUE(info);
+    const auto& t = info->tasks.at(0);
+    EXPECT_EQ(t.jitter, 10s);
+    EXPECT_EQ(t.offset, 2850ms);
+    EXPECT_TRUE(t.align);
+    EXPECT_EQ(t.first_due, clock->now() + 30s + 2850ms) << "12:01:02.85";
+    EXPECT_TRUE(h.logged("beat every 1m (timeout 10s, offset 2.85s, aligned)")) << h.log_text();
+    clock->advance(30s + 2850ms - 1ns);
+    ASSERT_TRUE(h.tickers->wait_idle());
+    EXPECT_EQ(h.tickers->stats(t.id)->runs, 0u);
+    clock->advance(1ns);
+    ASSERT_TRUE(h.tickers->wait_idle());
+    EXPECT_EQ(h.tickers->stats(t.id)->runs, 1u);
+    clock->advance(1min);
+    ASSERT_TRUE(h.tickers->wait_idle());
+    EXPECT_EQ(h.tickers->stats(t.id)->runs, 2u) << "12:02:02.85\n" << h.log_text();
+    EXPECT_EQ(h.tickers->stats(t.id)->failures, 0u);
+    EXPECT_TRUE(h.manager->unload_all(10s));
+}
+
+TEST(PluginSchedules, HostJitterIsEveryTasksDefaultAndTheNearestWins) {
+    Harness h;                             // host_name unset: the machine's name seeds the offsets
+    h.config.jitter = Jitter{0s, 500000};  // 50 %
+    auto& c = h.plugin("counter_c");
+    c.interval = 1s;
+    c.config.set("tasks", int64_t(3));
+    c.tasks["count1"].jitter = Jitter{};  // off
+    c.tasks["count2"].jitter = Jitter{100ms, 0};
+    c.tasks["count2"].align = true;
+    auto clock = start_on_manual_clock(h);
+    ASSERT_FALSE(h.manager->load(h.add(COUNTER_C_SO))) << h.log_text();
+    const auto info = h.manager->plugin("counter_c");
+    ASSERT_TRUE(info);
+    ASSERT_EQ(info->tasks.size(), 3u);
+    const std::string host = tickhost::machine_name();
+    EXPECT_EQ(info->tasks[0].jitter, 500ms);
+    EXPECT_EQ(info->tasks[0].offset, tickhost::task_jitter_offset(host, "counter_c", "count0", 500ms));
+    EXPECT_FALSE(info->tasks[0].align);
+    EXPECT_EQ(info->tasks[0].first_due, clock->now() + 1s + info->tasks[0].offset);
+    EXPECT_EQ(info->tasks[1].jitter, 0s);
+    EXPECT_EQ(info->tasks[1].offset, 0s);
+    EXPECT_EQ(info->tasks[2].offset, tickhost::task_jitter_offset(host, "counter_c", "count2", 100ms));
+    EXPECT_TRUE(info->tasks[2].align);
+    const auto o2 = info->tasks[2].offset;  // the first second + offset after 12:00:30.000
+    EXPECT_EQ(info->tasks[2].first_due, clock->now() + (o2 > 0s ? o2 : 1s));
+    EXPECT_TRUE(h.manager->unload_all(10s));
+}
+
+TEST(PluginSchedules, AJitterLongerThanThePluginsOwnIntervalIsCappedWithAWarning) {
+    Harness h;
+    auto& c = h.plugin("counter_c");  // its tasks' own interval: 1 s
+    c.jitter = Jitter{1h, 0};
+    c.config.set("tasks", int64_t(5));
+    auto clock = start_on_manual_clock(h);
+    ASSERT_FALSE(h.manager->load(h.add(COUNTER_C_SO))) << h.log_text();
+    const auto info = h.manager->plugin("counter_c");
+    ASSERT_TRUE(info);
+    for (const auto& t : info->tasks) {
+        EXPECT_EQ(t.jitter, 1s) << t.name;
+        EXPECT_LT(t.offset, 1s) << t.name;
+    }
+    EXPECT_TRUE(
+        h.logged("plugin 'counter_c': [plugins.counter_c] jitter is longer than the interval of task(s) "
+                 "count0 (1s), count1 (1s), count2 (1s) and 2 more (the plugin's own default, not set in "
+                 "host.toml): capped at the interval"))
+        << h.log_text();
+    EXPECT_TRUE(h.manager->unload_all(10s));
+}
+
+TEST(PluginSchedules, ChangingJitterOrAlignRestartsThePlugin) {
+    Harness h;
+    h.config.host_name = "web-01";
+    auto& hb = h.plugin("heartbeat");
+    hb.interval = 1min;
+    hb.config.set("path", (h.tmp / "health").string());
+    start_on_manual_clock(h);
+    ASSERT_FALSE(h.manager->load(h.add(HEARTBEAT_SO))) << h.log_text();
+    EXPECT_EQ(h.manager->plugin("heartbeat")->tasks.at(0).offset, 0s);
+    const std::string restarted = "plugin 'heartbeat': settings changed in host.toml: restarting it";
+    // The plugin's jitter.
+    HostConfig next = h.config;
+    next.plugins["heartbeat"].jitter = Jitter{10s, 0};
+    h.manager->apply_config(next);
+    EXPECT_EQ(h.count_logged(restarted), 1u) << h.log_text();
+    EXPECT_EQ(h.manager->plugin("heartbeat")->tasks.at(0).offset, 2850ms);
+    // A task's alignment.
+    next.plugins["heartbeat"].tasks["beat"].align = true;
+    h.manager->apply_config(next);
+    EXPECT_EQ(h.count_logged(restarted), 2u);
+    EXPECT_TRUE(h.manager->plugin("heartbeat")->tasks.at(0).align);
+    // [host] defaults: a change restarts every plugin, as one of default_timeout does.
+    next.jitter = Jitter{0s, 10000};
+    h.manager->apply_config(next);
+    EXPECT_EQ(h.count_logged(restarted), 3u);
+    EXPECT_EQ(h.manager->plugin("heartbeat")->tasks.at(0).offset, 2850ms) << "its own jitter still wins";
+    next.align = true;
+    h.manager->apply_config(next);
+    EXPECT_EQ(h.count_logged(restarted), 4u);
+    // The same settings again: no restart.
+    h.manager->apply_config(next);
+    EXPECT_EQ(h.count_logged(restarted), 4u);
+    EXPECT_TRUE(h.manager->unload_all(10s));
+}

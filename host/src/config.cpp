@@ -107,6 +107,37 @@ std::optional<uint64_t> parse_size(std::string_view text) {
     return std::nullopt;
 }
 
+// ---------------------------------------------------------------- jitter shares
+
+// "10%", "2.5%", "0.0001%" -> parts per million (up to 4 decimals); nullopt for anything else. Above 100% is
+// returned as is (the caller says why it is refused).
+std::optional<uint64_t> parse_percent(std::string_view text) {
+    text = trim(text);
+    if (text.size() < 2 || text.back() != '%') return std::nullopt;
+    text.remove_suffix(1);
+    size_t i = 0;
+    uint64_t whole = 0;
+    while (i < text.size() && is_digit(text[i])) {
+        whole = std::min<uint64_t>(whole * 10 + uint64_t(text[i] - '0'), 1000);  // above 100%: stays above
+        ++i;
+    }
+    if (i == 0) return std::nullopt;
+    uint64_t frac = 0;
+    int digits = 0;
+    if (i < text.size() && text[i] == '.') {
+        ++i;
+        while (i < text.size() && is_digit(text[i])) {
+            if (++digits > 4) return std::nullopt;  // finer than 1 ppm
+            frac = frac * 10 + uint64_t(text[i] - '0');
+            ++i;
+        }
+        if (digits == 0) return std::nullopt;
+    }
+    if (i != text.size()) return std::nullopt;
+    while (digits++ < 4) frac *= 10;
+    return whole * 10000 + frac;
+}
+
 // ---------------------------------------------------------------- messages
 
 // Optimal string alignment distance: a swapped pair of letters ("defualt") counts as one edit.
@@ -248,16 +279,16 @@ const std::vector<std::string_view> kHostKeys = {
     "plugin_dir", "workers",        "default_timeout", "shutdown_timeout", "log_level",       "log_file",
     "log_sink",   "log_max_size",   "log_max_files",   "shadow_dir",       "watch",           "poll_interval",
     "settle",     "allow_insecure", "allow_symlinks",  "backoff_max",      "max_plugin_size", "max_tasks_per_plugin",
-    "isolation",  "abandon_after",  "crash_limit",     "crash_window",
+    "isolation",  "abandon_after",  "crash_limit",     "crash_window",     "jitter",          "align",
 };
 const std::vector<std::string_view> kPluginKeys = {
-    "enabled",   "interval", "timeout", "tasks",      "config",         "sha256",
-    "isolation", "user",     "group",   "memory_max", "open_files_max", "processes_max",
+    "enabled", "interval",  "timeout", "tasks", "config",     "sha256",         "jitter",
+    "align",   "isolation", "user",    "group", "memory_max", "open_files_max", "processes_max",
 };
 // [plugins.<name>] keys about the plugin's own process: refused when it runs in the host's.
 const std::vector<std::string_view> kProcessOnlyKeys = {"user", "group", "memory_max", "open_files_max",
                                                         "processes_max"};
-const std::vector<std::string_view> kTaskKeys = {"interval", "timeout"};
+const std::vector<std::string_view> kTaskKeys = {"interval", "timeout", "jitter", "align"};
 const std::vector<std::string_view> kLogLevels = {"trace", "debug", "info", "warn", "error", "critical", "off"};
 const std::vector<std::string_view> kLogSinks = {"console", "file", "rotating"};
 const std::vector<std::string_view> kWatchModes = {"auto", "inotify", "poll", "off"};
@@ -351,6 +382,37 @@ public:
         if (*d > max_duration)
             fail(n, key, quote(s) + " is longer than the longest duration tickhost accepts, 8760h (365 days)");
         return *d;
+    }
+
+    // A jitter: a duration ("3s"), a share of the interval ("10%", at most "100%"), or zero ("0s", "0%",
+    // "off") to turn off one set further out.
+    Jitter jitter(const toml::node& n, const std::string& key) const {
+        const std::string example =
+            " (write it as a string: a duration such as \"3s\", or a share of the interval "
+            "such as \"10%\")";
+        if (n.is_integer() || n.is_floating_point()) fail(n, key, "a jitter needs a unit or a %" + example);
+        if (!n.is_string()) fail(n, key, "must be a jitter, got " + got(n) + example);
+        const std::string& s = n.as_string()->get();
+        const std::string_view t = trim(s);
+        Jitter j;
+        if (t == "off") return j;
+        if (!t.empty() && t.back() == '%') {
+            std::optional<uint64_t> ppm = parse_percent(t);
+            if (!ppm)
+                fail(n, key, quote(s) + " is not a percentage (write e.g. \"10%\" or \"2.5%\", up to 4 decimals)");
+            if (*ppm > 1000000)
+                fail(n, key, quote(s) + " is more than the interval: a jitter is at most \"100%\" of it");
+            j.ppm = uint32_t(*ppm);
+            return j;
+        }
+        if (!t.empty() && t.front() == '-' && parse_duration(t.substr(1)))
+            fail(n, key, "must be >= 0, got " + quote(s));
+        std::optional<Duration> d = parse_duration(s);
+        if (!d) fail(n, key, quote(s) + " is not a jitter" + example);
+        if (*d > max_duration)
+            fail(n, key, quote(s) + " is longer than the longest duration tickhost accepts, 8760h (365 days)");
+        j.duration = *d;
+        return j;
     }
 
     // 64 hex digits (as `sha256sum` prints them), returned in lower case.
@@ -468,6 +530,10 @@ public:
                 ts.interval = duration(*v, sub);
             } else if (k->str() == "timeout") {
                 ts.timeout = duration(*v, sub);
+            } else if (k->str() == "jitter") {
+                ts.jitter = jitter(*v, sub);
+            } else if (k->str() == "align") {
+                ts.align = boolean(*v, sub);
             } else {
                 unknown(*k, sub, kTaskKeys);
             }
@@ -502,6 +568,10 @@ public:
                 ps.interval = duration(*v, sub);
             } else if (name == "timeout") {
                 ps.timeout = duration(*v, sub);
+            } else if (name == "jitter") {
+                ps.jitter = jitter(*v, sub);
+            } else if (name == "align") {
+                ps.align = boolean(*v, sub);
             } else if (name == "tasks") {
                 for (auto [tk, tv] : in_file_order(table(*v, sub))) {
                     std::string task_key = child_key(sub, tk->str());
@@ -591,6 +661,10 @@ public:
                 cfg.crash_limit = static_cast<uint32_t>(integer_in(*v, key, 1, 1000));
             } else if (name == "crash_window") {
                 cfg.crash_window = duration(*v, key);
+            } else if (name == "jitter") {
+                cfg.jitter = jitter(*v, key);
+            } else if (name == "align") {
+                cfg.align = boolean(*v, key);
             } else {
                 unknown(*k, key, kHostKeys);
             }
@@ -631,6 +705,7 @@ public:
             }
         }
 
+        check_jitters(root, cfg);
         if (!sink_set && !cfg.log_file.empty()) cfg.log_sink = LogSink::file;
         if (cfg.log_sink != LogSink::console && cfg.log_file.empty()) {
             const char* sink = cfg.log_sink == LogSink::file ? "file" : "rotating";
@@ -642,6 +717,55 @@ public:
     }
 
     const std::string& file() const { return file_; }
+
+    // A jitter written as a duration is at most the interval of the tasks it applies to: checked here where
+    // host.toml sets that interval too (the plugin's own default interval is known only when it starts: a
+    // longer jitter is then capped at it, with a warning). The error points at the jitter that applies.
+    void check_jitters(const toml::table& root, const HostConfig& cfg) const {
+        for (const auto& [name, ps] : cfg.plugins) {
+            const std::string plugin_key = child_key(child_key("", "plugins"), name);
+            auto check = [&](const std::optional<Jitter>& own_task, const std::optional<Duration>& interval,
+                             const std::string& where, const toml::node* task_node, const toml::node* interval_node) {
+                if (!interval) return;
+                const toml::node* node = nullptr;
+                std::string key;
+                const Jitter* j = nullptr;
+                if (own_task) {
+                    j = &*own_task;
+                    node = task_node;
+                    key = where + ".jitter";
+                } else if (ps.jitter) {
+                    j = &*ps.jitter;
+                    node = root["plugins"][name]["jitter"].node();
+                    key = plugin_key + ".jitter";
+                } else if (cfg.jitter) {
+                    j = &*cfg.jitter;
+                    node = root["host"]["jitter"].node();
+                    key = "host.jitter";
+                }
+                if (!j || !j->longer_than(*interval) || !node) return;
+                std::string at;
+                if (interval_node) {
+                    const auto& b = interval_node->source().begin;
+                    at = " (line " + std::to_string(b.line) + ")";
+                }
+                fail(*node, key,
+                     quote(format_jitter(*j)) + " is longer than the interval " + quote(format_duration(*interval)) +
+                         " of [" + where + "]" + at +
+                         "; a jitter is at most the interval: shorten it, or write a share of the interval such as "
+                         "\"50%\"");
+            };
+            const toml::node* plugin_interval = root["plugins"][name]["interval"].node();
+            check(std::nullopt, ps.interval, plugin_key, nullptr, plugin_interval);
+            for (const auto& [task, ts] : ps.tasks) {
+                const std::string task_key = child_key(child_key(plugin_key, "tasks"), task);
+                auto tn = root["plugins"][name]["tasks"][task];
+                const std::optional<Duration> interval = ts.interval ? ts.interval : ps.interval;
+                check(ts.jitter, interval, task_key, tn["jitter"].node(),
+                      ts.interval ? tn["interval"].node() : plugin_interval);
+            }
+        }
+    }
 
 private:
     std::string file_;
@@ -779,6 +903,27 @@ std::string format_duration(Duration d) {
         out += std::to_string(ns) + "ns";
     }
     return out;
+}
+
+// ---------------------------------------------------------------- Jitter
+
+Duration Jitter::of(Duration interval) const {
+    if (interval <= Duration::zero()) return Duration::zero();
+    if (ppm > 0)
+        return Duration(int64_t(static_cast<__int128>(interval.count()) * std::min<uint32_t>(ppm, 1000000) / 1000000));
+    return std::min(duration, interval);
+}
+
+std::string format_jitter(const Jitter& j) {
+    if (j.ppm == 0) return format_duration(j.duration);
+    std::string out = std::to_string(j.ppm / 10000);
+    if (uint32_t frac = j.ppm % 10000) {
+        std::string f = std::to_string(frac);
+        f.insert(0, 4 - f.size(), '0');
+        while (f.back() == '0') f.pop_back();
+        out += "." + f;
+    }
+    return out + "%";
 }
 
 // ---------------------------------------------------------------- PluginValues

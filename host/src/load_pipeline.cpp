@@ -30,6 +30,31 @@ std::pair<Duration, Duration> schedule_of(const PluginSettings& s, const th_task
     return {interval, timeout};
 }
 
+Placement placement_of(const HostConfig& c, const std::string& host, const std::string& plugin, const PluginSettings& s,
+                       const std::string& task, Duration interval) {
+    auto it = s.tasks.find(task);
+    const TaskSettings* ts = it == s.tasks.end() ? nullptr : &it->second;
+    Placement p;
+    const Jitter* j = nullptr;
+    if (ts && ts->jitter) {
+        j = &*ts->jitter;
+        p.source = "[plugins." + plugin + ".tasks." + task + "] jitter";
+    } else if (s.jitter) {
+        j = &*s.jitter;
+        p.source = "[plugins." + plugin + "] jitter";
+    } else if (c.jitter) {
+        j = &*c.jitter;
+        p.source = "[host] jitter";
+    }
+    if (j) {
+        p.jitter = j->of(interval);
+        p.capped = j->longer_than(interval);
+        p.offset = task_jitter_offset(host, plugin, task, p.jitter);
+    }
+    p.align = ts && ts->align ? *ts->align : s.align ? *s.align : c.align;
+    return p;
+}
+
 LoadPipeline::LoadPipeline(const HostConfig& config, std::shared_ptr<spdlog::logger> log)
     : config_(config), log_(std::move(log)), cache_(std::make_unique<ShadowCache>(config.shadow_dir, log_)) {}
 

@@ -31,6 +31,18 @@ LoadError to_error(const LoadFailure& f);
 // default (a timeout of 0: the host's default).
 std::pair<Duration, Duration> schedule_of(const PluginSettings& s, const th_task_def& t, Duration default_timeout);
 
+// Where a task's runs fall in time, from host.toml: its jitter (the task's, else its plugin's, else [host]'s),
+// resolved against its interval, the offset that gives this task on this host, and its alignment.
+struct Placement {
+    Duration jitter{0};  // at most the interval
+    Duration offset{0};  // task_jitter_offset(host, plugin, task, jitter)
+    bool align = false;
+    bool capped = false;  // a jitter written as a duration was longer than the interval: capped at it
+    std::string source;   // the key the jitter came from ("[plugins.x] jitter"), empty when none
+};
+Placement placement_of(const HostConfig& c, const std::string& host, const std::string& plugin, const PluginSettings& s,
+                       const std::string& task, Duration interval);
+
 class LoadPipeline {
 public:
     // `config` is read at each call (the manager's, replaced on apply_config); it must outlive the

@@ -23,6 +23,7 @@
 #include <thread>
 
 #include <sys/stat.h>
+#include <unistd.h>
 #if defined(__linux__)
 #include <sys/wait.h>
 #endif
@@ -130,6 +131,21 @@ using detail::to_error;
 namespace {
 std::string describe(const LoadedPlugin& p);
 }  // namespace
+
+Duration task_jitter_offset(std::string_view host, std::string_view plugin, std::string_view task, Duration jitter) {
+    std::string key;
+    key.reserve(host.size() + plugin.size() + task.size() + 2);
+    key.append(host).push_back('\0');
+    key.append(plugin).push_back('\0');
+    key.append(task);
+    return jitter_offset(key, jitter);
+}
+
+std::string machine_name() {
+    char buf[256] = {0};
+    if (::gethostname(buf, sizeof buf - 1) != 0 || !buf[0]) return "localhost";
+    return buf;
+}
 
 bool is_plugin_file_name(const fs::path& path) {
 #if defined(_WIN32)
@@ -553,7 +569,8 @@ std::string task_list(const LoadedPlugin& p) {
     for (size_t i = 0; i < p.scheduled.size() && i < kShown; ++i) {
         const auto& t = p.scheduled[i];
         s += (s.empty() ? "" : ", ") + t.name + " every " + format_duration(t.interval) + " (timeout " +
-             format_duration(t.timeout) + ")";
+             format_duration(t.timeout) + (t.jitter > Duration::zero() ? ", offset " + format_duration(t.offset) : "") +
+             (t.align ? ", aligned" : "") + ")";
     }
     if (p.scheduled.size() > kShown) s += ", and " + std::to_string(p.scheduled.size() - kShown) + " more";
     return s;
@@ -698,6 +715,7 @@ void PluginManager::apply_config(HostConfig next) {
         std::vector<Plugin> changed;
         for (auto& [f, p] : by_file_)
             if (!(prev.plugin(p->name) == config_.plugin(p->name)) || prev.default_timeout != config_.default_timeout ||
+                prev.jitter != config_.jitter || prev.align != config_.align ||
                 prev.isolation_of(p->name) != config_.isolation_of(p->name))
                 changed.push_back(p);
         // A changed plugin is restarted in place, on the library already loaded (an isolated one in its
@@ -755,6 +773,7 @@ void PluginManager::apply_config(HostConfig next) {
                 // Its process ended during the stop: a new one, from the file, with the new settings.
                 log_->info("plugin '{}': its process ended while it stopped; starting it in a new process", p->name);
                 continue;  // not in by_file_: reconcile() below loads it
+
             }
             auto err = initialise(*p);
             if (!err) err = start_tasks(p);
@@ -773,7 +792,6 @@ void PluginManager::apply_config(HostConfig next) {
     reconcile();
 }
 
-
 std::optional<LoadError> PluginManager::start_tasks(const std::shared_ptr<LoadedPlugin>& p) {
     // One anchor for the whole plugin: its tasks with the same interval come due together, one batch per
     // tick for all of them (and their first runs follow one interval after the plugin started).
@@ -781,19 +799,59 @@ std::optional<LoadError> PluginManager::start_tasks(const std::shared_ptr<Loaded
     // run) and the plugin is shut down, bounded, as after a failed init.
     std::string what;
     const char* adding = nullptr;  // the task being added when it failed
+    // A jitter offsets each task's phase (README.md, "Schedules"): tasks whose offsets fall on one 10 ms step
+    // still run as one batch. Aligned tasks come due on wall-clock multiples of their interval. The tasks are
+    // added in the order of their offsets (p->scheduled keeps the plugin's order): the members of a batch then
+    // sit side by side in the scheduler's slots and in memory, which the workers walk through in order.
+    size_t added = 0;
     try {
         const TimePoint anchor = tickers_.clock().now();
+        const WallTime wall = tickers_.clock().wall_now();
+        const std::string host = config_.host_name.empty() ? machine_name() : config_.host_name;
+        std::vector<std::string> capped;  // tasks whose jitter was capped at their interval (the first three)
+        size_t capped_n = 0;
+        std::string capped_source;
+        const size_t n = p->tasks.tasks.size();
         p->scheduled.clear();
-        p->scheduled.reserve(p->tasks.tasks.size());  // push_back below cannot throw after an add
-        for (size_t i = 0; i < p->tasks.tasks.size(); ++i) {
+        p->scheduled.resize(n);  // filled below without allocating after an add (an entry's id 0: not added)
+        std::vector<detail::Placement> where(n);
+        std::vector<size_t> order(n);
+        for (size_t i = 0; i < n; ++i) {
             const th_task_def& t = p->tasks.tasks[i];
-            adding = t.name;
             const auto [interval, timeout] = schedule_of(p->settings, t, config_.default_timeout);
-            const TaskId id = tickers_.add(
-                interval, TickTask{p->name + "/" + t.name, timeout, p->inst->task_fn(i, t.name)}, anchor + interval);
-            p->scheduled.push_back({t.name, interval, timeout, id, anchor + interval});
+            where[i] = detail::placement_of(config_, host, p->name, p->settings, t.name, interval);
+            const detail::Placement& pl = where[i];
+            if (pl.capped) {
+                if (++capped_n <= 3) capped.push_back(std::string(t.name) + " (" + format_duration(interval) + ")");
+                capped_source = pl.source;
+            }
+            TimePoint first = anchor + pl.offset + interval;
+            if (pl.align) {  // the first multiple (plus offset) after now, by the wall clock as it reads now
+                const Duration since = (wall.time_since_epoch() - pl.offset) % interval;
+                first = anchor + (interval - (since < Duration::zero() ? since + interval : since));
+            }
+            p->scheduled[i] = {t.name, interval, timeout, 0, first, pl.jitter, pl.offset, pl.align};
+            order[i] = i;
+        }
+        std::stable_sort(order.begin(), order.end(),
+                         [&](size_t x, size_t y) { return where[x].offset < where[y].offset; });
+        for (const size_t i : order) {
+            const th_task_def& t = p->tasks.tasks[i];
+            PluginTaskInfo& info = p->scheduled[i];
+            adding = t.name;
+            info.id = tickers_.add(Schedule{info.interval, info.offset, info.align, anchor},
+                                   TickTask{p->name + "/" + t.name, info.timeout, p->inst->task_fn(i, t.name)});
             adding = nullptr;
-            if (p->scheduled.size() == 1) detail::fault_point("start_tasks", p->name);  // test seam
+            if (++added == 1) detail::fault_point("start_tasks", p->name);  // test seam
+        }
+        if (!capped.empty()) {
+            std::string list;
+            for (auto& c : capped) list += (list.empty() ? "" : ", ") + c;
+            log_->warn(
+                "plugin '{}': {} is longer than the interval of task(s) {}{} (the plugin's own default, not "
+                "set in host.toml): capped at the interval; write a share of the interval such as \"50%\"",
+                p->name, capped_source, list,
+                capped_n > 3 ? " and " + std::to_string(capped_n - 3) + " more" : std::string());
         }
         watch(p);
         return std::nullopt;
@@ -802,8 +860,11 @@ std::optional<LoadError> PluginManager::start_tasks(const std::shared_ptr<Loaded
     } catch (...) {
         what = "an unknown exception";
     }
+    // Only the tasks added are removed (and get their stop calls).
+    p->scheduled.erase(
+        std::remove_if(p->scheduled.begin(), p->scheduled.end(), [](const PluginTaskInfo& t) { return t.id == 0; }),
+        p->scheduled.end());
     const std::string task = adding ? adding : "";
-    const size_t added = p->scheduled.size();
     if (!stop_plugins({p}, config_.shutdown_timeout))
         log_->error("plugin '{}': its code may still be running after the failed start; it stays loaded", p->name);
     p->scheduled.clear();

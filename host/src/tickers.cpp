@@ -22,6 +22,13 @@
 // timer). A cancel word only grows (cancel_call), and a call is cancelled only while it holds exactly that
 // sequence, so a late cancellation of one call can never hit the next.
 //
+// Aligned cohorts (Schedule::align) keep their due time on the monotonic clock like the others, mapped from
+// their wall-clock time with one wall - monotonic difference (wall_offset_) measured when the first of them
+// came. Their key in by_key_ carries kAlignedKey, so that they never merge with a cohort that is not aligned
+// (the two part at the next wall-clock step). At each wake-up while some exist the timer measures the
+// difference again; if it moved (a step, a resume), reanchor() moves every aligned cohort to its new due time
+// (see tickers.hpp for the rules) and rebuilds the heap and the keys: a rare event, O(cohorts).
+//
 // Cancellation by removal. remove() and stop() cancel the run in flight the same way: after setting
 // REMOVED they look for a worker whose published call is a run of that task and write its sequence. A
 // worker publishes a run *before* it claims the slot (with a provisional deadline, kUnstarted, that the
@@ -36,10 +43,18 @@
 #include <cassert>
 #include <deque>
 #include <stdexcept>
+#include <system_error>
 #include <thread>
 #include <unordered_map>
 
 #include <time.h>
+
+#if defined(__linux__)
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#endif
 
 #include <spdlog/spdlog.h>
 
@@ -54,11 +69,25 @@ namespace tickhost {
 
 // ---- ManualClock ----------------------------------------------------------------------------------------
 
-ManualClock::ManualClock(TimePoint start) : now_(start) {}
+ManualClock::ManualClock(TimePoint start, WallTime wall_start)
+    : now_(start), wall_minus_now_(wall_start.time_since_epoch() - start.time_since_epoch()) {}
 
 TimePoint ManualClock::now() const {
     std::lock_guard<std::mutex> lk(mu_);
     return now_;
+}
+
+WallTime ManualClock::wall_now() const {
+    std::lock_guard<std::mutex> lk(mu_);
+    return WallTime(now_.time_since_epoch() + wall_minus_now_);
+}
+
+void ManualClock::set_wall(WallTime t) {
+    {
+        std::lock_guard<std::mutex> lk(mu_);
+        wall_minus_now_ = t.time_since_epoch() - now_.time_since_epoch();
+    }
+    wake_all();
 }
 
 void ManualClock::wait_until(std::unique_lock<std::mutex>& lock, std::condition_variable& cv, TimePoint until) {
@@ -108,6 +137,24 @@ void ManualClock::wake_all() {
     }
 }
 
+// ---- Schedules ------------------------------------------------------------------------------------------
+
+uint64_t fnv1a64(std::string_view bytes) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (unsigned char c : bytes) {
+        h ^= c;
+        h *= 0x100000001b3ull;
+    }
+    return h;
+}
+
+Duration jitter_offset(std::string_view key, Duration jitter) {
+    if (jitter <= Duration::zero()) return Duration::zero();
+    const int64_t step = jitter_step.count();
+    const uint64_t steps = uint64_t((jitter.count() + step - 1) / step);  // ceil(jitter / step) >= 1
+    return Duration(int64_t(fnv1a64(key) % steps) * step);              // (steps - 1) * step < jitter
+}
+
 // ---- Implementation -------------------------------------------------------------------------------------
 
 namespace {
@@ -128,6 +175,18 @@ constexpr uint32_t kSegBits = 12;  // 4096 slots per segment
 constexpr uint32_t kSegSize = 1u << kSegBits;
 constexpr uint32_t kMaxSegs = 1u << 16;  // 268M slots
 constexpr uint32_t kNoCohort = UINT32_MAX;
+// An Op that adds an aligned task (in Op::slot: slot indexes stay below 2^28); its due is a wall-clock time.
+constexpr uint32_t kAlignedOp = 1u << 31;
+// In by_key_'s interval: the cohort is aligned (intervals stay below 2^55).
+constexpr int64_t kAlignedKey = int64_t(1) << 62;
+// A change of the wall - monotonic difference beyond this is a wall-clock step (or a suspend).
+constexpr int64_t kStepTolerance = 1000000;  // 1 ms
+
+// x mod m in [0, m) for m > 0, also for negative x.
+int64_t floor_mod(int64_t x, int64_t m) {
+    const int64_t r = x % m;
+    return r < 0 ? r + m : r;
+}
 
 // Worker run word: sequence << 2 | state.
 constexpr uint64_t kIdle = 0, kBusy = 1, kGone = 2;  // kGone: abandoned by the timer
@@ -267,10 +326,12 @@ struct Worker {
 
 // A change for the timer's cohorts, handed over in order: an added task, or a freed slot to drop.
 struct Op {
-    int64_t due;  // add: first due time; a drop: -1
-    uint32_t slot;
+    int64_t due;    // add: first due time (an aligned add: its wall-clock time); a drop: -1
+    uint32_t slot;  // | kAlignedOp for an aligned add
     uint32_t gen;
     bool add() const { return due >= 0; }
+    uint32_t index() const { return slot & ~kAlignedOp; }
+    bool aligned() const { return (slot & kAlignedOp) != 0; }
 };
 static_assert(sizeof(Op) == 16, "");
 
@@ -280,7 +341,8 @@ struct Tickers::Impl : std::enable_shared_from_this<Tickers::Impl> {
     Slot* new_segment();
 
     Slot& slot(uint32_t i) const { return segs_[i >> kSegBits][i & (kSegSize - 1)]; }
-    TaskId add(Duration interval, TickTask task, TimePoint first_due);
+    // `first_due`: on the registry's clock, or for an aligned task (`aligned`) a wall-clock time.
+    TaskId add(Duration interval, TickTask task, int64_t first_due, bool aligned);
     bool remove(TaskId id);
     StopState wait_stopped(TaskId id, Duration bound);
     void free_slots(const std::vector<uint32_t>& slots);
@@ -349,10 +411,22 @@ struct Tickers::Impl : std::enable_shared_from_this<Tickers::Impl> {
         int64_t interval = 0;
         std::vector<Member> members;
         bool live = false;
+        // Aligned cohorts only: the wall-clock time of the next tick is due + wall_offset_.
+        bool aligned = false;
+        int64_t last_due = INT64_MIN;   // the previous tick (or, before the first, one interval before it)
+        int64_t last_wall = INT64_MIN;  // ... and its wall-clock time
+        uint64_t owed_missed = 0;       // ticks a wall-clock jump passed over, for the next batch's count
+        std::pair<int64_t, int64_t> key() const { return {due, aligned ? interval | kAlignedKey : interval}; }
     };
     void timer_apply(const std::vector<Op>& ops);
-    uint32_t cohort_for(int64_t due, int64_t interval);
+    uint32_t cohort_for(int64_t due, int64_t interval, bool aligned);
     void drop_member(uint32_t slot_index);
+    void retire_cohort(uint32_t id);
+    // wall - monotonic, read so that a preemption between the reads does not pass for a step.
+    int64_t measure_wall_offset() const;
+    // At a wake-up while aligned cohorts exist: re-anchors them if the wall clock moved. `now`: monotonic.
+    void check_wall(int64_t now);
+    void reanchor(int64_t now, int64_t offset);
 
     Options opt_;
     std::shared_ptr<Clock> clock_;
@@ -381,6 +455,9 @@ struct Tickers::Impl : std::enable_shared_from_this<Tickers::Impl> {
     bool timer_stop_ = false;
     bool timer_kick_ = false;         // work appeared that the timer did not dispatch itself
     int64_t processed_until_ = INT64_MIN;
+    // With aligned cohorts: the wall - monotonic difference the timer last handled (for wait_idle); else unset.
+    std::optional<int64_t> processed_offset_;
+    int64_t measured_offset_ = 0;  // timer-private: the last one check_wall() measured
     // The shortest timeout of any task ever added. While calls are queued or running, the timer looks at
     // the workers at least this often, so it sees every deadline in time without workers having to tell
     // it about each call (that would cost a fence per call).
@@ -396,6 +473,13 @@ struct Tickers::Impl : std::enable_shared_from_this<Tickers::Impl> {
         }
     };
     std::unordered_map<std::pair<int64_t, int64_t>, uint32_t, KeyHash> by_key_;
+    size_t aligned_cohorts_ = 0;  // live aligned cohorts
+    int64_t wall_offset_ = 0;     // wall - monotonic the aligned cohorts' due times were mapped with
+#if defined(__linux__)
+    class WallStepWatch;
+    std::unique_ptr<WallStepWatch> wall_watch_;  // with the real clock, from the first aligned cohort to stop()
+    bool wall_watch_failed_ = false;
+#endif
 
     // Worker queue.
     std::mutex qmu_;
@@ -458,7 +542,7 @@ Tickers::Impl::Impl(Options o) : opt_(std::move(o)) {
 
 // ---- add / remove / free --------------------------------------------------------------------------------
 
-TaskId Tickers::Impl::add(Duration interval, TickTask task, TimePoint first_due) {
+TaskId Tickers::Impl::add(Duration interval, TickTask task, int64_t first_due, bool aligned) {
     if (interval <= Duration::zero()) throw std::invalid_argument("tickers: task '" + task.name + "': interval must be > 0");
     if (task.timeout < Duration::zero()) throw std::invalid_argument("tickers: task '" + task.name + "': timeout must be >= 0");
     if (!task.fn) throw std::invalid_argument("tickers: task '" + task.name + "' has no function");
@@ -466,7 +550,7 @@ TaskId Tickers::Impl::add(Duration interval, TickTask task, TimePoint first_due)
     if (interval > max_duration || task.timeout > max_duration)
         throw std::invalid_argument("tickers: task '" + task.name + "': interval and timeout must be at most 365 days");
     constexpr int64_t kLatest = INT64_MAX / 2;  // keeps due + interval and deadlines clear of overflow
-    if (to_ns(first_due) > kLatest) first_due = from_ns(kLatest);
+    first_due = std::min(first_due, kLatest);
 
     std::unique_lock<std::mutex> lk(mu_);
     uint32_t i;
@@ -499,7 +583,7 @@ TaskId Tickers::Impl::add(Duration interval, TickTask task, TimePoint first_due)
     // last look already did (a new task's first due time may be earlier than the timer's next wake-up).
     const bool wake = !adds_told_;
     adds_told_ = true;
-    pending_.push_back({std::max<int64_t>(to_ns(first_due), 0), i, gen});
+    pending_.push_back({std::max<int64_t>(first_due, 0), aligned ? i | kAlignedOp : i, gen});
     lk.unlock();
     // The timer takes everything pending when it wakes, so one notify per burst of adds is enough.
     if (wake) timer_cv_.notify_one();
@@ -782,6 +866,13 @@ bool Tickers::Impl::execute(Worker& w, const std::shared_ptr<Batch>& b, size_t l
         const Member m = b->items[k];
         w.cursor.store(k, std::memory_order_relaxed);
         Slot& s = slot(m.slot);
+        // The hardware prefetches the slots of a batch that walks them in order; those of a jittered cohort are
+        // scattered over the registry (a cache miss each): fetch both lines of a slot a few items ahead.
+        if (k + 8 < hi) {
+            const char* ahead = reinterpret_cast<const char*>(&slot(b->items[k + 8].slot));
+            __builtin_prefetch(ahead);
+            __builtin_prefetch(ahead + 64);
+        }
         if (b->stop) {
             if (!call(w, s, m, true, 0, 0, start, freed)) return false;
             continue;
@@ -793,7 +884,8 @@ bool Tickers::Impl::execute(Worker& w, const std::shared_ptr<Batch>& b, size_t l
         };
         if (gone()) continue;
         if (flags_of(word) & kRunning) {
-            s.skipped.fetch_add(1, std::memory_order_relaxed);  // never overlap a task with itself
+            // Never overlap a task with itself. The ticks missed before this one are skipped as well.
+            s.skipped.fetch_add(1 + uint64_t(b->missed), std::memory_order_relaxed);
             continue;
         }
         // Publish the run before claiming it (see the top of this file): a remove() or stop() that sets
@@ -803,7 +895,7 @@ bool Tickers::Impl::execute(Worker& w, const std::shared_ptr<Batch>& b, size_t l
         for (;;) {
             if (gone()) break;
             if (flags_of(word) & kRunning) {
-                s.skipped.fetch_add(1, std::memory_order_relaxed);
+                s.skipped.fetch_add(1 + uint64_t(b->missed), std::memory_order_relaxed);
                 break;
             }
             if (s.word.compare_exchange_weak(word, word | kRunning, std::memory_order_acq_rel)) {
@@ -987,8 +1079,8 @@ int64_t Tickers::Impl::scan_workers(int64_t now) {
 
 // ---- timer ----------------------------------------------------------------------------------------------
 
-uint32_t Tickers::Impl::cohort_for(int64_t due, int64_t interval) {
-    auto key = std::make_pair(due, interval);
+uint32_t Tickers::Impl::cohort_for(int64_t due, int64_t interval, bool aligned) {
+    auto key = std::make_pair(due, aligned ? interval | kAlignedKey : interval);
     auto it = by_key_.find(key);
     if (it != by_key_.end()) return it->second;
     uint32_t id;
@@ -1004,9 +1096,25 @@ uint32_t Tickers::Impl::cohort_for(int64_t due, int64_t interval) {
     c.interval = interval;
     c.members.clear();
     c.live = true;
+    c.aligned = aligned;
+    c.owed_missed = 0;
+    c.last_due = c.last_wall = INT64_MIN;
+    if (aligned) {
+        // Before its first tick, the "previous" one is an interval earlier (backward steps compare with it).
+        c.last_due = due - interval;  // due >= 0, interval <= max_duration: no overflow
+        c.last_wall = add_sat(c.last_due, wall_offset_);
+        ++aligned_cohorts_;
+    }
     by_key_.emplace(key, id);
     heap_.push({due, id});
     return id;
+}
+
+void Tickers::Impl::retire_cohort(uint32_t id) {
+    Cohort& c = cohorts_[id];
+    c.live = false;
+    if (c.aligned) --aligned_cohorts_;
+    free_cohorts_.push_back(id);
 }
 
 void Tickers::Impl::drop_member(uint32_t si) {
@@ -1020,19 +1128,175 @@ void Tickers::Impl::drop_member(uint32_t si) {
     s.cohort = kNoCohort;
 }
 
+// ---- wall clock (aligned cohorts) -----------------------------------------------------------------------
+
+#if defined(__linux__)
+// Wakes the timer when the wall clock is set or the machine resumes from a suspend: a CLOCK_REALTIME timerfd
+// armed far in the future with TFD_TIMER_CANCEL_ON_SET, whose read() fails with ECANCELED on either (the
+// kernel tells a resume as a clock set). Its thread sleeps in read() otherwise: no wake-up of its own.
+class Tickers::Impl::WallStepWatch {
+public:
+    explicit WallStepWatch(std::function<void()> on_step) : on_step_(std::move(on_step)) {
+        fd_ = ::timerfd_create(CLOCK_REALTIME, TFD_CLOEXEC);
+        if (fd_ < 0) throw std::system_error(errno, std::generic_category(), "timerfd_create");
+        try {
+            if (!arm()) throw std::system_error(errno, std::generic_category(), "timerfd_settime");
+            thread_ = std::thread([this] { loop(); });
+        } catch (...) {
+            ::close(fd_);
+            throw;
+        }
+    }
+    ~WallStepWatch() {
+        stop_.store(true);
+        itimerspec soon{};
+        soon.it_value.tv_nsec = 1;  // relative: expires at once, so read() returns and the loop sees stop_
+        ::timerfd_settime(fd_, 0, &soon, nullptr);
+        thread_.join();
+        ::close(fd_);
+    }
+    WallStepWatch(const WallStepWatch&) = delete;
+    WallStepWatch& operator=(const WallStepWatch&) = delete;
+
+private:
+    bool arm() {
+        itimerspec far{};
+        far.it_value.tv_sec = 4102444800;  // 2100-01-01T00:00:00Z: only ever cancelled
+        return ::timerfd_settime(fd_, TFD_TIMER_ABSTIME | TFD_TIMER_CANCEL_ON_SET, &far, nullptr) == 0;
+    }
+    // Every arm() is followed by a look at stop_ before the next read(): the destructor's expiry is never lost.
+    void loop() {
+        prctl(PR_SET_NAME, "tickhost-wall", 0, 0, 0);
+        while (!stop_.load()) {
+            uint64_t expirations;
+            const ssize_t r = ::read(fd_, &expirations, sizeof expirations);
+            if (stop_.load()) break;
+            if (r < 0 && errno == EINTR) continue;
+            if (r < 0 && errno != ECANCELED) break;  // cannot happen; steps are then seen at the next wake-up
+            arm();
+            if (r < 0) on_step_();  // ECANCELED: the wall clock was set, or the machine resumed
+        }
+    }
+    std::function<void()> on_step_;
+    int fd_ = -1;
+    std::atomic<bool> stop_{false};
+    std::thread thread_;
+};
+#endif
+
+int64_t Tickers::Impl::measure_wall_offset() const {
+    // wall, monotonic, wall: the pair of wall reads brackets the monotonic one. A pair more than 20 us apart
+    // (the thread was preempted between them) is read again, up to three times; the tightest one counts.
+    int64_t best = 0, best_gap = INT64_MAX;
+    for (int k = 0; k < 3 && best_gap > 20000; ++k) {
+        const int64_t w1 = clock_->wall_now().time_since_epoch().count();
+        const int64_t m = to_ns(clock_->now());
+        const int64_t w2 = clock_->wall_now().time_since_epoch().count();
+        const int64_t gap = add_sat(w2, -w1);
+        if (gap < 0 || gap >= best_gap) continue;  // negative: the wall clock was set between the reads
+        best_gap = gap;
+        best = add_sat(add_sat(w1, gap / 2), -m);
+    }
+    if (best_gap == INT64_MAX) best = add_sat(clock_->wall_now().time_since_epoch().count(), -to_ns(clock_->now()));
+    return best;
+}
+
+void Tickers::Impl::check_wall(int64_t now) {
+#if defined(__linux__)
+    if (steady_clock_ && !wall_watch_ && !wall_watch_failed_) {
+        try {
+            wall_watch_ = std::make_unique<WallStepWatch>([this] { kick_timer(); });
+        } catch (const std::exception& e) {
+            log_->warn(
+                "aligned tasks: cannot watch the wall clock for steps ({}); a step is seen when the timer "
+                "next wakes up",
+                e.what());
+            wall_watch_.reset();
+            wall_watch_failed_ = true;  // not again
+        }
+    }
+#endif
+    const int64_t offset = measure_wall_offset();
+    measured_offset_ = offset;
+    const int64_t moved = add_sat(offset, -wall_offset_);
+    if (moved > kStepTolerance || moved < -kStepTolerance) reanchor(now, offset);
+}
+
+void Tickers::Impl::reanchor(int64_t now, int64_t offset) {
+    const int64_t moved = add_sat(offset, -wall_offset_);
+    const int64_t wall = add_sat(now, offset);
+    size_t tasks = 0;
+    for (Cohort& c : cohorts_) {
+        if (!c.live || !c.aligned || c.due == INT64_MAX) continue;
+        tasks += c.members.size();
+        const int64_t I = c.interval;
+        const int64_t label = add_sat(c.due, wall_offset_);                 // its next tick's wall time, as planned
+        const int64_t latest = add_sat(wall, -floor_mod(wall - label, I));  // the latest tick time <= wall
+        int64_t next;
+        if (latest >= label && latest > c.last_wall) {
+            // Ticks were jumped over (a step ahead, a resume): the latest runs at once, late, like a tick the
+            // timer was late for; those before it are counted as skipped. No burst.
+            c.owed_missed += uint64_t((latest - label) / I);
+            next = latest;
+        } else {
+            next = add_sat(latest, I);  // the first tick after the new wall time
+            // Back in time: a tick that already ran is not run again sooner than an interval after that run.
+            const int64_t earliest = add_sat(c.last_due, I);
+            const int64_t due = add_sat(next, -offset);
+            if (next <= c.last_wall && due < earliest) next = add_sat(next, mul_sat((earliest - due + I - 1) / I, I));
+        }
+        c.due = std::max<int64_t>(add_sat(next, -offset), 0);
+    }
+    wall_offset_ = offset;
+    // New due times: the heap and the keys again. Cohorts that now share a key merge (unless a jump left them
+    // different counts of skipped ticks to report: then they stay apart, and merge at a later tick).
+    heap_.clear();
+    by_key_.clear();
+    for (uint32_t id = 0; id < cohorts_.size(); ++id) {
+        Cohort& c = cohorts_[id];
+        if (!c.live) continue;
+        auto [it, fresh] = by_key_.emplace(c.key(), id);
+        if (!fresh && cohorts_[it->second].owed_missed == c.owed_missed) {
+            Cohort& o = cohorts_[it->second];
+            for (const Member& m : c.members) {
+                Slot& s = slot(m.slot);
+                s.cohort = it->second;
+                s.pos = uint32_t(o.members.size());
+                o.members.push_back(m);
+            }
+            o.last_due = std::max(o.last_due, c.last_due);
+            o.last_wall = std::max(o.last_wall, c.last_wall);
+            c.members.clear();
+            retire_cohort(id);
+            continue;
+        }
+        heap_.push({c.due, id});
+    }
+    log_->info(
+        "the wall clock moved by {} against the monotonic clock (a clock step, or a suspend); {} aligned "
+        "task(s) re-anchored on it",
+        (moved > 0 ? "+" : "") + detail::format_elapsed(Duration(moved)), tasks);
+}
+
 void Tickers::Impl::timer_apply(const std::vector<Op>& ops) {
     for (const Op& op : ops) {
-        Slot& s = slot(op.slot);
+        Slot& s = slot(op.index());
         if (!op.add()) {
             if (s.cohort != kNoCohort && cohorts_[s.cohort].members[s.pos].gen == op.gen) drop_member(op.slot);
             continue;
         }
-        if (s.cohort != kNoCohort) drop_member(op.slot);  // defensive: a stale membership
-        const uint32_t id = cohort_for(op.due, s.interval_ns.load(std::memory_order_relaxed));
+        if (s.cohort != kNoCohort) drop_member(op.index());  // defensive: a stale membership
+        int64_t due = op.due;
+        if (op.aligned()) {
+            // The first aligned cohort fixes the difference the others are mapped with (check_wall keeps it).
+            if (aligned_cohorts_ == 0) wall_offset_ = measure_wall_offset();
+            due = std::max<int64_t>(add_sat(op.due, -wall_offset_), 0);
+        }
+        const uint32_t id = cohort_for(due, s.interval_ns.load(std::memory_order_relaxed), op.aligned());
         Cohort& c = cohorts_[id];
         s.cohort = id;
         s.pos = uint32_t(c.members.size());
-        c.members.push_back({op.slot, op.gen});
+        c.members.push_back({op.index(), op.gen});
     }
 }
 
@@ -1051,15 +1315,15 @@ void Tickers::Impl::timer_loop() {
         timer_apply(incoming);
         incoming.clear();
         const int64_t now = to_ns(clock_->now());
+        if (aligned_cohorts_ > 0) check_wall(now);  // before anything is dispatched: nothing runs early
         // A cohort at INT64_MAX has run out of time (its due saturated): it never comes due again.
         while (!heap_.empty() && heap_.top().due <= now && heap_.top().due != INT64_MAX) {
             const uint32_t id = heap_.top().id;
             Cohort& c = cohorts_[id];
-            by_key_.erase({c.due, c.interval});
+            if (auto k = by_key_.find(c.key()); k != by_key_.end() && k->second == id) by_key_.erase(k);
             if (c.members.empty()) {  // everybody left: retire the cohort
                 heap_.pop();
-                c.live = false;
-                free_cohorts_.push_back(id);
+                retire_cohort(id);
                 continue;
             }
             auto b = std::make_shared<Batch>();
@@ -1075,11 +1339,19 @@ void Tickers::Impl::timer_loop() {
                 next = add_sat(b->due, c.interval);
                 b->missed = uint32_t(std::min<int64_t>(missed, UINT32_MAX));
             }
+            if (c.aligned) {
+                b->missed = uint32_t(std::min<uint64_t>(uint64_t(b->missed) + c.owed_missed, UINT32_MAX));
+                c.owed_missed = 0;
+                c.last_due = b->due;
+                c.last_wall = add_sat(b->due, wall_offset_);
+            }
             c.due = next;
-            auto other = by_key_.find({next, c.interval});
+            auto other = by_key_.find(c.key());
             if (other != by_key_.end()) {
                 // Another cohort (tasks added later on the same grid) is due then too: merge into it.
                 Cohort& o = cohorts_[other->second];
+                o.last_due = std::max(o.last_due, c.last_due);
+                o.last_wall = std::max(o.last_wall, c.last_wall);
                 for (const Member& m : c.members) {
                     Slot& s = slot(m.slot);
                     s.cohort = other->second;
@@ -1088,10 +1360,9 @@ void Tickers::Impl::timer_loop() {
                 }
                 c.members.clear();
                 heap_.pop();
-                c.live = false;
-                free_cohorts_.push_back(id);
+                retire_cohort(id);
             } else {
-                by_key_.emplace(std::make_pair(next, c.interval), id);
+                by_key_.emplace(c.key(), id);
                 heap_.replace_top({next, id});
             }
             push_batch(std::move(b));
@@ -1106,6 +1377,7 @@ void Tickers::Impl::timer_loop() {
 
         lk.lock();
         processed_until_ = now;
+        processed_offset_ = aligned_cohorts_ > 0 ? std::optional<int64_t>(measured_offset_) : std::nullopt;
         idle_cv_.notify_all();
         if (!pending_.empty() || timer_stop_ || timer_kick_) {
             timer_kick_ = false;
@@ -1127,7 +1399,11 @@ void Tickers::Impl::timer_loop() {
         if (!c.live) continue;
         for (const Member& m : c.members) {
             slot(m.slot).cohort = kNoCohort;
-            keep.push_back({c.due, m.slot, m.gen});
+            // An aligned task goes back by its wall-clock time: mapped again when the timer starts again.
+            if (c.aligned)
+                keep.push_back({add_sat(c.due, wall_offset_), m.slot | kAlignedOp, m.gen});
+            else
+                keep.push_back({c.due, m.slot, m.gen});
         }
     }
     keep.insert(keep.end(), incoming.begin(), incoming.end());
@@ -1137,7 +1413,11 @@ void Tickers::Impl::timer_loop() {
     free_cohorts_.clear();
     by_key_.clear();
     heap_.clear();
+    aligned_cohorts_ = 0;
     lk.unlock();
+#if defined(__linux__)
+    wall_watch_.reset();  // its thread may be kicking us: not with mu_ held
+#endif
     clock_->forget(timer_cv_);  // a ManualClock may outlive this registry
 }
 
@@ -1344,11 +1624,27 @@ Tickers::~Tickers() {
 
 TaskId Tickers::add(Duration interval, TickTask task) {
     const TimePoint first = impl_->clock_->now() + interval;
-    return impl_->add(interval, std::move(task), first);
+    return impl_->add(interval, std::move(task), to_ns(first), false);
 }
 
 TaskId Tickers::add(Duration interval, TickTask task, TimePoint first_due) {
-    return impl_->add(interval, std::move(task), first_due);
+    return impl_->add(interval, std::move(task), to_ns(first_due), false);
+}
+
+TaskId Tickers::add(const Schedule& sc, TickTask task) {
+    const Duration I = sc.interval;
+    if (I <= Duration::zero() || I > max_duration)
+        throw std::invalid_argument("tickers: task '" + task.name + "': interval must be > 0 and at most 365 days");
+    if (sc.offset < Duration::zero() || sc.offset > I)
+        throw std::invalid_argument("tickers: task '" + task.name + "': offset must be within 0..interval");
+    if (!sc.align) {
+        const TimePoint anchor = sc.anchor ? *sc.anchor : impl_->clock_->now();
+        return impl_->add(I, std::move(task), add_sat(to_ns(anchor), (sc.offset + I).count()), false);
+    }
+    // The first wall-clock time after now that is a multiple of the interval plus the offset.
+    const int64_t wall = impl_->clock_->wall_now().time_since_epoch().count();
+    const int64_t first = add_sat(add_sat(wall, -floor_mod(wall - sc.offset.count(), I.count())), I.count());
+    return impl_->add(I, std::move(task), first, true);
 }
 
 std::vector<TaskId> Tickers::add_all(std::vector<std::pair<Duration, TickTask>> tasks) {
@@ -1409,8 +1705,14 @@ bool Tickers::wait_idle(std::chrono::milliseconds bound) {
     std::unique_lock<std::mutex> lk(impl_->mu_);
     for (;;) {
         const int64_t now = to_ns(impl_->clock_->now());
+        // With aligned tasks, a step of the wall clock (which leaves now() where it is) is work too.
+        auto wall_handled = [&] {
+            if (!impl_->processed_offset_) return true;
+            const int64_t moved = *impl_->processed_offset_ - impl_->measure_wall_offset();
+            return moved <= kStepTolerance && moved >= -kStepTolerance;
+        };
         const bool timer_caught_up =
-            !impl_->timer_running_ || (impl_->processed_until_ >= now && impl_->pending_.empty());
+            !impl_->timer_running_ || (impl_->processed_until_ >= now && impl_->pending_.empty() && wall_handled());
         if (timer_caught_up && impl_->inflight_.load(std::memory_order_acquire) <= 0) return true;
         if (!timer_caught_up) impl_->timer_cv_.notify_one();
         const auto step = std::min(until, std::chrono::steady_clock::now() + std::chrono::milliseconds(20));

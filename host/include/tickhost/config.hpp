@@ -65,11 +65,29 @@ private:
     std::map<std::string, Value, std::less<>> values_;
 };
 
+// A jitter (`jitter` in [host], [plugins.<name>] and [plugins.<name>.tasks.<task>]): a duration ("3s") or a
+// share of the task's interval ("10%"). Zero ("0s", "0%", "off") turns one set further out off.
+struct Jitter {
+    Duration duration{0};  // used when ppm == 0
+    uint32_t ppm = 0;      // parts per million of the interval, 1..1000000 ("10%" = 100000; "0.0001%" = 1)
+    // The jitter of a task with this interval: the share of it, or the duration, at most the interval.
+    Duration of(Duration interval) const;
+    bool longer_than(Duration interval) const { return ppm == 0 && duration > interval; }
+    bool operator==(const Jitter& o) const { return duration == o.duration && ppm == o.ppm; }
+    bool operator!=(const Jitter& o) const { return !(*this == o); }
+};
+// "3s" or "10%", as host.toml takes it ("0s" when zero).
+std::string format_jitter(const Jitter& j);
+
 // [plugins.<name>.tasks.<task>]
 struct TaskSettings {
     std::optional<Duration> interval;
     std::optional<Duration> timeout;
-    bool operator==(const TaskSettings& o) const { return interval == o.interval && timeout == o.timeout; }
+    std::optional<Jitter> jitter;  // unset: the plugin's, else [host]'s
+    std::optional<bool> align;     // unset: the plugin's, else [host]'s
+    bool operator==(const TaskSettings& o) const {
+        return interval == o.interval && timeout == o.timeout && jitter == o.jitter && align == o.align;
+    }
 };
 
 // How a plugin runs: in the host's process (none), or in a child process of its own (process; Linux only,
@@ -81,9 +99,12 @@ struct PluginSettings {
     bool enabled = true;
     std::optional<Duration> interval;  // applies to each of the plugin's tasks unless the task overrides it
     std::optional<Duration> timeout;
+    std::optional<Jitter> jitter;  // as interval; unset: [host] jitter
+    std::optional<bool> align;     // as interval; unset: [host] align
     std::map<std::string, TaskSettings> tasks;
     PluginValues config;
     std::string sha256;  // pinned content (64 lowercase hex digits); empty = any content
+
     std::optional<Isolation> isolation;  // unset = [host] isolation (see HostConfig::isolation_of)
     // The rest only with isolation "process" (the parser refuses them on a plugin whose isolation is "none").
     // The user and group the plugin's process runs as: a name or a numeric id ("65534"); empty = the host's.
@@ -95,10 +116,10 @@ struct PluginSettings {
     uint64_t processes_max = 0;   // 1..100000, the plugin's own process counted (1 = it starts none); 0 = no limit
     // Any difference restarts the plugin when host.toml is applied.
     bool operator==(const PluginSettings& o) const {
-        return enabled == o.enabled && interval == o.interval && timeout == o.timeout && tasks == o.tasks &&
-               config == o.config && sha256 == o.sha256 && isolation == o.isolation && user == o.user &&
-               group == o.group && memory_max == o.memory_max && open_files_max == o.open_files_max &&
-               processes_max == o.processes_max;
+        return enabled == o.enabled && interval == o.interval && timeout == o.timeout && jitter == o.jitter &&
+               align == o.align && tasks == o.tasks && config == o.config && sha256 == o.sha256 &&
+               isolation == o.isolation && user == o.user && group == o.group && memory_max == o.memory_max &&
+               open_files_max == o.open_files_max && processes_max == o.processes_max;
     }
 };
 
@@ -139,6 +160,13 @@ struct HostConfig {
     // its file changes or the host reloads. Restarts before that back off, at most backoff_max.
     uint32_t crash_limit = 5;
     Duration crash_window = std::chrono::seconds(60);
+    // Defaults of every plugin task's jitter and alignment (a plugin's or a task's own settings win). A change
+    // restarts every plugin, as a change of default_timeout does.
+    std::optional<Jitter> jitter;
+    bool align = false;
+    // The host's name in jitter seeds (README.md, "Schedules"). Not a host.toml key: empty = the machine's
+    // (gethostname); set it in code to give an instance a name of its own.
+    std::string host_name;
     std::map<std::string, PluginSettings> plugins;
 
     // Settings for a plugin (defaults when host.toml has no [plugins.<name>]).

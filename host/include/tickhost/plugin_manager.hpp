@@ -60,8 +60,20 @@ struct PluginTaskInfo {
     Duration interval{0};
     Duration timeout{0};
     TaskId id = 0;
-    TimePoint first_due{};  // run k is due at first_due + k * interval (on the scheduler's clock)
+    // Run k is due at first_due + k * interval (on the scheduler's clock); for an aligned task, as planned
+    // when it started (a wall-clock step moves it).
+    TimePoint first_due{};
+    Duration jitter{0};  // its jitter, resolved against its interval (0: none)
+    Duration offset{0};  // the offset that jitter gives it on this host (task_jitter_offset)
+    bool align = false;  // on wall-clock multiples of its interval
 };
+
+// The host's jitter offset of a plugin's task (README.md, "Schedules"), a whole number of jitter steps in
+// [0, jitter): jitter_offset(host + '\0' + plugin + '\0' + task, jitter) (<tickhost/tickers.hpp>), with
+// `host` the machine's name (HostConfig::host_name when set).
+Duration task_jitter_offset(std::string_view host, std::string_view plugin, std::string_view task, Duration jitter);
+// The machine's name as jitter seeds use it: gethostname(), "localhost" if that fails.
+std::string machine_name();
 
 struct PluginInfo {
     std::string name;

@@ -36,6 +36,25 @@
 //    stop calls made) and joins the threads; tasks added afterwards run when start() is called again.
 //  - activity(id) says what a task is doing (between calls, in its run, in its stop call, abandoned) and
 //    since when: for reports on what held a stop up.
+//  - A Schedule may shift a task's due times by an offset (a jitter, see jitter_offset()) and may align them
+//    on the wall clock (Schedule::align). Aligned schedules and wall-clock changes:
+//      * Run k is due when the wall clock (Clock::wall_now(), UTC) reads a multiple of the interval since the
+//        Unix epoch plus the offset; the timer sleeps on the monotonic clock, mapping those wall times to it
+//        with the wall - monotonic difference it last measured.
+//      * Each time the timer wakes while aligned tasks exist, it measures the difference again. A change of
+//        more than 1 ms is a wall-clock step (or a suspend: the monotonic clock stops while the wall clock
+//        runs on): every aligned task is re-anchored before anything is dispatched, so nothing runs early.
+//        Forward (a step ahead, a resume): if wall times of the task were jumped over, the latest of them runs
+//        at once (late, like a tick the timer was late for) and the others are counted as skipped; no burst.
+//        Backward: the next run is at the first multiple after the new wall time, but never sooner than one
+//        interval after the previous run (by the monotonic clock), so going back in time repeats no run early.
+//      * With the real SteadyClock on Linux, a step or a resume also wakes the timer at once (a timerfd on
+//        CLOCK_REALTIME with TFD_TIMER_CANCEL_ON_SET, read by one thread that exists while aligned tasks do
+//        and is otherwise asleep). With another clock, the change is seen at the timer's next wake-up: a
+//        backward step is never missed (that wake-up is early on the wall clock and is re-planned), a forward
+//        one makes the next run late by at most the step.
+//      * A monotonic jump of both clocks together (the process stalled, a paused virtual machine) is no step:
+//        the task is simply late, as any other (one run at once, the missed ticks counted as skipped).
 #pragma once
 
 #include <atomic>
@@ -47,6 +66,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -58,6 +78,8 @@ namespace tickhost {
 
 using Duration = std::chrono::nanoseconds;
 using TimePoint = std::chrono::time_point<std::chrono::steady_clock, std::chrono::nanoseconds>;
+// Wall-clock time (UTC, since the Unix epoch), for aligned schedules.
+using WallTime = std::chrono::time_point<std::chrono::system_clock, std::chrono::nanoseconds>;
 
 // The longest interval or timeout anything accepts (plugin.h's TH_MAX_DURATION_NS): 365 days. Keeps every
 // due-time and deadline computation far from int64 overflow.
@@ -72,6 +94,12 @@ public:
     virtual void wait_until(std::unique_lock<std::mutex>& lock, std::condition_variable& cv, TimePoint until) = 0;
     // Called (without `cv`'s mutex held) when no wait on `cv` will follow: drop any reference to it.
     virtual void forget(std::condition_variable& /*cv*/) {}
+    // The wall clock beside now(), for aligned schedules (Schedule::align). The default reads the system's
+    // (std::chrono::system_clock), so a Clock written before aligned schedules existed keeps working. A clock
+    // that overrides it and may step it should wake its waiters when it does (ManualClock::set_wall does).
+    virtual WallTime wall_now() const {
+        return std::chrono::time_point_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now());
+    }
 };
 
 class SteadyClock final : public Clock {
@@ -82,14 +110,22 @@ public:
     }
 };
 
-// A clock that only moves when told to. Waiters wake on every advance().
+// A clock that only moves when told to. Waiters wake on every advance(), set() and set_wall().
+// Its wall clock moves with it (advance() and set() move both by the same amount) unless set_wall() steps it:
+// set_wall() is a wall-clock step, or a suspend as the monotonic clock sees it (the wall clock jumps, the
+// monotonic one does not); advance() of both is time passing, or a stall. Wall time starts at `wall_start`.
 class ManualClock final : public Clock {
 public:
-    explicit ManualClock(TimePoint start = TimePoint(std::chrono::hours(1)));
+    // 2026-01-01T00:00:00Z, a whole number of days since the epoch.
+    static constexpr WallTime kDefaultWallStart = WallTime(std::chrono::seconds(1767225600));
+    explicit ManualClock(TimePoint start = TimePoint(std::chrono::hours(1)), WallTime wall_start = kDefaultWallStart);
     TimePoint now() const override;
+    WallTime wall_now() const override;
     void wait_until(std::unique_lock<std::mutex>& lock, std::condition_variable& cv, TimePoint until) override;
     void advance(Duration d);
     void set(TimePoint t);
+    // Steps the wall clock to `t`; the monotonic clock does not move.
+    void set_wall(WallTime t);
     void forget(std::condition_variable& cv) override;
 
 private:
@@ -101,6 +137,7 @@ private:
     std::mutex notify_mu_;  // held by wake_all() while it uses waiters' pointers; taken before mu_
     mutable std::mutex mu_;
     TimePoint now_;
+    Duration wall_minus_now_;  // wall_now() - now()
     std::vector<Waiter> waiters_;
 };
 
@@ -198,6 +235,38 @@ struct TickTask {
     TaskFn fn;
 };
 
+// When a task's runs come due (Tickers::add).
+//   Schedule{1min}                         every minute, the first one a minute after add()
+//   Schedule{1min, 7s}                     the same, 7 s later (a jitter's offset: see jitter_offset())
+//   Schedule{1min, 7s, true}               at hh:mm:07 of every minute on the wall clock (UTC)
+struct Schedule {
+    Duration interval{0};  // > 0, at most max_duration
+    // 0..interval: every due time comes this much later. Tasks with the same interval and anchor but other
+    // offsets come due apart, and each still runs at a fixed rate (no drift).
+    Duration offset{0};
+    // Due times on the wall clock: multiples of interval since the Unix epoch (UTC), plus offset. Every 1 min
+    // at :00, every 1 h at the top of the hour, every 24 h at 00:00 UTC. The first run is at the first such
+    // time after add(). Steps of the wall clock and suspends: see the contract at the top of this file.
+    bool align = false;
+    // Not aligned: run k is due at anchor + offset + (k + 1) * interval; unset: add()'s time (on the
+    // registry's clock). Tasks added with one anchor, interval and offset run as one batch.
+    std::optional<TimePoint> anchor;
+};
+
+// 64-bit FNV-1a of `bytes`: offset basis 0xcbf29ce484222325, prime 0x100000001b3 (each byte: xor, then
+// multiply). fnv1a64("") == 0xcbf29ce484222325, fnv1a64("a") == 0xaf63dc4c8601ec8c.
+uint64_t fnv1a64(std::string_view bytes);
+
+// The step of jitter offsets: tasks whose offsets fall on one step still run as one batch, so the timer
+// wakes at most 100 times a second for the tasks of one interval and anchor, however many there are (each
+// wake-up costs a few context switches; see README.md, "Performance").
+inline constexpr Duration jitter_step = std::chrono::milliseconds(10);
+
+// A stable pseudo-random offset in [0, jitter) for `key`, a whole number of jitter steps (10 ms):
+//   offset = (fnv1a64(key) mod ceil(jitter / 10 ms)) * 10 ms        (0 when jitter <= 0)
+// The host's key is "host\0plugin\0task" (see README.md, "Schedules"); an embedding application may use any.
+Duration jitter_offset(std::string_view key, Duration jitter);
+
 struct TaskStats {
     uint64_t runs = 0;      // runs that returned (stop call not included)
     uint64_t failures = 0;  // runs that returned an error or threw
@@ -254,6 +323,9 @@ public:
     // std::invalid_argument if interval <= 0, timeout < 0 or fn is empty. Safe from any thread.
     TaskId add(Duration interval, TickTask task);
     TaskId add(Duration interval, TickTask task, TimePoint first_due);
+    // Registers a task on a Schedule (offset, wall-clock alignment). Also throws std::invalid_argument if the
+    // offset is not within 0..interval.
+    TaskId add(const Schedule& schedule, TickTask task);
     // Adds every (interval, task) in order; returns their IDs in the same order.
     std::vector<TaskId> add_all(std::vector<std::pair<Duration, TickTask>> tasks);
 
