@@ -221,7 +221,7 @@ TEST(Systemd, StatusCountsFailingTasks) {
     NotifySocket sock(d.socket_path());
     Host h(d.toml, d.log, {{"NOTIFY_SOCKET", sock.name()}});
     // Its three tasks fail from their first run on (every 20 ms): the signal thread's refresh says so.
-    ASSERT_TRUE(eventually([&] { return sock.count("STATUS=3 plugins, 6 tasks, 3 failing") == 1; }, 20s))
+    ASSERT_TRUE(eventually([&] { return sock.count("STATUS=3 plugins, 6 tasks, 3 failing") >= 1; }, 20s))
         << sock.dump() << read_file(d.log);
     h.signal(SIGTERM);
     EXPECT_EQ(h.wait(), 0) << read_file(d.log);
