@@ -205,6 +205,35 @@ TEST(Systemd, ReadyAfterPluginsReloadingAndReadyAroundReloadsStoppingAtSigterm) 
     EXPECT_EQ(sock.count("WATCHDOG=1"), 0u) << "no WATCHDOG_USEC, no pings: " << sock.dump();
 }
 
+// A SIGHUP while plugin_dir is still being loaded: no RELOADING=1 before READY=1 (systemd would take the start
+// for done). fx_bad_init_hangs's init returns once its release file exists.
+TEST(Systemd, NoReloadingBeforeReadyWhenSighupArrivesDuringTheStart) {
+    HostDir d;
+    const fs::path release = d.tmp / "release";
+    fs::copy_file(FIXTURE_DIR "/fx_bad_init_hangs.so", d.plugins / "fx_bad_init_hangs.so");
+    write_file(d.toml, read_file(d.toml) +
+                           "[plugins.bad_init_hangs]\ntimeout = \"60s\"\n"
+                           "[plugins.bad_init_hangs.config]\nrelease = \"" +
+                           release.string() + "\"\n");
+    NotifySocket sock(d.socket_path());
+    Host h(d.toml, d.log, {{"NOTIFY_SOCKET", sock.name()}});
+    ASSERT_TRUE(
+        eventually([&] { return read_file(d.log).find("loaded plugin 'counter_c'") != std::string::npos; }, 20s))
+        << read_file(d.log);
+    h.signal(SIGHUP);  // bad_init_hangs (after counter_c in name order) is in its init
+    ASSERT_TRUE(eventually([&] { return read_file(d.log).find("SIGHUP received") != std::string::npos; }))
+        << read_file(d.log);
+    std::this_thread::sleep_for(200ms);
+    EXPECT_EQ(sock.count("READY=1") + sock.count("RELOADING=1"), 0u) << sock.dump();
+    write_file(release, "go");
+    ASSERT_TRUE(eventually([&] { return sock.count("READY=1") >= 2; }, 20s)) << sock.dump() << read_file(d.log);
+    const auto ms = sock.messages();
+    EXPECT_EQ(find(ms, "READY=1"), 0) << "READY=1 first: " << sock.dump();
+    EXPECT_TRUE(NotifySocket::has_line(ms[0], "STATUS=3 plugins, 4 tasks, 0 failing")) << sock.dump();
+    h.signal(SIGTERM);
+    EXPECT_EQ(h.wait(), 0) << read_file(d.log);
+}
+
 TEST(Systemd, AbstractSocketName) {
     HostDir d;
     NotifySocket sock("@tickhost-test-" + std::to_string(getpid()));

@@ -126,6 +126,7 @@ HostHooks HostNotifier::hooks() {
         h.heartbeat_interval = sd_.watchdog_timeout() / 2;  // as sd_watchdog_enabled(3) advises
     }
     h.reload_begin = [this] {
+        if (!ready_.load()) return;  // a SIGHUP during the start: READY=1 has not been said yet
         // MONOTONIC_USEC: systemd 253 and later match the reload it asked for (Type=notify-reload) by it;
         // older versions ignore the line.
         timespec ts{};
@@ -139,7 +140,7 @@ HostHooks HostNotifier::hooks() {
             refused_ = !applied;
         }
         refresh_plugins();
-        send_status(true);
+        send_status(ready_.load());
     };
     h.plugins_changed = [this] {
         refresh_plugins();
@@ -152,6 +153,7 @@ void HostNotifier::attach(Host& host) { host_ = &host; }
 
 void HostNotifier::ready() {
     if (!sd_.active()) return;
+    ready_ = true;
     refresh_plugins();
     send_status(true);
 }

@@ -111,6 +111,7 @@ private:
     std::string last_status_;
     bool refused_ = false;  // the last reload was refused
     std::atomic<uint64_t> pings_{0};
+    std::atomic<bool> ready_{false};  // READY=1 was sent: reloads before it are not told (a SIGHUP during start)
     std::atomic<bool> stopping_{false};
     std::atomic<bool> warned_{false};
 };
