@@ -9,9 +9,10 @@
 #      by `tickhost new-plugin` against tickhost-dev, runs `tickhost check` and `tickhost run-once` on it, runs
 #      the packaged /etc/tickhost/host.toml as the tickhost user with that plugin in /etc/tickhost/plugins.d
 #      until it runs, then purges the package.
-# Everything lives in the build tree (default build-deb/; nothing is cached elsewhere). The chroot's mounts are
-# made in a mount namespace of their own (unshare): they cannot outlive this script, and the chroot is removed
-# only after checking that nothing is mounted below it. Prints the time of each step.
+# Everything lives in the build tree (default build-deb/; nothing is cached elsewhere). The chroot's mounts (proc,
+# and mmdebstrap's own while it runs; never a bind of /dev) are made in a mount namespace of their own (unshare),
+# and the chroot is removed only after checking that nothing is mounted below it, with rm --one-file-system
+# (which never descends into another file system). Prints the time of each step.
 #   scripts/deb-test.sh [BUILD_DIR]          KEEP_CHROOT=1 keeps BUILD_DIR/chroot for a look afterwards
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,12 +52,19 @@ cleanup() {
 trap cleanup EXIT
 remove_chroot || fail "cannot start from a clean chroot"
 
+# A private mount namespace: its mounts vanish with its last process and are never seen outside. Inside a chroot
+# (fresh-ci.sh, CI's proof run) "/" is no mount point and its propagation cannot be changed: a new namespace all
+# the same, whose mounts reach the parent only through a shared mount; nothing but proc (and mmdebstrap's devpts
+# and proc while it runs) is mounted in it, and each is unmounted before this script goes on.
+ns=(unshare --mount --propagation private)
+"${ns[@]}" true 2>/dev/null || ns=(unshare --mount --propagation unchanged)
+
 # 3a (in the background, while the packages build): the bare Debian 12, in a mount namespace of its own.
 # dpkg under eatmydata (mmdebstrap's hook): no fsync (a throw-away chroot; it halves the time of dpkg's
 # part); the package lists stay for apt-get install below.
 echo "deb-test: mmdebstrap --variant=minbase bookworm (+ g++ cmake make) into $root, in the background"
-unshare --mount --propagation private \
-    mmdebstrap --mode=root --variant=minbase --include=g++,cmake,make --skip=cleanup/apt/lists \
+"${ns[@]}" mmdebstrap --mode=root --variant=minbase --include=g++,cmake,make --skip=cleanup/apt/lists \
+    --skip=chroot/mount/sys \
     --hook-dir=/usr/share/mmdebstrap/hooks/eatmydata --aptopt='Acquire::Languages "none"' \
     bookworm "$root" >"$build/mmdebstrap.log" 2>&1 &
 bootstrap_pid=$!
@@ -150,10 +158,11 @@ apt-get purge -y -q -o Dpkg::Use-Pty=0 tickhost-dev tickhost
 getent passwd tickhost >/dev/null || fail "purge removed the user"
 echo "deb-test (chroot): all checks passed"
 INSIDE
-# In a mount namespace of its own: /proc for the chroot, gone with the namespace whatever happens.
-unshare --mount --propagation private bash -c '
+# /proc for the chroot, in the mount namespace of its own; unmounted however the checks end.
+"${ns[@]}" bash -c '
     set -e
     mount -t proc proc "$1/proc"
+    trap "umount \"\$1/proc\"" EXIT
     chroot "$1" /usr/bin/env -i HOME=/root bash /tmp/inside.sh
 ' unshare-chroot "$root"
 step "removing the chroot"
