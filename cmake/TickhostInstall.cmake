@@ -3,6 +3,11 @@
 # and gets tickhost::sdk, tickhost::host and tickhost_add_plugin(), and a plain-Makefile C author does
 #   cc $(pkg-config --cflags tickhost-sdk) -shared -fPIC -o x.so x.c
 # Included once from the top CMakeLists.txt, after sdk/ and host/.
+#
+# Two install components, which are also the two Debian packages (cmake/TickhostPackage.cmake):
+#   runtime  the host (bin/tickhost, libexec/tickhost/tickhost-worker), the systemd units, the service's
+#            host.toml and plugins.d, the man page, the docs                                  -> tickhost
+#   dev      the SDK headers, libtickhost.a and the host headers, the CMake and pkg-config packages -> tickhost-dev
 include(GNUInstallDirs)
 include(CMakePackageConfigHelpers)
 
@@ -13,23 +18,25 @@ string(REGEX REPLACE ".*TH_ABI_MAJOR ([0-9]+).*" "\\1" TICKHOST_ABI_MAJOR "${abi
 string(REGEX REPLACE ".*TH_ABI_MINOR ([0-9]+).*" "\\1" TICKHOST_ABI_MINOR "${abi_lines}")
 
 # SDK: header-only (the C ABI header, the C++ layer, the generated version header).
-install(TARGETS tickhost_sdk EXPORT tickhostSdkTargets)
+install(TARGETS tickhost_sdk EXPORT tickhostSdkTargets COMPONENT dev)
 install(DIRECTORY ${PROJECT_SOURCE_DIR}/sdk/include/tickhost ${TICKHOST_GENERATED_INCLUDE_DIR}/tickhost
-        DESTINATION ${CMAKE_INSTALL_INCLUDEDIR} FILES_MATCHING PATTERN "*.h" PATTERN "*.hpp")
+        DESTINATION ${CMAKE_INSTALL_INCLUDEDIR} COMPONENT dev FILES_MATCHING PATTERN "*.h" PATTERN "*.hpp")
 
 # Host library: static on purpose. Its C++ API (std::function, std::string, spdlog types) is source-stable
 # within 1.x but makes no binary promise, so a shared libtickhost.so.1 would promise what we cannot keep;
 # the only binary-stable interface is the plugin C ABI. Embedding applications link it into themselves.
-install(TARGETS tickhost_host EXPORT tickhostHostTargets ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR})
-install(DIRECTORY ${PROJECT_SOURCE_DIR}/host/include/tickhost DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}
+install(TARGETS tickhost_host EXPORT tickhostHostTargets ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR} COMPONENT dev)
+install(DIRECTORY ${PROJECT_SOURCE_DIR}/host/include/tickhost DESTINATION ${CMAKE_INSTALL_INCLUDEDIR} COMPONENT dev
         FILES_MATCHING PATTERN "*.hpp")
 
-install(TARGETS tickhost RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
-install(TARGETS tickhost-worker RUNTIME DESTINATION ${CMAKE_INSTALL_LIBEXECDIR}/tickhost)
+install(TARGETS tickhost RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR} COMPONENT runtime)
+install(TARGETS tickhost-worker RUNTIME DESTINATION ${CMAKE_INSTALL_LIBEXECDIR}/tickhost COMPONENT runtime)
 
 # Two export sets, so that find_package(tickhost COMPONENTS sdk) needs none of the host's dependencies.
-install(EXPORT tickhostSdkTargets NAMESPACE tickhost:: DESTINATION ${TICKHOST_CMAKE_DIR} FILE tickhostSdkTargets.cmake)
-install(EXPORT tickhostHostTargets NAMESPACE tickhost:: DESTINATION ${TICKHOST_CMAKE_DIR} FILE tickhostHostTargets.cmake)
+install(EXPORT tickhostSdkTargets NAMESPACE tickhost:: DESTINATION ${TICKHOST_CMAKE_DIR} FILE tickhostSdkTargets.cmake
+        COMPONENT dev)
+install(EXPORT tickhostHostTargets NAMESPACE tickhost:: DESTINATION ${TICKHOST_CMAKE_DIR} FILE tickhostHostTargets.cmake
+        COMPONENT dev)
 configure_package_config_file(${CMAKE_CURRENT_LIST_DIR}/tickhostConfig.cmake.in
                               ${PROJECT_BINARY_DIR}/package/tickhostConfig.cmake
                               INSTALL_DESTINATION ${TICKHOST_CMAKE_DIR})
@@ -39,7 +46,7 @@ write_basic_package_version_file(${PROJECT_BINARY_DIR}/package/tickhostConfigVer
 install(FILES ${PROJECT_BINARY_DIR}/package/tickhostConfig.cmake
               ${PROJECT_BINARY_DIR}/package/tickhostConfigVersion.cmake
               ${PROJECT_SOURCE_DIR}/sdk/cmake/TickhostPlugin.cmake
-        DESTINATION ${TICKHOST_CMAKE_DIR})
+        DESTINATION ${TICKHOST_CMAKE_DIR} COMPONENT dev)
 
 # pkg-config for plain-Makefile C authors: the SDK is header-only, so Cflags is all there is. The
 # plugin_cflags / plugin_ldflags variables carry what tickhost_add_plugin() sets, for Makefiles that want it.
@@ -52,11 +59,46 @@ else()
   set(TICKHOST_PC_INCLUDEDIR "\${prefix}/${CMAKE_INSTALL_INCLUDEDIR}")
 endif()
 configure_file(${CMAKE_CURRENT_LIST_DIR}/tickhost-sdk.pc.in ${PROJECT_BINARY_DIR}/package/tickhost-sdk.pc @ONLY)
-install(FILES ${PROJECT_BINARY_DIR}/package/tickhost-sdk.pc DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig)
+install(FILES ${PROJECT_BINARY_DIR}/package/tickhost-sdk.pc DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig COMPONENT dev)
 
-install(FILES ${PROJECT_SOURCE_DIR}/README.md ${PROJECT_SOURCE_DIR}/docs/writing-plugins.md
-              ${PROJECT_SOURCE_DIR}/docs/embedding.md ${PROJECT_SOURCE_DIR}/docs/security.md
-              ${PROJECT_SOURCE_DIR}/CHANGELOG.md
-        DESTINATION ${CMAKE_INSTALL_DOCDIR})
+# The docs. In the Debian package (TICKHOST_DEB) the upstream changelog is changelog.gz, as Debian names it.
+set(TICKHOST_DOCS ${PROJECT_SOURCE_DIR}/README.md ${PROJECT_SOURCE_DIR}/docs/writing-plugins.md
+    ${PROJECT_SOURCE_DIR}/docs/embedding.md ${PROJECT_SOURCE_DIR}/docs/security.md ${PROJECT_SOURCE_DIR}/docs/operating.md)
+if(NOT TICKHOST_DEB)
+  list(APPEND TICKHOST_DOCS ${PROJECT_SOURCE_DIR}/CHANGELOG.md)
+endif()
+install(FILES ${TICKHOST_DOCS} DESTINATION ${CMAKE_INSTALL_DOCDIR} COMPONENT runtime)
 # Every key with its default (its plugin_dir points at the source tree's example build: adapt it).
-install(FILES ${PROJECT_SOURCE_DIR}/host.toml DESTINATION ${CMAKE_INSTALL_DOCDIR}/examples)
+install(FILES ${PROJECT_SOURCE_DIR}/host.toml DESTINATION ${CMAKE_INSTALL_DOCDIR}/examples COMPONENT runtime)
+
+# The man page, tickhost(1): plain roff (docs/tickhost.1), compressed as man-db and Debian expect.
+find_program(TICKHOST_GZIP gzip REQUIRED)
+set(TICKHOST_MAN_GZ ${PROJECT_BINARY_DIR}/man/tickhost.1.gz)
+add_custom_command(OUTPUT ${TICKHOST_MAN_GZ}
+                   COMMAND ${CMAKE_COMMAND} -E make_directory ${PROJECT_BINARY_DIR}/man
+                   COMMAND ${TICKHOST_GZIP} -9 -n -c ${PROJECT_SOURCE_DIR}/docs/tickhost.1 > ${TICKHOST_MAN_GZ}
+                   DEPENDS ${PROJECT_SOURCE_DIR}/docs/tickhost.1 VERBATIM)
+add_custom_target(tickhost_man ALL DEPENDS ${TICKHOST_MAN_GZ})
+install(FILES ${TICKHOST_MAN_GZ} DESTINATION ${CMAKE_INSTALL_MANDIR}/man1 COMPONENT runtime)
+
+# The system service: tickhost.service and the template tickhost@.service (packaging/systemd), the service's
+# host.toml (packaging/host.toml) and its root-owned plugins.d. The units name the binary and the
+# configuration by absolute paths, so they are written at install time, for the prefix they are installed
+# under (cmake --install --prefix P: P/bin/tickhost, P/etc/tickhost/host.toml, units in P/lib/systemd/system).
+# The Debian package puts them where Debian 12 has them: /etc/tickhost, /lib/systemd/system.
+if(TICKHOST_DEB)
+  set(_th_sysconfdir /etc)
+  set(_th_unitdir /lib/systemd/system)
+else()
+  set(_th_sysconfdir ${CMAKE_INSTALL_SYSCONFDIR})
+  set(_th_unitdir lib/systemd/system)
+endif()
+install(CODE "
+  set(TICKHOST_UNIT_SOURCES \"${PROJECT_SOURCE_DIR}/packaging/systemd\")
+  set(TICKHOST_SERVICE_TOML \"${PROJECT_SOURCE_DIR}/packaging/host.toml\")
+  set(TICKHOST_UNIT_STAGE \"${PROJECT_BINARY_DIR}/units\")
+  set(TICKHOST_UNIT_BINDIR_REL \"${CMAKE_INSTALL_BINDIR}\")
+  set(TICKHOST_UNIT_SYSCONFDIR_REL \"${_th_sysconfdir}\")
+  set(TICKHOST_UNIT_DIR_REL \"${_th_unitdir}\")
+  include(\"${PROJECT_SOURCE_DIR}/packaging/systemd/install-units.cmake\")
+" COMPONENT runtime)

@@ -5,6 +5,7 @@
 #   `deps.sh test`  also installs Go (golang-go, Go 1.19: 80 MB of download) for the Go plugin fixture
 #                   (tests/fixtures/go); only the tests use it, the host builds and runs without it
 #   `deps.sh fuzz`  also installs clang and libFuzzer (libclang-rt-14-dev) for the fuzz targets (.ci/run)
+#   `deps.sh deb`   also installs what scripts/deb-test.sh needs to build, lint and try the Debian packages
 set -euo pipefail
 
 PACKAGES=(
@@ -20,9 +21,16 @@ PACKAGES=(
 )
 for group in "$@"; do
   case "$group" in
-    test) PACKAGES+=(golang-go) ;;                 # the real Go plugin fixture: go build -buildmode=c-shared
+    # the real Go plugin fixture (go build -buildmode=c-shared); systemd-analyze verify on the shipped units
+    # (systemd, without its recommends: no dbus, no timesyncd); man-db (groff-base): the man page's tests, and
+    # systemd-analyze's check of the units' Documentation=man:tickhost(1). On a bare Debian 12 these two bring
+    # 16 packages, 8 MB to download (libsystemd-shared, libcryptsetup12, groff-base, ...); nothing is started
+    test) PACKAGES+=(golang-go systemd man-db) ;;
     fuzz) PACKAGES+=(clang libclang-rt-14-dev) ;;  # libFuzzer: /usr/lib/llvm-14/lib/clang/14.0.6/lib/linux/libclang_rt.fuzzer*
-    *) echo "tickhost: deps.sh: unknown group '$group' (groups: test, fuzz)" >&2; exit 2 ;;
+    # dpkg-dev: dpkg-buildflags, dpkg-shlibdeps (CPack's Depends); file: CPack finds the ELF files with it;
+    # mmdebstrap: the bare Debian 12 the packages are installed into; lintian
+    deb) PACKAGES+=(dpkg-dev file mmdebstrap lintian) ;;
+    *) echo "tickhost: deps.sh: unknown group '$group' (groups: test, fuzz, deb)" >&2; exit 2 ;;
   esac
 done
 

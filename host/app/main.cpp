@@ -1,6 +1,7 @@
 // tickhost: runs the task plugins in plugin_dir on their schedules until SIGINT or SIGTERM.
 // `tickhost <subcommand> ...` runs one of the authors' tools instead (cli.hpp, one cmd_*.cpp each).
 #include "cli.hpp"
+#include "sd_notify.hpp"
 
 #include <tickhost/config.hpp>
 #include <tickhost/host.hpp>
@@ -40,6 +41,9 @@ int main(int argc, char** argv) {
         case CommandLine::Run::host:
             break;
     }
+    // systemd's Type=notify (sd_notify.hpp): read and unset its variables while this is the only thread.
+    std::string notify_error;
+    tickhost::HostNotifier notifier(tickhost::SdNotifier::from_environment(&notify_error));
     const std::string& config_path = cl.host.config_path;
     const std::string& log_level = cl.host.log_level;
 
@@ -56,6 +60,7 @@ int main(int argc, char** argv) {
         return 2;
     }
     auto log = tickhost::get_logger("host");
+    if (!notify_error.empty()) log->warn("{}", notify_error);
 
     // Block the signals we handle before any thread exists, so that every thread inherits the mask and
     // only this thread's sigtimedwait below sees them (no async-signal-safety puzzles). The guard keeps a
@@ -73,7 +78,8 @@ int main(int argc, char** argv) {
 
     std::unique_ptr<tickhost::Host> host;
     try {
-        host = std::make_unique<tickhost::Host>(config);
+        host = std::make_unique<tickhost::Host>(config, notifier.hooks());
+        notifier.attach(*host);
     } catch (const std::exception& e) {
         log->critical("cannot start: {}", e.what());
         tickhost::flush_logs();
@@ -88,6 +94,7 @@ int main(int argc, char** argv) {
     std::thread starter([&] {
         try {
             host->start();
+            notifier.ready();  // plugin_dir has been applied
         } catch (const std::exception& e) {
             log->critical("cannot start: {}", e.what());
             start_failed = true;
@@ -102,6 +109,7 @@ int main(int argc, char** argv) {
     auto begin_stop = [&](const char* why) {
         log->info("{}: stopping (stop calls, then unload; bound {})", why,
                   tickhost::format_duration(host->shutdown_timeout()));
+        notifier.stopping();
         host->plugins().set_stopping(true);  // a start in progress skips the plugins it has not loaded yet
         stopper = std::thread([&] {
             starter.join();  // a start in progress ends first (the manager skips what is left of it)
@@ -118,6 +126,7 @@ int main(int argc, char** argv) {
         siginfo_t info;
         const int s = sigtimedwait(&sigs, &info, first ? &stop_tick : &idle_tick);
         tickhost::restore_guarded_signals();
+        if (!first) notifier.tick();  // STATUS= kept current (only when run by systemd)
         if (s == SIGHUP) {
             if (!first) {
                 log->info("SIGHUP received: reloading {}", config.source.string());

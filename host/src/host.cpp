@@ -39,9 +39,18 @@ void guarded(const char* what, F&& f) {
 
 }  // namespace
 
-Host::Host(HostConfig config)
+namespace {
+Tickers::Options with_heartbeat(Tickers::Options o, const HostHooks& h) {
+    o.heartbeat = h.heartbeat;
+    o.heartbeat_interval = h.heartbeat_interval;
+    return o;
+}
+}  // namespace
+
+Host::Host(HostConfig config, HostHooks hooks)
     : config_(std::move(config)),
-      tickers_(std::make_unique<Tickers>(scheduler_options(config_))),
+      hooks_(std::move(hooks)),
+      tickers_(std::make_unique<Tickers>(with_heartbeat(scheduler_options(config_), hooks_))),
       plugins_(std::make_unique<PluginManager>(*tickers_, config_)) {
     // Every path the host keeps is absolute before any plugin code runs: a plugin may chdir().
     if (!config_.source.empty()) config_.source = std::filesystem::absolute(config_.source);
@@ -88,6 +97,7 @@ void Host::start() {
             if (plugins_->retry_worthy(ev.path))
                 if (DirectoryWatcher* pw = plugin_watch_ptr_.load()) pw->recheck(ev.path, config_.settle);
         });
+        if (hooks_.plugins_changed) hooks_.plugins_changed();
     });
     plugin_watch_ptr_ = plugin_watch_.get();
 
@@ -129,12 +139,20 @@ void Host::reload_loop() {
 
 bool Host::reload_config() {
     std::lock_guard<std::mutex> lk(reload_mu_);
+    if (hooks_.reload_begin) hooks_.reload_begin();
+    bool applied = false;
+    struct End {
+        const HostHooks& h;
+        const bool& applied;
+        ~End() {
+            if (h.reload_end) h.reload_end(applied);
+        }
+    } end{hooks_, applied};
     auto log = get_logger("config");
     if (config_.source.empty()) {
         log->warn("no host.toml to reload (the configuration was built in code)");
         return false;
     }
-    bool applied = false;
     guarded(("reloading " + config_.source.string()).c_str(), [&] {
         detail::fault_point("reload");
         HostConfig next;

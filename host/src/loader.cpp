@@ -186,6 +186,12 @@ bool check_elf_extents(int fd, uint64_t size, const Ehdr& h, char* buf, size_t c
 }
 
 fs::path default_cache_base() {
+    // systemd's RuntimeDirectory= (private to the service, one per instance of a template; the first one when
+    // the unit names several, separated by ':').
+    if (const char* rt = std::getenv("RUNTIME_DIRECTORY"); rt && *rt == '/') {
+        const std::string first = std::string(rt).substr(0, std::string(rt).find(':'));
+        if (fs::is_directory(first)) return fs::path(first) / "shadow";
+    }
     if (const char* xdg = std::getenv("XDG_RUNTIME_DIR"); xdg && *xdg && fs::is_directory(xdg))
         return fs::path(xdg) / "tickhost";
     return fs::temp_directory_path() / ("tickhost-" + std::to_string(getuid()));

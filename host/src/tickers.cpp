@@ -1305,6 +1305,8 @@ void Tickers::Impl::timer_loop() {
     prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);  // wake at the deadline, not up to 50 us after it
 #endif
     std::vector<Op> incoming;
+    const bool beats = opt_.heartbeat && opt_.heartbeat_interval > Duration::zero();
+    int64_t next_beat = beats ? INT64_MIN : INT64_MAX;  // the first one at once
     std::unique_lock<std::mutex> lk(mu_);
     for (;;) {
         incoming.swap(pending_);
@@ -1367,7 +1369,14 @@ void Tickers::Impl::timer_loop() {
             }
             push_batch(std::move(b));
         }
-        int64_t wake = std::min(heap_.empty() ? INT64_MAX : heap_.top().due, scan_workers(now));
+        if (now >= next_beat) {
+            try {
+                opt_.heartbeat();
+            } catch (...) {
+            }
+            next_beat = add_sat(now, std::min(opt_.heartbeat_interval, max_duration).count());
+        }
+        int64_t wake = std::min({heap_.empty() ? INT64_MAX : heap_.top().due, scan_workers(now), next_beat});
         // Calls queued or running may start (or have started since the scan) with a deadline as near as
         // min_timeout_: look again by then. Work arriving while idle kicks us (kick_timer).
         if (inflight_.load(std::memory_order_acquire) > 0) {

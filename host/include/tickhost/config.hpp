@@ -140,7 +140,7 @@ struct HostConfig {
     std::filesystem::path log_file;    // for file / rotating sinks (relative: against source's folder)
     uint64_t log_max_size = 10 * 1024 * 1024;  // rotating sink: bytes per file
     uint32_t log_max_files = 5;                // rotating sink: files kept
-    std::filesystem::path shadow_dir;  // private cache for shadow copies; empty = $XDG_RUNTIME_DIR or /tmp
+    std::filesystem::path shadow_dir;  // shadow copies' cache; empty = in $RUNTIME_DIRECTORY, $XDG_RUNTIME_DIR or /tmp
     WatchMode watch = WatchMode::automatic;
     Duration poll_interval = std::chrono::seconds(1);  // the polling backend's scan period
     Duration settle = std::chrono::milliseconds(300);  // quiet time before a file seen changing is loaded

@@ -20,6 +20,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -29,9 +30,25 @@ namespace tickhost {
 // The scheduler options the host derives from a configuration (workers, default_timeout).
 Tickers::Options scheduler_options(const HostConfig& config);
 
+// What a supervisor of the host hears (the tickhost executable turns it into systemd notifications). Every
+// member is optional. Each runs on the host thread where the thing happened, must return quickly, must not
+// throw, and must not call start(), stop() or reload_config().
+struct HostHooks {
+    // Tickers::Options::heartbeat and heartbeat_interval of the host's scheduler: a liveness signal from
+    // its timer thread.
+    std::function<void()> heartbeat;
+    Duration heartbeat_interval{0};
+    // Around every reload_config() (SIGHUP, a host.toml change, a direct call): before host.toml is read,
+    // and after, with whether it was applied.
+    std::function<void()> reload_begin;
+    std::function<void(bool applied)> reload_end;
+    // The set of plugins may have changed: a plugin_dir event or rescan was handled.
+    std::function<void()> plugins_changed;
+};
+
 class Host {
 public:
-    explicit Host(HostConfig config);
+    explicit Host(HostConfig config, HostHooks hooks = {});
     ~Host();  // stop()
     Host(const Host&) = delete;
     Host& operator=(const Host&) = delete;
@@ -64,6 +81,7 @@ public:
 
 private:
     HostConfig config_;
+    HostHooks hooks_;
     std::unique_ptr<Tickers> tickers_;
     std::unique_ptr<PluginManager> plugins_;
     std::unique_ptr<DirectoryWatcher> plugin_watch_;

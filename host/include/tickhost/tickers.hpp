@@ -309,6 +309,13 @@ public:
         Duration backoff_max = std::chrono::minutes(5);
         std::shared_ptr<Clock> clock;                    // null = SteadyClock
         std::shared_ptr<spdlog::logger> logger;          // null = the "scheduler" logger
+        // A liveness signal from the timer thread itself: called on it when it starts and then about every
+        // heartbeat_interval (on `clock`), as long as the timer loop turns. A wedged timer stops calling it,
+        // so a supervisor fed from here (the tickhost executable pings systemd's watchdog) sees the wedge.
+        // It must return at once and must not call into this registry; what it throws is swallowed. It is
+        // the timer's only wake-up when no task is due. Unset or interval <= 0: none.
+        std::function<void()> heartbeat;
+        Duration heartbeat_interval{0};
     };
 
     Tickers();
