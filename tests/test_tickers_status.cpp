@@ -392,7 +392,7 @@ TEST(TickersStatus, RunNowOfAnAbandonedTask) {
     std::promise<void> release;
     std::shared_future<void> released = release.get_future().share();
     std::atomic<bool> started{false};
-    TaskId id = f.tickers.add(10s, {"stuck", 1s, [&](RunContext&, bool is_stop) {
+    TaskId id = f.tickers.add(10s, {"stuck", 1s, [&started, released](RunContext&, bool is_stop) {
                                         if (!is_stop) {
                                             started = true;
                                             released.wait();  // ignores its cancellation
@@ -407,6 +407,8 @@ TEST(TickersStatus, RunNowOfAnAbandonedTask) {
     ASSERT_TRUE(eventually([&] { return f.tickers.activity(id)->state == TaskActivity::State::abandoned; }));
     EXPECT_EQ(f.tickers.run_now(id), RunNow::abandoned);
     release.set_value();
+    // Its stuck call returns (the worker that made it is gone; nothing of the test may go before it).
+    EXPECT_TRUE(eventually([&] { return f.log.contains("'stuck': abandoned run returned"); }));
 }
 
 TEST(TickersStatus, RunNowThenRemoveMakesExactlyOneStopCall) {
