@@ -14,6 +14,7 @@
 #include <csignal>
 #include <cstdlib>
 #include <fstream>
+#include <regex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -639,4 +640,275 @@ TEST(Control, UnsafeFoldersAreRefused) {
             << d.log_text();
         EXPECT_TRUE(d.host->control_socket().empty());
     }
+}
+
+// ---- tickhost status / reload / run-now against a real host process ---------------------------------------
+
+namespace {
+
+struct Result {
+    int status = -1;
+    std::string out, err;
+};
+
+// Runs `tickhost ARGS...` (in `cwd`), stdout and stderr apart.
+Result cli(const std::vector<std::string>& args, const fs::path& cwd = fs::current_path(),
+           const std::string& exe = TICKHOST_EXE) {
+    TempDir tmp;
+    const fs::path out = tmp / "out", err = tmp / "err";
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+        const int o = ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        const int e = ::open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        ::dup2(o, 1);
+        ::dup2(e, 2);
+        if (::chdir(cwd.c_str()) != 0) _exit(126);
+        std::vector<std::string> all{exe};
+        all.insert(all.end(), args.begin(), args.end());
+        std::vector<char*> argv;
+        for (auto& a : all) argv.push_back(a.data());
+        argv.push_back(nullptr);
+        ::execv(argv[0], argv.data());
+        _exit(127);
+    }
+    int st = 0;
+    ::waitpid(pid, &st, 0);
+    return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, read_file(out), read_file(err)};
+}
+
+bool has(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+
+// The real binary on a temporary host.toml; SIGTERM at the end.
+struct HostProcess {
+    TempDir tmp;
+    fs::path plugins = tmp / "plugins.d";
+    fs::path toml = tmp / "host.toml";
+    fs::path log = tmp / "host.log";
+    fs::path socket = tmp / "run" / "control";
+    fs::path out = tmp / "out", release = tmp / "release";
+    pid_t pid = -1;
+
+    std::string toml_text(const std::string& extra = "") const {
+        return "[host]\nplugin_dir = \"plugins.d\"\nshadow_dir = \"shadow\"\nworkers = 2\nshutdown_timeout = \"10s\"\n"
+               "control_socket = \"run/control\"\n"
+               "[plugins.hello]\ninterval = \"50ms\"\nisolation = \"process\"\n"
+               "[plugins.failing]\ninterval = \"50ms\"\n"
+               "[plugins.hostile]\ninterval = \"1h\"\n[plugins.hostile.tasks.stuck]\ntimeout = \"1h\"\n"
+               "[plugins.hostile.config]\nbehaviours = \"stuck\"\nout = \"" +
+               out.string() + "\"\nrelease = \"" + release.string() + "\"\n" + extra;
+    }
+    HostProcess() {
+        fs::create_directories(plugins);
+        fs::copy_file(HELLO_SO, plugins / "hello.so");
+        fs::copy_file(fixture("fx_failing"), plugins / "fx_failing.so");
+        fs::copy_file(fixture("fx_hostile"), plugins / "fx_hostile.so");
+        fs::copy_file(fixture("fx_no_entry"), plugins / "fx_no_entry.so");
+        write_file(toml, toml_text());
+        pid = ::fork();
+        if (pid == 0) {
+            const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+            ::dup2(fd, 1);
+            ::dup2(fd, 2);
+            if (::chdir(tmp.path().c_str()) != 0) _exit(126);
+            ::execl(TICKHOST_EXE, TICKHOST_EXE, "--config", "host.toml", static_cast<char*>(nullptr));
+            _exit(127);
+        }
+    }
+    ~HostProcess() {
+        write_file(release, "go");
+        if (pid <= 0) return;
+        ::kill(pid, SIGTERM);
+        int st = 0;
+        if (!eventually([&] { return ::waitpid(pid, &st, WNOHANG) == pid; }, 20s)) {
+            ::kill(pid, SIGKILL);
+            ::waitpid(pid, &st, 0);
+        }
+    }
+    // Up, and each plugin has run (the failing one has failed).
+    bool ready() {
+        return eventually(
+            [&] {
+                const Result r = cli({"status", "--json", "--socket", socket.string()});
+                if (r.status != 0) return false;
+                const Json s = Json::parse(r.out, nullptr, false);
+                const Json g = find_task(find_plugin(s, "hello"), "greet");
+                const Json e = find_task(find_plugin(s, "failing"), "errors");
+                return g.is_object() && g["runs"].get<int>() > 0 && e.is_object() && e["last_run"].is_object() &&
+                       e["last_run"]["duration_ns"].is_number();
+            },
+            30s);
+    }
+};
+
+}  // namespace
+
+TEST(ControlCli, StatusAsTablesAndAsJson) {
+    HostProcess h;
+    ASSERT_TRUE(h.ready()) << read_file(h.log);
+    const Result r = cli({"status", "--config", "host.toml"}, h.tmp.path());
+    ASSERT_EQ(r.status, 0) << r.out << r.err;
+    EXPECT_TRUE(has(r.out, "tickhost " TICKHOST_VERSION_STRING ", pid " + std::to_string(h.pid) + ", up ")) << r.out;
+    EXPECT_TRUE(has(r.out, "config   " + h.toml.string() + " (applied ")) << r.out;
+    EXPECT_TRUE(has(r.out, "control  " + h.socket.string())) << r.out;
+    EXPECT_TRUE(has(r.out, "4 plugin(s) (3 running, 1 refused)")) << r.out;
+    EXPECT_TRUE(has(r.out, "PLUGIN ")) << r.out;
+    const std::regex hello_row(
+        "\nhello +1\\.0\\.0 +process +running +[0-9:]+ +hello\\.so \\(sha256 [0-9a-f]{12}\\), pid [0-9]+\n");
+    EXPECT_TRUE(std::regex_search(r.out, hello_row)) << r.out;
+    const std::regex failing_row("\nfailing +0\\.1\\.0 +none +running ");
+    EXPECT_TRUE(std::regex_search(r.out, failing_row)) << r.out;
+    EXPECT_TRUE(has(r.out, "fx_no_entry.so: TH_E_NO_ENTRY: ")) << r.out;
+    EXPECT_TRUE(has(r.out, "TASK ")) << r.out;
+    EXPECT_TRUE(
+        std::regex_search(r.out, std::regex("\nhello/greet +50ms +10s +[0-9]+ +0 +[0-9]+ +0 +[0-9:]+ +\\S+ +ok +")))
+        << r.out;
+    EXPECT_TRUE(std::regex_search(
+        r.out, std::regex("\nfailing/errors +50ms +10s +[0-9]+ +[1-9][0-9]* .* failed +.*backing off")))
+        << r.out;
+    EXPECT_TRUE(has(r.out, "last errors:\n")) << r.out;
+    EXPECT_TRUE(has(r.out, "  failing/errors: disk on fire\n")) << r.out;
+
+    const Result j = cli({"status", "--json", "--socket", h.socket.string()});
+    ASSERT_EQ(j.status, 0) << j.err;
+    EXPECT_EQ(j.out.rfind("{\"schema\":1,\"host\":{", 0), 0u) << "one document, schema first: " << j.out.substr(0, 80);
+    EXPECT_EQ(std::count(j.out.begin(), j.out.end(), '\n'), 1) << "one line";
+    const Json s = Json::parse(j.out);
+    EXPECT_EQ(s["host"]["pid"], h.pid);
+    EXPECT_EQ(find_plugin(s, "hello")["mode"], "process");
+    EXPECT_EQ(find_plugin(s, "failing")["mode"], "none");
+    EXPECT_EQ(find_plugin(s, "fx_no_entry")["error"]["name"], "TH_E_NO_ENTRY");
+    EXPECT_EQ(find_task(find_plugin(s, "failing"), "errors")["last_run"]["error"], "disk on fire");
+
+    const Result limited = cli({"status", "--tasks", "1", "--socket", h.socket.string()});
+    EXPECT_TRUE(has(limited.out, "(failing: 2 more task(s) not listed: tickhost status --tasks N)")) << limited.out;
+}
+
+TEST(ControlCli, ReloadSaysAppliedOrWhereTheFileIsWrong) {
+    HostProcess h;
+    ASSERT_TRUE(h.ready()) << read_file(h.log);
+    Result r = cli({"reload", "--config", h.toml.string()});
+    EXPECT_EQ(r.status, 0) << r.out << r.err;
+    EXPECT_EQ(r.out, "reloaded " + h.toml.string() + ": applied\n");
+    write_file(h.toml, h.toml_text("[plugins.hello.tasks.greet]\ntimeout = \"soon\"\n"));
+    r = cli({"reload", "--socket", h.socket.string()});
+    EXPECT_EQ(r.status, 1) << r.out << r.err;
+    EXPECT_TRUE(
+        has(r.err, "tickhost reload: not applied: " + h.toml.string() + ":21:11: plugins.hello.tasks.greet.timeout"))
+        << r.err;
+    EXPECT_TRUE(has(r.err, "the host keeps running with the configuration it had")) << r.err;
+    const Result s = cli({"status", "--socket", h.socket.string()});
+    EXPECT_TRUE(has(s.out, "reload   REFUSED at ")) << s.out;
+    EXPECT_TRUE(has(s.out, ":21:11: ")) << s.out;
+}
+
+TEST(ControlCli, RunNowSaysWhatItDid) {
+    HostProcess h;
+    ASSERT_TRUE(h.ready()) << read_file(h.log);
+    // hello runs every 50 ms: a run of it may be in flight just then ("already running"), so ask again.
+    Result r;
+    EXPECT_TRUE(eventually([&] {
+        r = cli({"run-now", "hello/greet", "--wait", "--socket", h.socket.string()});
+        return r.status == 0;
+    })) << r.out
+        << r.err;
+    EXPECT_TRUE(has(r.out, "hello/greet: started (one extra run, now)\n")) << r.out;
+    EXPECT_TRUE(std::regex_search(r.out, std::regex("hello/greet: ok in \\S+\n"))) << r.out;
+
+    r = cli({"run-now", "hostile/stuck", "--socket", h.socket.string()});
+    EXPECT_EQ(r.status, 0) << r.out << r.err;
+    ASSERT_TRUE(eventually([&] { return has(read_file(h.out), "stuck run"); }));
+    r = cli({"run-now", "hostile", "--socket", h.socket.string()});
+    EXPECT_EQ(r.status, 1);
+    EXPECT_EQ(r.out, "hostile/stuck: already running; no second run queued (runs of a task never overlap)\n");
+    write_file(h.release, "go");
+
+    EXPECT_TRUE(eventually([&] {
+        r = cli({"run-now", "failing/errors", "--wait", "--socket", h.socket.string()});
+        return has(r.out, "started");
+    })) << r.out;
+    EXPECT_EQ(r.status, 1) << "the run failed: " << r.out;
+    EXPECT_TRUE(has(r.out, "failing/errors: failed in ")) << r.out;
+    EXPECT_TRUE(has(r.out, ": disk on fire\n")) << r.out;
+
+    r = cli({"run-now", "nope", "--socket", h.socket.string()});
+    EXPECT_EQ(r.status, 1);
+    EXPECT_TRUE(has(r.err, "tickhost run-now: no plugin 'nope' (running: ")) << r.err;
+    r = cli({"run-now", "hello/nope", "--socket", h.socket.string()});
+    EXPECT_EQ(r.status, 1);
+    EXPECT_TRUE(has(r.err, "plugin 'hello' has no task 'nope' (it has: greet)")) << r.err;
+}
+
+// No host to talk to: what, where, what to do; exit status 3.
+TEST(ControlCli, ClearErrorsWhenNoHostListens) {
+    TempDir tmp;
+    Result r = cli({"status", "--socket", (tmp / "control").string()});
+    EXPECT_EQ(r.status, 3);
+    EXPECT_TRUE(has(
+        r.err, "tickhost status: no host's control socket at " + (tmp / "control").string() + "; is the host running?"))
+        << r.err;
+    EXPECT_TRUE(has(r.err, "--config HOST.TOML")) << r.err;
+
+    {  // a stale socket: its host is gone
+        const int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+        sockaddr_un a{};
+        a.sun_family = AF_UNIX;
+        std::strncpy(a.sun_path, (tmp / "stale").c_str(), sizeof a.sun_path - 1);
+        ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+        ::close(fd);
+    }
+    r = cli({"reload", "--socket", (tmp / "stale").string()});
+    EXPECT_EQ(r.status, 3);
+    EXPECT_TRUE(has(r.err, "no host is listening on " + (tmp / "stale").string())) << r.err;
+
+    write_file(tmp / "off.toml", "[host]\ncontrol_socket = \"off\"\n");
+    r = cli({"status", "--config", (tmp / "off.toml").string()});
+    EXPECT_EQ(r.status, 3);
+    EXPECT_TRUE(has(r.err, "sets [host] control_socket = \"off\": that host has no control socket")) << r.err;
+
+    write_file(tmp / "bad.toml", "[host]\nworkers = \"many\"\n");
+    r = cli({"status", "--config", (tmp / "bad.toml").string()});
+    EXPECT_EQ(r.status, 2);
+    EXPECT_TRUE(has(r.err, "bad.toml:2:11: host.workers")) << r.err;
+
+    if (::geteuid() == 0) {
+        HostDir d;  // a host of root's; user nobody asks it
+        d.start();
+        const fs::path err = d.tmp / "err", exe = d.tmp / "tickhost";
+        ::chmod(d.tmp.path().c_str(), 0755);  // nobody may reach the folder, not the socket's
+        write_file(err, "");
+        ::chmod(err.c_str(), 0666);
+        // A copy nobody may run (the build tree may sit under /root).
+        fs::copy_file(TICKHOST_EXE, exe);
+        ::chmod(exe.c_str(), 0755);
+        const int st = as_nobody([&] {
+            const Result r = cli({"status", "--socket", d.socket.string()}, "/", exe.string());
+            write_file(err, r.err);
+            return r.status;
+        });
+        EXPECT_EQ(st, 3);
+        EXPECT_TRUE(has(read_file(err), "permission denied on " + d.socket.string())) << read_file(err);
+    }
+}
+
+TEST(ControlCli, HelpAndUsage) {
+    Result r = cli({"help", "status"});
+    EXPECT_EQ(r.status, 0);
+    EXPECT_TRUE(has(r.out, "usage: tickhost status [--json] [--tasks N] [--config PATH | --socket PATH]")) << r.out;
+    EXPECT_TRUE(has(r.out, "exit status: 0 shown")) << r.out;
+    r = cli({"reload", "--help"});
+    EXPECT_TRUE(has(r.out, "exit status: 0 applied, 1 refused")) << r.out;
+    r = cli({"run-now", "--help"});
+    EXPECT_TRUE(has(r.out, "usage: tickhost run-now PLUGIN[/TASK]")) << r.out;
+    r = cli({"--help"});
+    EXPECT_TRUE(has(r.out, "tickhost status [--json]")) << r.out;
+    r = cli({"run-now"});
+    EXPECT_EQ(r.status, 2);
+    EXPECT_TRUE(has(r.err, "name the plugin")) << r.err;
+    r = cli({"status", "--config", "a.toml", "--socket", "b"});
+    EXPECT_EQ(r.status, 2) << r.err;
+    r = cli({"status", "extra"});
+    EXPECT_EQ(r.status, 2) << r.err;
+    r = cli({"run-now", "a b"});
+    EXPECT_EQ(r.status, 2);
+    EXPECT_TRUE(has(r.err, "is not a plugin name")) << r.err;
 }

@@ -316,8 +316,11 @@ TEST(TickersStatus, RunNowRunsOnceAtOnceWithoutMovingTheSchedule) {
     EXPECT_EQ(f.tickers.run_now(id), RunNow::not_running) << "before start()";
     f.tickers.start();
     f.advance(3s);
-    EXPECT_EQ(f.tickers.run_now(id), RunNow::started);
+    uint64_t before = 99;
+    EXPECT_EQ(f.tickers.run_now(id, &before), RunNow::started);
+    EXPECT_EQ(before, 0u) << "the run count before this run";
     ASSERT_TRUE(f.tickers.wait_idle());
+    EXPECT_EQ(f.tickers.stats(id)->runs, before + 1);
     f.advance(7s);
     EXPECT_EQ(at, (std::vector<Duration>{3s, 10s}));
     auto st = f.tickers.stats(id);
@@ -478,5 +481,33 @@ TEST(TickersStatus, ReadingWhileRunningIsConsistent) {
     std::this_thread::sleep_for(300ms);
     done = true;
     reader.join();
+    EXPECT_TRUE(t.stop());
+}
+
+// On the real clock, a task with a timeout of 1 s or more is timed with the coarse clock (as its deadline
+// is): its duration says the resolution it has. Loose bounds only: this is about which clock, not timing.
+TEST(TickersStatus, DurationsSayTheResolutionOfTheirClock) {
+    CapturedLog log;
+    Tickers t(log.options(2));
+    auto sleepy = [](RunContext&, bool is_stop) {
+        if (!is_stop) std::this_thread::sleep_for(20ms);
+        return TaskResult::success();
+    };
+    TaskId coarse = t.add(1h, {"coarse", 10s, sleepy});
+    TaskId precise = t.add(1h, {"precise", 500ms, sleepy});
+    t.start();
+    ASSERT_EQ(t.run_now(coarse), RunNow::started);
+    ASSERT_EQ(t.run_now(precise), RunNow::started);
+    ASSERT_TRUE(eventually(
+        [&] { return t.stats(coarse)->last_duration.has_value() && t.stats(precise)->last_duration.has_value(); }));
+    const auto c = *t.stats(coarse), p = *t.stats(precise);
+    EXPECT_EQ(p.last_duration_resolution, 0s);
+    EXPECT_GE(*p.last_duration, 20ms);
+#if defined(__linux__)
+    EXPECT_GT(c.last_duration_resolution, 0s);
+    EXPECT_LE(c.last_duration_resolution, 100ms);
+    EXPECT_GE(*c.last_duration + c.last_duration_resolution, 20ms);
+#endif
+    EXPECT_LT(*c.last_duration, 1h);
     EXPECT_TRUE(t.stop());
 }

@@ -284,7 +284,11 @@ std::vector<RunNowOutcome> Host::run_now(const std::string& plugin, const std::s
     for (auto& p : plugins_->status()) {
         if (p.name != plugin || p.state != PluginStatus::State::running) continue;
         for (auto& t : p.tasks)
-            if (task.empty() || t.name == task) out.push_back({t.name, tickers_->run_now(t.id)});
+            if (task.empty() || t.name == task) {
+                RunNowOutcome o{t.name, RunNow::unknown, 0};
+                o.result = tickers_->run_now(t.id, &o.runs_before);
+                out.push_back(std::move(o));
+            }
     }
     return out;
 }

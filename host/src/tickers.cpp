@@ -249,6 +249,8 @@ struct alignas(64) Slot {
 };
 static_assert(sizeof(Slot) == 128, "two cache lines per task");
 constexpr uint8_t kHasError = 0x80;
+constexpr uint8_t kCoarse = 0x40;  // its start (and end) came from the coarse clock
+constexpr uint8_t kResultBits = 0x3f;
 
 // A tick's worth of runs (or a set of stop calls), shared by the workers that claim slices of it.
 struct Batch {
@@ -330,7 +332,7 @@ struct Tickers::Impl : std::enable_shared_from_this<Tickers::Impl> {
     }
     // Ticks a task failing `streak` times in a row waits from one run to the next (1: no back-off).
     int64_t backoff_ticks(uint32_t streak, int64_t interval) const;
-    RunNow run_now(TaskId id);
+    RunNow run_now(TaskId id, uint64_t* runs_before);
     // Slot i's figures if it holds task generation `gen` (not yet freed); mu_ held if `timeout` is wanted.
     std::optional<TaskStats> stats_of(uint32_t i, uint32_t gen, int64_t now) const;
     void snapshot_locked(uint32_t i, uint32_t gen, int64_t now, std::vector<TaskSnapshot>& out) const;
@@ -392,6 +394,7 @@ struct Tickers::Impl : std::enable_shared_from_this<Tickers::Impl> {
     Options opt_;
     std::shared_ptr<Clock> clock_;
     bool steady_clock_ = false;  // clock_ is the real steady clock (CLOCK_MONOTONIC), not an injected one
+    Duration coarse_resolution_{0};  // CLOCK_MONOTONIC_COARSE's
     std::shared_ptr<spdlog::logger> log_;
     size_t nworkers_;
 
@@ -492,6 +495,10 @@ Tickers::Impl::~Impl() {
 Tickers::Impl::Impl(Options o) : opt_(std::move(o)) {
     clock_ = opt_.clock ? opt_.clock : std::make_shared<SteadyClock>();
     steady_clock_ = dynamic_cast<SteadyClock*>(clock_.get()) != nullptr;
+#if defined(CLOCK_MONOTONIC_COARSE)
+    if (timespec res{}; clock_getres(CLOCK_MONOTONIC_COARSE, &res) == 0)
+        coarse_resolution_ = std::chrono::seconds(res.tv_sec) + Duration(res.tv_nsec);
+#endif
     log_ = opt_.logger ? opt_.logger : get_logger("scheduler");
     nworkers_ = opt_.workers ? opt_.workers : std::max(1u, std::thread::hardware_concurrency());
     if (opt_.default_timeout <= Duration::zero()) opt_.default_timeout = std::chrono::seconds(10);
@@ -744,10 +751,11 @@ std::optional<TaskStats> Tickers::Impl::stats_of(uint32_t i, uint32_t gen, int64
         if (tries > 100) std::this_thread::yield();  // the writer was preempted mid-write
     }
     if (gen_of(s.word.load(std::memory_order_acquire)) != gen) return std::nullopt;  // reused meanwhile
-    st.last_result = RunResult(result & ~kHasError);
+    st.last_result = RunResult(result & kResultBits);
     if (st.last_result != RunResult::none) {
         st.last_start = from_ns(start);
         if (end != 0 && end >= start) st.last_duration = Duration(end - start);
+        if (result & kCoarse) st.last_duration_resolution = coarse_resolution_;
     }
     if (result & kHasError) {
         std::lock_guard<std::mutex> el(err_mu_);
@@ -786,7 +794,7 @@ void Tickers::Impl::snapshot_locked(uint32_t i, uint32_t gen, int64_t now, std::
     out.push_back(std::move(t));
 }
 
-RunNow Tickers::Impl::run_now(TaskId id) {
+RunNow Tickers::Impl::run_now(TaskId id, uint64_t* runs_before) {
     const uint32_t i = slot_of(id), gen = gen_of_id(id);
     if (gen == 0 || i >= slot_count_.load(std::memory_order_acquire)) return RunNow::unknown;
     Slot& s = slot(i);
@@ -802,6 +810,8 @@ RunNow Tickers::Impl::run_now(TaskId id) {
         if (f & kRunning) return RunNow::already_running;
         if (s.word.compare_exchange_weak(w, w | kRunning, std::memory_order_acq_rel)) break;
     }
+    // No run is in flight (RUNNING was clear) and none can start before ours: the count is exact.
+    if (runs_before) *runs_before = s.runs.load(std::memory_order_relaxed);
     auto b = std::make_shared<Batch>();
     b->items.push_back({i, gen});
     b->due = to_ns(clock_->now());
@@ -904,7 +914,8 @@ void Tickers::Impl::record(Worker& w, Slot& s, uint32_t slot_index, uint32_t gen
     const uint32_t q = s.last_seq.load(std::memory_order_relaxed);
     s.last_seq.store(q + 1, std::memory_order_relaxed);
     std::atomic_thread_fence(std::memory_order_release);
-    s.last_result.store(uint8_t(result) | (has_error ? kHasError : 0), std::memory_order_relaxed);
+    s.last_result.store(uint8_t(result) | (has_error ? kHasError : 0) | (coarse ? kCoarse : 0),
+                        std::memory_order_relaxed);
     s.last_start.store(to_ns(start), std::memory_order_relaxed);
     s.last_end.store(end, std::memory_order_relaxed);
     if (!manual) {  // the schedule's next tick for this task, past the ticks it sits out
@@ -1634,7 +1645,7 @@ std::optional<TaskStats> Tickers::stats(TaskId id) const {
     return impl_->stats_of(i, gen, to_ns(impl_->clock_->now()));
 }
 
-RunNow Tickers::run_now(TaskId id) { return impl_->run_now(id); }
+RunNow Tickers::run_now(TaskId id, uint64_t* runs_before) { return impl_->run_now(id, runs_before); }
 
 std::vector<TaskSnapshot> Tickers::snapshot() const {
     std::vector<TaskSnapshot> out;

@@ -93,6 +93,7 @@ struct HostStatus {
 struct RunNowOutcome {
     std::string task;  // the task's own name
     RunNow result = RunNow::unknown;
+    uint64_t runs_before = 0;  // started: the task's run count before this run (it is over once runs exceeds it)
 };
 
 class Host {

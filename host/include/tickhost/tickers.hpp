@@ -229,6 +229,9 @@ struct TaskStats {
     // under a microsecond). With a timeout of 1 s or more, both ends come from the coarse monotonic clock (a
     // few milliseconds of resolution). Nullopt until that next timestamp is taken, and for none.
     std::optional<Duration> last_duration;
+    // The resolution of the clock last_duration was measured with: the coarse clock's (e.g. 4 ms), or zero
+    // when it came from the registry's clock itself. A duration below it means "less than this".
+    Duration last_duration_resolution{0};
     // failed or timed_out: the error the run returned (a run that threw: "exception: <what()>"), at most
     // Tickers::max_error_text bytes (longer ones are cut at a UTF-8 boundary and end with "..."); else empty.
     std::string last_error;
@@ -325,8 +328,9 @@ public:
     bool running() const;
 
     // One extra run of the task at once (see the contract above). Never blocks and never runs task code on
-    // the caller's thread. Safe from any thread, including from inside a running task.
-    RunNow run_now(TaskId id);
+    // the caller's thread. Safe from any thread, including from inside a running task. When it started one,
+    // *runs_before (if given) is TaskStats::runs before that run: the run is over once runs exceeds it.
+    RunNow run_now(TaskId id, uint64_t* runs_before = nullptr);
 
     std::optional<TaskStats> stats(TaskId id) const;
     // Every task registered and not removed, in slot order; or the tasks `ids` names, in that order (IDs

@@ -62,6 +62,7 @@ Json task_json(const TaskSnapshot& t, const HostStatus& h) {
     if (s.last_result != RunResult::none)
         last = {{"start_unix_ms", unix_ms(h.wall(s.last_start))},
                 {"duration_ns", s.last_duration ? Json(s.last_duration->count()) : Json(nullptr)},
+                {"duration_resolution_ns", s.last_duration_resolution.count()},
                 {"result", result_name(s.last_result)},
                 {"error", text_or_null(s.last_error)}};
     const bool busy = t.activity.since != TimePoint{};
@@ -257,7 +258,11 @@ std::string run_now_response(const std::string& plugin, const std::string& task,
                               "plugin '" + plugin + "' has no task '" + task + "' (it has: " + all + ")");
     }
     Json tasks = Json::array();
-    for (auto& o : outcomes) tasks.push_back({{"task", o.task}, {"result", run_now_name(o.result)}});
+    for (auto& o : outcomes) {
+        Json t = {{"task", o.task}, {"result", run_now_name(o.result)}};
+        t["runs_before"] = o.result == RunNow::started ? Json(o.runs_before) : Json(nullptr);
+        tasks.push_back(std::move(t));
+    }
     return line({{"ok", true}, {"run_now", {{"plugin", plugin}, {"tasks", std::move(tasks)}}}});
 }
 
