@@ -171,6 +171,9 @@ CommandLine parse_command_line(int argc, char** argv) {
        tickhost check [--json] FILE...            load plugin files as the host would; show what they declare
        tickhost run-once FILE [--task NAME] ...   init, one run, the stop call, unload; show status and logs
        tickhost new-plugin NAME [--lang cpp|c]    write a ready-to-build plugin project
+       tickhost status [--json]                   a running host: its plugins and tasks, their last runs
+       tickhost reload                            make a running host re-read host.toml; say how it went
+       tickhost run-now PLUGIN[/TASK]             one extra run of a running host's task, now
        (tickhost <subcommand> --help for its options)
 )";
     auto* config = app.add_option("-c,--config", cl.host.config_path, "host.toml to use (default: ./host.toml)")
@@ -274,6 +277,66 @@ NAME is the plugin's name: letters, digits, '_' or '-', at most 64 characters.)"
     np->set_help_flag("-h,--help", "show this help");
     np->footer("exit status: 0 written, 1 the directory is not empty or cannot be written, 2 bad command line\n");
 
+    // ---- status, reload, run-now: a running host, through its control socket
+    const std::string where_help = R"(
+where the host is: with neither option, its control socket in the default place ($RUNTIME_DIRECTORY/control,
+$XDG_RUNTIME_DIR/tickhost/control or /tmp/tickhost-<uid>/control), then /run/tickhost/control (a system
+service's). Only the host's user and root may use it.
+)";
+    auto target_options = [&](CLI::App* sub, ControlTarget& t) {
+        auto* c = sub->add_option("-c,--config", t.config_path,
+                                  "the host.toml the host runs on: its socket is where that file says")
+                      ->type_name("PATH");
+        auto* s = sub->add_option("-s,--socket", t.socket_path, "the host's control socket")->type_name("PATH");
+        c->excludes(s);
+    };
+    CLI::App* st = app.add_subcommand(
+        "status",
+        R"(Shows a running host: its version, pid, uptime and configuration (when it was applied, or why the last reload
+was refused); each plugin with its version, file, sha256, mode, state (running, refused with its code and
+reason, disabled, backing off or down after crashes, pinned) and since when; each task with its interval,
+timeout, runs, failures, skipped ticks, timeouts, last run (when, how long, result, error) and next run.)");
+    help.usage["status"] = "usage: tickhost status [--json] [--tasks N] [--config PATH | --socket PATH]\n";
+    st->add_flag("--json", cl.status.json,
+                 "print the status document (JSON, one line; schema in docs/operating.md) instead of tables");
+    st->add_option("--tasks", cl.status.tasks, "list at most N tasks per plugin (default 200; totals count all)")
+        ->type_name("N")
+        ->check(CLI::Range(size_t(0), size_t(1000000)));
+    target_options(st, cl.status.target);
+    st->set_help_flag("-h,--help", "show this help");
+    st->footer(where_help +
+               R"(exit status: 0 shown, 2 bad command line or host.toml, 3 no host answered (the message says where it
+             looked and what to do)
+)");
+
+    CLI::App* rl = app.add_subcommand(
+        "reload",
+        R"(Makes a running host re-read and apply its host.toml, as SIGHUP does, waits until it is done and says how it
+went: applied, or the file:line:column of what is wrong (the host then keeps the configuration it runs).)");
+    help.usage["reload"] = "usage: tickhost reload [--config PATH | --socket PATH]\n";
+    target_options(rl, cl.reload.target);
+    rl->set_help_flag("-h,--help", "show this help");
+    rl->footer(where_help +
+               R"(exit status: 0 applied, 1 refused (the error names file:line:column), 2 bad command line or host.toml,
+             3 no host answered
+)");
+
+    CLI::App* rn = app.add_subcommand(
+        "run-now",
+        R"(Makes a running host run a task of one of its plugins once, now, beside its schedule (which it does not move),
+with the task's deadline and cancellation as any run; without /TASK, each of the plugin's tasks. Runs of a
+task never overlap: if one is in flight, nothing is queued, and it says so.)");
+    help.usage["run-now"] = "usage: tickhost run-now PLUGIN[/TASK] [--wait] [--config PATH | --socket PATH]\n";
+    std::string run_now_what;
+    rn->add_option("PLUGIN[/TASK]", run_now_what);
+    rn->add_flag("--wait", cl.run_now.wait, "wait for the run to end and show its result and duration");
+    target_options(rn, cl.run_now.target);
+    rn->set_help_flag("-h,--help", "show this help");
+    rn->footer(where_help +
+               R"(exit status: 0 every run started (with --wait: and succeeded), 1 not run (already running, abandoned,
+             no such plugin or task; with --wait: a run failed), 2 bad command line or host.toml, 3 no host answered
+)");
+
     // ---- help [SUBCOMMAND], as git and systemctl users expect
     std::string topic;
     CLI::App* help_cmd = app.add_subcommand("help", "Shows the help of tickhost, or of one of its subcommands.");
@@ -281,7 +344,7 @@ NAME is the plugin's name: letters, digits, '_' or '-', at most 64 characters.)"
     help_cmd->add_option("SUBCOMMAND", topic);
     help_cmd->set_help_flag("-h,--help", "show this help");
 
-    const std::vector<CLI::App*> subs = {check, run, np, help_cmd};
+    const std::vector<CLI::App*> subs = {check, run, np, st, rl, rn, help_cmd};
     auto selected = [&]() -> const CLI::App* {
         const auto s = app.get_subcommands();
         return s.empty() ? &app : s.front();
@@ -330,9 +393,11 @@ NAME is the plugin's name: letters, digits, '_' or '-', at most 64 characters.)"
                 return fail(sub,
                             "unknown option '" + w + "'" + did_you_mean(w.substr(0, w.find('=')), long_options(sub)));
         if (!extra.empty()) {
-            const std::string what = sub == run  ? "one plugin file at a time"
-                                     : sub == np ? "one NAME only"
-                                                 : "one SUBCOMMAND only";
+            const std::string what = sub == run               ? "one plugin file at a time"
+                                     : sub == np              ? "one NAME only"
+                                     : sub == rn              ? "one PLUGIN[/TASK] at a time"
+                                     : sub == st || sub == rl ? "no arguments"
+                                                              : "one SUBCOMMAND only";
             return fail(sub, what + " ('" + extra.front() + "' is a second one)");
         }
     }
@@ -377,6 +442,19 @@ NAME is the plugin's name: letters, digits, '_' or '-', at most 64 characters.)"
             return fail(np, "'" + n.name + "' is not a plugin name ([A-Za-z0-9_-], 1..64 characters)");
         if (n.lang != "cpp" && n.lang != "c") return fail(np, "--lang is cpp or c");
         cl.run = CommandLine::Run::new_plugin;
+    } else if (sub == st) {
+        cl.run = CommandLine::Run::status;
+    } else if (sub == rl) {
+        cl.run = CommandLine::Run::reload;
+    } else if (sub == rn) {
+        if (run_now_what.empty()) return fail(rn, "name the plugin (PLUGIN, or PLUGIN/TASK for one of its tasks)");
+        const size_t slash = run_now_what.find('/');
+        cl.run_now.plugin = run_now_what.substr(0, slash);
+        if (slash != std::string::npos) cl.run_now.task = run_now_what.substr(slash + 1);
+        if (!valid_plugin_name(cl.run_now.plugin))
+            return fail(rn, "'" + cl.run_now.plugin + "' is not a plugin name ([A-Za-z0-9_-], 1..64 characters)");
+        if (slash != std::string::npos && cl.run_now.task.empty()) return fail(rn, "name the task after the '/'");
+        cl.run = CommandLine::Run::run_now;
     } else {  // help [SUBCOMMAND]
         if (topic.empty()) {
             std::fputs(p.help_of(&app).c_str(), stdout);

@@ -46,14 +46,45 @@ struct NewPluginArgs {
     std::string dir;           // empty: ./NAME
 };
 
+// Where `status`, `reload` and `run-now` find the running host's control socket: the socket itself, or the
+// host.toml it runs on (found as the host would: its [host] control_socket, or the default place); neither:
+// the default place, then /run/tickhost/control (a system service's).
+struct ControlTarget {
+    std::string config_path;
+    std::string socket_path;
+};
+
+// `tickhost status [--json] [--tasks N] [--config PATH | --socket PATH]`
+struct StatusArgs {
+    ControlTarget target;
+    bool json = false;
+    size_t tasks = 200;  // listed per plugin
+};
+
+// `tickhost reload [--config PATH | --socket PATH]`
+struct ReloadArgs {
+    ControlTarget target;
+};
+
+// `tickhost run-now PLUGIN[/TASK] [--wait] [--config PATH | --socket PATH]`
+struct RunNowArgs {
+    ControlTarget target;
+    std::string plugin;
+    std::string task;  // empty: every task of the plugin
+    bool wait = false;
+};
+
 struct CommandLine {
-    enum class Run { exit, host, check, run_once, new_plugin };
+    enum class Run { exit, host, check, run_once, new_plugin, status, reload, run_now };
     Run run = Run::exit;
     int exit_status = 0;  // Run::exit: help or version printed (0), or a usage error reported (2)
     HostArgs host;
     CheckArgs check;
     RunOnceArgs run_once;
     NewPluginArgs new_plugin;
+    StatusArgs status;
+    ReloadArgs reload;
+    RunNowArgs run_now;
 };
 
 // Parses the whole command line. Help (`--help`, `help [SUBCOMMAND]`), the version and usage errors (the
@@ -65,6 +96,9 @@ CommandLine parse_command_line(int argc, char** argv);
 int cmd_check(const CheckArgs& args);
 int cmd_run_once(const RunOnceArgs& args);
 int cmd_new_plugin(const NewPluginArgs& args);
+int cmd_status(const StatusArgs& args);
+int cmd_reload(const ReloadArgs& args);
+int cmd_run_now(const RunNowArgs& args);
 
 // --isolation MODE over host.toml: [host] isolation and every [plugins.<name>] isolation.
 void apply_isolation(HostConfig& config, std::optional<Isolation> mode);

@@ -38,6 +38,12 @@ int main(int argc, char** argv) {
             return tickhost::app::cmd_run_once(cl.run_once);
         case CommandLine::Run::new_plugin:
             return tickhost::app::cmd_new_plugin(cl.new_plugin);
+        case CommandLine::Run::status:
+            return tickhost::app::cmd_status(cl.status);
+        case CommandLine::Run::reload:
+            return tickhost::app::cmd_reload(cl.reload);
+        case CommandLine::Run::run_now:
+            return tickhost::app::cmd_run_now(cl.run_now);
         case CommandLine::Run::host:
             break;
     }

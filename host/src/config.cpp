@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <sstream>
@@ -12,6 +13,8 @@
 #include <utility>
 
 #include <toml++/toml.h>
+
+#include <unistd.h>
 
 namespace tickhost {
 
@@ -280,6 +283,7 @@ const std::vector<std::string_view> kHostKeys = {
     "log_sink",   "log_max_size",   "log_max_files",   "shadow_dir",       "watch",           "poll_interval",
     "settle",     "allow_insecure", "allow_symlinks",  "backoff_max",      "max_plugin_size", "max_tasks_per_plugin",
     "isolation",  "abandon_after",  "crash_limit",     "crash_window",     "jitter",          "align",
+    "control_socket",
 };
 const std::vector<std::string_view> kPluginKeys = {
     "enabled", "interval",  "timeout", "tasks", "config",     "sha256",         "jitter",
@@ -665,6 +669,8 @@ public:
                 cfg.jitter = jitter(*v, key);
             } else if (name == "align") {
                 cfg.align = boolean(*v, key);
+            } else if (name == "control_socket") {
+                cfg.control_socket = non_empty_string(*v, key);  // "off" or a path: settled in parse_config
             } else {
                 unknown(*k, key, kHostKeys);
             }
@@ -997,10 +1003,37 @@ HostConfig parse_config(std::string_view toml_text, const fs::path& source) {
         cfg.plugin_dir = resolve(folder, cfg.plugin_dir);
         cfg.log_file = resolve(folder, cfg.log_file);
         cfg.shadow_dir = resolve(folder, cfg.shadow_dir);
+        // [host] control_socket: absent, the default place; "off", none; else a path.
+        if (const toml::node* cs = root["host"]["control_socket"].node(); !cs) {
+            cfg.control_socket = default_control_socket();
+        } else if (cfg.control_socket == "off") {
+            cfg.control_socket.clear();
+        } else {
+            cfg.control_socket = resolve(folder, cfg.control_socket);
+            if (cfg.control_socket.native().size() > max_control_socket_path)
+                throw ConfigError(
+                    reader.file(), cs->source().begin.line, cs->source().begin.column, "host.control_socket",
+                    "host.control_socket: " + cfg.control_socket.string() + " is " +
+                        std::to_string(cfg.control_socket.native().size()) +
+                        " bytes long; a Unix socket's path has at most " + std::to_string(max_control_socket_path) +
+                        " (choose a shorter path, e.g. in /run)");
+        }
     } catch (const fs::filesystem_error& e) {
         throw ConfigError(reader.file(), 0, 0, "", std::string("cannot resolve relative paths: ") + e.what());
     }
     return cfg;
+}
+
+fs::path default_control_socket() {
+    // systemd's RuntimeDirectory= (a list separated by ':' when there are several: the first one).
+    if (const char* rd = std::getenv("RUNTIME_DIRECTORY"); rd && *rd) {
+        std::string first(rd);
+        first = first.substr(0, first.find(':'));
+        if (!first.empty()) return fs::path(first) / "control";
+    }
+    if (const char* xdg = std::getenv("XDG_RUNTIME_DIR"); xdg && *xdg && fs::path(xdg).is_absolute())
+        return fs::path(xdg) / "tickhost" / "control";
+    return fs::path("/tmp") / ("tickhost-" + std::to_string(::geteuid())) / "control";
 }
 
 HostConfig load_config(const fs::path& file) {

@@ -1,10 +1,16 @@
+#include <tickhost/version.h>
 #include <tickhost/host.hpp>
 #include <tickhost/logging.hpp>
 
+#include "control/server.hpp"
 #include "fault.hpp"
 #include "time_format.hpp"
 
 #include <spdlog/spdlog.h>
+
+#include <unordered_set>
+
+#include <unistd.h>
 
 namespace tickhost {
 
@@ -26,14 +32,18 @@ bool same_logging(const HostConfig& a, const HostConfig& b) {
 
 // Every event path (start, a plugin_dir event, a host.toml event, a reload) ends here on failure: the cause
 // is named and the host goes on. Nothing escapes to a thread's top, where it would end the process.
+// Returns what went wrong, if something did.
 template <typename F>
-void guarded(const char* what, F&& f) {
+std::optional<std::string> guarded(const char* what, F&& f) {
     try {
         f();
+        return std::nullopt;
     } catch (const std::exception& e) {
         get_logger("host")->error("{} failed: {}; the host keeps running", what, e.what());
+        return std::string(what) + " failed: " + e.what();
     } catch (...) {
         get_logger("host")->error("{} failed with an unknown exception; the host keeps running", what);
+        return std::string(what) + " failed with an unknown exception";
     }
 }
 
@@ -63,11 +73,32 @@ void Host::start() {
     if (started_) return;
     started_ = true;
     stopped_ = false;
+    {
+        std::lock_guard<std::mutex> lk(status_mu_);
+        started_wall_ = config_applied_ = std::chrono::system_clock::now();
+        started_steady_ = std::chrono::steady_clock::now();
+    }
     tickers_->start();
     plugins_->set_stopping(false);
+    // The control socket before the reload thread (which tells it when a reload is done). A socket that cannot
+    // be set up (another host's, a directory of another user) is named; the host runs without one.
+    if (!config_.control_socket.empty() && !control_) {
+        try {
+            control_ = std::make_unique<detail::ControlServer>(config_.control_socket, *this);
+        } catch (const std::exception& e) {
+            get_logger("host")->error(
+                "{}; the host runs without a control socket (tickhost status, reload and run-now "
+                "cannot reach it)",
+                e.what());
+        }
+        std::lock_guard<std::mutex> lk(status_mu_);
+        control_path_ = control_ ? config_.control_socket : std::filesystem::path();
+    }
     {
         std::lock_guard<std::mutex> lk(rq_mu_);
         rq_stop_ = false;
+        rq_running_ = true;
+        reloads_started_ = reloads_done_.load();
     }
     reload_thread_ = std::thread([this] { reload_loop(); });
     guarded("loading plugin_dir", [&] {
@@ -116,12 +147,16 @@ void Host::start() {
     }
 }
 
-void Host::request_reload() {
+uint64_t Host::request_reload() {
+    uint64_t ticket = 0;
     {
         std::lock_guard<std::mutex> lk(rq_mu_);
         rq_pending_ = true;
+        // The next reload to start covers this request (one in progress read the file before it).
+        if (rq_running_ && !rq_stop_) ticket = reloads_started_ + 1;
     }
     rq_cv_.notify_one();
+    return ticket;
 }
 
 void Host::reload_loop() {
@@ -130,11 +165,18 @@ void Host::reload_loop() {
         rq_cv_.wait(lk, [&] { return rq_pending_ || rq_stop_; });
         if (rq_stop_) return;
         rq_pending_ = false;  // requests from here on get a reload of their own, after this one
+        ++reloads_started_;
         lk.unlock();
         reload_config();
         ++reloads_done_;
+        if (control_) control_->notify();  // a client may be waiting for this reload
         lk.lock();
     }
+}
+
+std::optional<ReloadResult> Host::last_reload() const {
+    std::lock_guard<std::mutex> lk(status_mu_);
+    return last_reload_;
 }
 
 bool Host::reload_config() {
@@ -149,17 +191,32 @@ bool Host::reload_config() {
         }
     } end{hooks_, applied};
     auto log = get_logger("config");
+    ReloadResult result;
+    auto done = [&](bool ok) {
+        applied = ok;
+        result.applied = ok;
+        result.when = std::chrono::system_clock::now();
+        std::lock_guard<std::mutex> sl(status_mu_);
+        last_reload_ = result;
+        if (ok) config_applied_ = result.when;
+        return ok;
+    };
     if (config_.source.empty()) {
         log->warn("no host.toml to reload (the configuration was built in code)");
-        return false;
+        result.error = "no host.toml to reload (the configuration was built in code)";
+        return done(false);
     }
-    guarded(("reloading " + config_.source.string()).c_str(), [&] {
+    auto failure = guarded(("reloading " + config_.source.string()).c_str(), [&] {
         detail::fault_point("reload");
         HostConfig next;
         try {
             next = load_config(config_.source);
         } catch (const ConfigError& e) {
             log->error("{}; keeping the running configuration", e.what());
+            result.error = e.what();
+            result.file = e.file();
+            result.line = e.line();
+            result.column = e.column();
             return;
         }
         if (!same_logging(config_, next)) {
@@ -176,7 +233,88 @@ bool Host::reload_config() {
         plugins_->apply_config(std::move(next));
         applied = true;
     });
-    return applied;
+    if (failure && result.error.empty()) result.error = *failure + "; the running configuration stays";
+    return done(applied);
+}
+
+void TaskTotals::add(const TaskSnapshot& t) {
+    ++tasks;
+    failing += t.stats.consecutive_failures > 0;
+    abandoned += t.activity.state == TaskActivity::State::abandoned;
+    runs += t.stats.runs;
+    failures += t.stats.failures;
+    skipped += t.stats.skipped;
+    timeouts += t.stats.timeouts;
+}
+
+HostStatus Host::status(size_t task_limit) const {
+    HostStatus h;
+    h.version = TICKHOST_VERSION_STRING;
+    h.pid = int(::getpid());
+    h.config_file = config_.source;
+    h.clock_now = tickers_->clock().now();
+    h.wall_now = std::chrono::system_clock::now();
+    {
+        std::lock_guard<std::mutex> lk(status_mu_);
+        h.started = started_wall_;
+        if (started_steady_ != std::chrono::steady_clock::time_point{})
+            h.uptime = std::chrono::steady_clock::now() - started_steady_;
+        h.config_applied = config_applied_;
+        h.last_reload = last_reload_;
+    }
+    h.reloads = reloads_done_.load();
+    h.control_socket = control_socket();
+    // Plugins from what the manager published; their tasks' figures from the scheduler, read now.
+    std::unordered_set<TaskId> plugin_tasks;
+    for (auto& p : plugins_->status()) {
+        HostStatus::Plugin hp;
+        std::vector<TaskId> ids;
+        for (auto& t : p.tasks) ids.push_back(t.id);
+        plugin_tasks.insert(ids.begin(), ids.end());
+        auto figures = tickers_->snapshot(ids);
+        for (size_t k = 0; k < figures.size(); ++k) {
+            hp.totals.add(figures[k]);
+            h.totals.add(figures[k]);
+        }
+        // Task names as the plugin declared them (the scheduler's are "<plugin>/<task>").
+        for (auto& f : figures) {
+            const std::string prefix = p.name + "/";
+            if (f.name.compare(0, prefix.size(), prefix) == 0) f.name.erase(0, prefix.size());
+        }
+        if (figures.size() > task_limit) figures.resize(task_limit);
+        hp.tasks = std::move(figures);
+        hp.plugin = std::move(p);
+        h.plugins.push_back(std::move(hp));
+    }
+    // The application's own tasks, if it has any (a look at every task only then).
+    if (tickers_->size() > plugin_tasks.size()) {
+        for (auto& t : tickers_->snapshot()) {
+            if (plugin_tasks.count(t.id)) continue;
+            h.task_totals.add(t);
+            h.totals.add(t);
+            if (h.tasks.size() < task_limit) h.tasks.push_back(std::move(t));
+        }
+    }
+    return h;
+}
+
+std::vector<RunNowOutcome> Host::run_now(const std::string& plugin, const std::string& task) {
+    std::vector<RunNowOutcome> out;
+    for (auto& p : plugins_->status()) {
+        if (p.name != plugin || p.state != PluginStatus::State::running) continue;
+        for (auto& t : p.tasks)
+            if (task.empty() || t.name == task) {
+                RunNowOutcome o{t.name, RunNow::unknown, 0};
+                o.result = tickers_->run_now(t.id, &o.runs_before);
+                out.push_back(std::move(o));
+            }
+    }
+    return out;
+}
+
+std::filesystem::path Host::control_socket() const {
+    std::lock_guard<std::mutex> lk(status_mu_);
+    return control_path_;
 }
 
 bool Host::stop() {
@@ -191,15 +329,23 @@ bool Host::stop() {
     {
         std::lock_guard<std::mutex> lk(rq_mu_);
         rq_stop_ = true;
+        rq_running_ = false;
     }
     rq_cv_.notify_all();
     if (reload_thread_.joinable()) reload_thread_.join();
+    if (control_) control_->notify(true);  // clients waiting for a reload: none will come
     config_watch_.reset();
     plugin_watch_ptr_ = nullptr;
     plugin_watch_.reset();
     bool clean = plugins_->unload_all(std::max(left(), Duration::zero()), bound);
     // What embedders added themselves still gets its stop calls; give them at least a moment.
     clean = tickers_->stop(std::max(left(), Duration(std::chrono::milliseconds(100)))) && clean;
+    // Status stays readable through the stop (what holds it up); the socket goes last.
+    {
+        std::lock_guard<std::mutex> lk(status_mu_);
+        control_path_.clear();
+    }
+    control_.reset();
     started_ = false;
     return clean;
 }

@@ -42,6 +42,7 @@ struct LoadedPlugin {
     PluginSettings settings;  // what it was (or is to be) started with
     TaskList tasks;           // after init: static then declared
     std::vector<PluginTaskInfo> scheduled;
+    std::chrono::system_clock::time_point started_at{};  // when its tasks were last scheduled (for status)
 };
 
 namespace {
@@ -253,7 +254,7 @@ void PluginManager::supervise() {
         for (auto& c : crashes) crashed(c);
         for (auto& f : due) {
             std::lock_guard<std::mutex> g(mu_);
-            if (!stopping_ && !by_file_.count(f)) sync_guarded(f);
+            if (!stopping_ && !by_file_.count(f)) sync_guarded(f);  // publishes
         }
         lk.lock();
     }
@@ -277,6 +278,7 @@ void PluginManager::crashed(const Crash& c) {
     // Its tasks get no stop call and it gets no shutdown call: its process is gone.
     stop_plugins({p}, config_.shutdown_timeout);
     back_off(*p, "stopped: " + c.why + "; its tasks got no stop call", shortest);
+    publish_locked();
 }
 
 // A task's shortest interval among a plugin's static tasks as host.toml sets them (before init: no task of
@@ -294,14 +296,21 @@ void PluginManager::back_off(const LoadedPlugin& p, const std::string& what, Dur
     const fs::path& file = p.file;
     const auto now = std::chrono::steady_clock::now();
     Down& d = down_[file];
-    if (d.sha256 != p.inst->sha256()) d = Down{p.inst->sha256(), {}, {}, false};
+    if (d.sha256 != p.inst->sha256()) d = Down{p.inst->sha256(), {}, {}, false, {}};
     d.crashes.erase(std::remove_if(d.crashes.begin(), d.crashes.end(),
                                    [&](auto t) { return now - t > config_.crash_window; }),
                     d.crashes.end());
     d.crashes.push_back(now);
     const size_t k = d.crashes.size();
+    d.status = status_of(p);
+    d.status.tasks.clear();
+    d.status.pid = 0;
+    d.status.since = std::chrono::system_clock::now();
+    d.status.crashes = uint32_t(k);
+    d.status.detail = what;
     if (k >= config_.crash_limit) {
         d.for_good = true;
+        d.status.state = PluginStatus::State::down;
         log_->error(
             "plugin {} {}. It ended {} times within {} ([host] crash_limit, crash_window): it stays down until "
             "its file changes or host.toml is applied again (SIGHUP)",
@@ -313,6 +322,8 @@ void PluginManager::back_off(const LoadedPlugin& p, const std::string& what, Dur
     for (size_t i = 1; i < k && delay < config_.backoff_max; ++i) delay = delay > Duration::max() / 2 ? Duration::max() : delay * 2;
     delay = config_.backoff_max > Duration::zero() ? std::min(delay, config_.backoff_max) : Duration::zero();
     d.until = now + delay;
+    d.status.state = PluginStatus::State::backing_off;
+    d.status.restart_at = d.status.since + std::chrono::duration_cast<std::chrono::system_clock::duration>(delay);
     log_->error("plugin {} {}. Restarting it in {} (crash {} of [host] crash_limit = {} within {})", describe(p), what,
                 format_duration(delay), k, config_.crash_limit, format_duration(config_.crash_window));
     start_supervisor();  // a crash in init comes before watch() ever ran
@@ -361,14 +372,17 @@ std::optional<LoadError> PluginManager::sync_guarded(const fs::path& file) {
     if (stopping_) return std::nullopt;
     // One file's unexpected failure (an exception from a library, an allocation) must not end the host or
     // keep the other files from loading: it is named, and the file is tried again when it changes.
+    std::optional<LoadError> result;
     try {
-        return sync_locked(file);
+        result = sync_locked(file);
     } catch (const std::exception& e) {
         LoadError err{TH_E_NOT_A_LIBRARY, "TH_E_NOT_A_LIBRARY", std::string("unexpected error: ") + e.what(),
                       "it is tried again when the file changes (or on SIGHUP)"};
         log_->error("{}: {}", file.string(), err.message());
-        return err;
+        result = err;
     }
+    publish_locked();
+    return result;
 }
 
 std::optional<LoadError> PluginManager::load(const fs::path& file_in) {
@@ -415,6 +429,9 @@ std::optional<LoadError> PluginManager::refuse(const fs::path& file, const std::
     f.sha256 = sha256;
     f.retry = e.code == TH_E_NOT_A_LIBRARY;
     f.duplicate = e.code == TH_E_DUPLICATE_NAME;
+    f.error = e;
+    f.when = std::chrono::system_clock::now();
+    publish_locked();
     return e;
 }
 
@@ -424,6 +441,7 @@ std::optional<LoadError> PluginManager::sync_locked(const fs::path& file) {
     struct stat st {};
     // lstat: a dangling symlink is there (and refused by name), not silently absent.
     const bool present = ::lstat(file.c_str(), &st) == 0;
+    disabled_.erase(file);  // said again below if it still is
     if (!present) {
         failed_.erase(file);
         down_.erase(file);
@@ -591,6 +609,10 @@ std::optional<LoadError> PluginManager::add_new(const fs::path& file, detail::St
     if (!config_.plugin(p->name).enabled) {
         log_->info("{}: plugin '{}' is disabled in host.toml ([plugins.{}] enabled = false); not started",
                    file.string(), p->name, p->name);
+        PluginStatus d = status_of(*p);
+        d.state = PluginStatus::State::disabled;
+        d.since = std::chrono::system_clock::now();
+        disabled_[file] = std::move(d);
         return std::nullopt;
     }
     // Isolated: its end during init is told here (rather than by the isolation runtime's own line).
@@ -645,6 +667,10 @@ std::optional<LoadError> PluginManager::replace(const Plugin& old, detail::Stage
     const bool old_stopped = stop_plugins({old}, config_.shutdown_timeout);  // false: its code may still run
     if (!config_.plugin(neu->name).enabled) {
         log_->info("{}: the new version's plugin '{}' is disabled in host.toml; not started", file.string(), neu->name);
+        PluginStatus d = status_of(*neu);
+        d.state = PluginStatus::State::disabled;
+        d.since = std::chrono::system_clock::now();
+        disabled_[file] = std::move(d);
         return std::nullopt;
     }
     // 3. Init and start the new version; if either fails, bring the old one back.
@@ -673,7 +699,7 @@ std::optional<LoadError> PluginManager::replace(const Plugin& old, detail::Stage
                 log_->warn("{}: restored the old version {}: {}", file.string(), describe(*old), task_list(*old));
             }
         }
-        failed_[file] = Failure{sha, false, false, false, {}};
+        failed_[file] = Failure{sha, false, false, false, {}, *err, std::chrono::system_clock::now()};
         return err;
     }
     by_file_[file] = neu;
@@ -705,9 +731,12 @@ void PluginManager::apply_config(HostConfig next) {
         restart_needed("backoff_max", next.backoff_max != running_backoff_max_, next.backoff_max != file.backoff_max);
         restart_needed("abandon_after", next.abandon_after != running_abandon_after_,
                        next.abandon_after != file.abandon_after);
+        restart_needed("control_socket", next.control_socket != config_.control_socket,
+                       next.control_socket != file.control_socket);
         file_config_ = next;
         next.plugin_dir = config_.plugin_dir;  // keep running on what we watch
         next.shadow_dir = config_.shadow_dir;
+        next.control_socket = config_.control_socket;
         const HostConfig prev = config_;
         config_ = std::move(next);
         failed_.clear();  // new settings: give refused files another chance (a restart below may fail anew)
@@ -782,12 +811,14 @@ void PluginManager::apply_config(HostConfig next) {
                     "plugin '{}' failed to start with the new settings: {}; fix [plugins.{}] in host.toml "
                     "(it is retried when host.toml or its file changes)",
                     p->name, err->message(), p->name);
-                failed_[p->file] = Failure{p->inst->sha256(), false, false, false, {}};
+                failed_[p->file] =
+                    Failure{p->inst->sha256(), false, false, false, {}, *err, std::chrono::system_clock::now()};
                 continue;
             }
             by_file_[p->file] = p;
             log_->info("restarted plugin {}: {}", describe(*p), task_list(*p));
         }
+        publish_locked();
     }
     reconcile();
 }
@@ -854,6 +885,7 @@ std::optional<LoadError> PluginManager::start_tasks(const std::shared_ptr<Loaded
                 capped_n > 3 ? " and " + std::to_string(capped_n - 3) + " more" : std::string());
         }
         watch(p);
+        p->started_at = std::chrono::system_clock::now();
         return std::nullopt;
     } catch (const std::exception& e) {
         what = e.what();
@@ -931,15 +963,29 @@ bool PluginManager::stop_plugins(std::vector<std::shared_ptr<LoadedPlugin>> ps, 
                         p->inst->mode() == Isolation::process ? "its process is killed"
                                                               : "the plugin is not shut down and stays loaded");
         }
+        // An in-process version whose code may still be running stays mapped until the host exits: said in status.
+        auto pin = [&](const char* why) {
+            if (p->inst->mode() != Isolation::none) return;  // isolated: its process is killed, nothing stays
+            PluginStatus ps = status_of(*p);
+            ps.state = PluginStatus::State::pinned;
+            ps.since = std::chrono::system_clock::now();
+            ps.detail = why;
+            ps.tasks.clear();
+            if (pinned_.size() >= kMaxPinned) pinned_.erase(pinned_.begin());
+            pinned_.push_back(std::move(ps));
+        };
         if (stuck) {
             clean = false;
             p->inst->abandon();  // its code may still be running: never unmap it
+            pin("a task's call did not return when it was stopped (see the log); its library stays loaded until the "
+                "host exits");
             continue;
         }
         const auto left = std::max(Duration(until - std::chrono::steady_clock::now()), Duration(std::chrono::milliseconds(100)));
         if (!p->inst->shutdown(left)) {
             clean = false;
             p->inst->abandon();
+            pin("its shutdown did not return in time (see the log); its library stays loaded until the host exits");
             continue;
         }
         if (auto why = ends[i]->ended(std::chrono::seconds(2)); why && !ends[i]->told_elsewhere())
@@ -959,6 +1005,7 @@ bool PluginManager::unload(const fs::path& file, Duration bound) {
         p = it->second;
         by_file_.erase(it);
         stop_plugins({p}, bound);
+        publish_locked();
     }
     return true;
 }
@@ -969,7 +1016,9 @@ bool PluginManager::unload_all(Duration bound, Duration total) {
     for (auto& [f, p] : by_file_) ps.push_back(p);
     by_file_.clear();
     if (ps.empty()) return true;
-    return stop_plugins(std::move(ps), bound, total);
+    const bool clean = stop_plugins(std::move(ps), bound, total);
+    publish_locked();
+    return clean;
 }
 
 namespace {
@@ -980,6 +1029,86 @@ PluginInfo info_of(const LoadedPlugin& p) {
                       p.inst->mode(),   p.inst->pid()};
 }
 }  // namespace
+
+const char* state_name(PluginStatus::State s) {
+    switch (s) {
+        case PluginStatus::State::running:
+            return "running";
+        case PluginStatus::State::refused:
+            return "refused";
+        case PluginStatus::State::disabled:
+            return "disabled";
+        case PluginStatus::State::backing_off:
+            return "backing_off";
+        case PluginStatus::State::down:
+            return "down";
+        case PluginStatus::State::pinned:
+            return "pinned";
+    }
+    return "unknown";
+}
+
+PluginStatus PluginManager::status_of(const LoadedPlugin& p) const {
+    const th_plugin_def& d = p.inst->def();
+    PluginStatus s;
+    s.state = PluginStatus::State::running;
+    s.name = p.name;
+    s.file = p.file;
+    s.version = d.version ? d.version : "";
+    s.description = d.description ? d.description : "";
+    s.sha256 = p.inst->sha256();
+    s.isolation = p.inst->mode();
+    s.pid = p.inst->pid();
+    s.since = p.started_at;
+    s.tasks = p.scheduled;
+    return s;
+}
+
+void PluginManager::publish_locked() noexcept {
+    try {
+        auto all = std::make_shared<std::vector<PluginStatus>>();
+        for (auto& [f, p] : by_file_) {
+            all->push_back(status_of(*p));
+            if (auto it = failed_.find(f); it != failed_.end() && it->second.error)
+                all->back().error = it->second.error;
+        }
+        for (auto& [f, d] : down_)
+            if (!by_file_.count(f)) all->push_back(d.status);
+        for (auto& [f, d] : disabled_)
+            if (!by_file_.count(f) && !down_.count(f)) all->push_back(d);
+        for (auto& [f, why] : failed_) {
+            if (by_file_.count(f) || down_.count(f) || disabled_.count(f)) continue;
+            PluginStatus r;
+            r.state = PluginStatus::State::refused;
+            r.name = f.stem().string();
+            r.file = f;
+            // A file refused before it was hashed is known by its identity (size, time, inode), not a sha256.
+            if (why.sha256.size() == 64 && why.sha256.find_first_not_of("0123456789abcdef") == std::string::npos)
+                r.sha256 = why.sha256;
+            r.isolation = config_.isolation_of(r.name);
+            r.since = why.when;
+            r.error =
+                why.error
+                    ? why.error
+                    : std::optional<LoadError>(LoadError{TH_E_NOT_A_LIBRARY, "TH_E_NOT_A_LIBRARY", why.message, ""});
+            all->push_back(std::move(r));
+        }
+        for (auto& p : pinned_) all->push_back(p);
+        std::lock_guard<std::mutex> lk(status_mu_);
+        published_ = std::move(all);
+    } catch (...) {
+        // Out of memory: status() shows the previous state. Nothing else depends on it.
+    }
+}
+
+std::vector<PluginStatus> PluginManager::status() const {
+    std::shared_ptr<const std::vector<PluginStatus>> p;
+    {
+        std::lock_guard<std::mutex> lk(status_mu_);
+        p = published_;
+    }
+    return p ? *p : std::vector<PluginStatus>{};
+}
 
 std::vector<PluginInfo> PluginManager::plugins() const {
     std::lock_guard<std::mutex> lk(mu_);

@@ -275,7 +275,9 @@ private:
 }  // namespace
 
 // One task. Laid out for the hot path: a run touches only the first cache line (state, callable,
-// timeout, run count, interval); names, the other counters and the timer's bookkeeping live in the second.
+// timeout, run count, interval) and the second (back-off, the other counters, the last run's figures, the
+// timer's bookkeeping). Its name lives beside the slots of its segment (name_of): it is read only for log
+// lines and by task code.
 struct alignas(64) Slot {
     std::atomic<uint64_t> word{pack(1, 0)};
     // Written by add() before the ID is published; read-only while the slot holds this task.
@@ -285,17 +287,29 @@ struct alignas(64) Slot {
     std::atomic<uint64_t> runs{0};
     std::atomic<int64_t> interval_ns{0};  // atomic: the timer may read it for a slot being recycled
     // --- second line
-    std::string name;
     std::atomic<uint64_t> skipped{0};
     std::atomic<uint32_t> failures{0}, timeouts{0};  // saturating
-    // Back-off of a failing task: failures in a row, ticks still to sit out (RUNNING owner only).
+    // Back-off of a failing task: failures in a row, ticks still to sit out (written by the RUNNING owner;
+    // atomic for status readers).
     std::atomic<uint32_t> fail_streak{0};
-    uint32_t sit_out = 0;
+    std::atomic<uint32_t> sit_out{0};
     // Timer-private: where this slot sits in its cohort.
     uint32_t cohort = kNoCohort;
     uint32_t pos = 0;
+    // The last run, for status (TaskStats::last_*). Written by the RUNNING owner under a sequence lock
+    // (last_seq odd while it writes), except last_end, which the worker fills in at its next timestamp if
+    // last_seq still names that run (Tickers::Impl::close_last). The sequence is never reset: a slot's new
+    // task continues it, so a late close can never land on the new task's run.
+    std::atomic<uint32_t> last_seq{0};
+    std::atomic<uint8_t> last_result{0};  // RunResult, | kHasError when errors_ holds its text
+    std::atomic<int64_t> last_start{0};
+    std::atomic<int64_t> last_end{0};  // 0: not closed yet
+    std::atomic<int64_t> next_due{0};  // the tick of its next run (see TaskStats::next_due)
 };
 static_assert(sizeof(Slot) == 128, "two cache lines per task");
+constexpr uint8_t kHasError = 0x80;
+constexpr uint8_t kCoarse = 0x40;  // its start (and end) came from the coarse clock
+constexpr uint8_t kResultBits = 0x3f;
 
 // A tick's worth of runs (or a set of stop calls), shared by the workers that claim slices of it.
 struct Batch {
@@ -303,6 +317,7 @@ struct Batch {
     int64_t due = 0;      // the tick the runs belong to (after any missed ones)
     uint32_t missed = 0;  // ticks skipped because the timer was more than an interval late (due is the last)
     bool stop = false;    // stop calls rather than runs
+    bool manual = false;  // a run_now() run: its slot is claimed (RUNNING) already; it does not move the schedule
     std::atomic<size_t> next{0};  // the next item to claim
 };
 
@@ -322,6 +337,10 @@ struct Worker {
     std::atomic<size_t> begin{0}, cursor{0}, end{0};
     std::atomic<bool> exited{false};
     std::atomic<bool> retired{false};  // detached by stop(): must not rejoin the pool after a restart
+    // The last run this worker made, whose end (last_end) its next timestamp supplies (worker-private).
+    Slot* open_slot = nullptr;
+    uint32_t open_seq = 0;     // the slot's last_seq once that run was recorded
+    bool open_coarse = false;  // its start came from the coarse clock: so must its end
 };
 
 // A change for the timer's cohorts, handed over in order: an added task, or a freed slot to drop.
@@ -361,7 +380,24 @@ struct Tickers::Impl : std::enable_shared_from_this<Tickers::Impl> {
     // One call (run or stop) of slot `m`. For a run, `seq` is the sequence it was published and claimed
     // under; a stop call (seq 0) is published here. False if abandoned during it.
     bool call(Worker& w, Slot& s, Member m, bool is_stop, int64_t due, uint64_t seq, TimePoint& start,
-              std::vector<uint32_t>& freed);
+              std::vector<uint32_t>& freed, bool manual = false);
+    // A run's figures for status, written by the worker that holds RUNNING (see Slot::last_seq).
+    void record(Worker& w, Slot& s, uint32_t slot_index, uint32_t gen, TimePoint start, bool coarse, int64_t end,
+                RunResult result, const TaskResult& r, int64_t due, bool manual);
+    // The worker's previous run ended before `t` (a timestamp of clock kind `coarse`): its last_end.
+    void close_last(Worker& w, TimePoint t, bool coarse) const;
+    void close_last(Worker& w) const;  // the same, reading the clock (the worker goes idle)
+    TimePoint read_clock(bool coarse) const;
+    std::string& name_of(uint32_t i) const { return names_of(segs_[i >> kSegBits])[i & (kSegSize - 1)]; }
+    static std::string* names_of(Slot* seg) {  // beside the slots, in the same mapping
+        return reinterpret_cast<std::string*>(reinterpret_cast<char*>(seg) + sizeof(Slot) * kSegSize);
+    }
+    // Ticks a task failing `streak` times in a row waits from one run to the next (1: no back-off).
+    int64_t backoff_ticks(uint32_t streak, int64_t interval) const;
+    RunNow run_now(TaskId id, uint64_t* runs_before);
+    // Slot i's figures if it holds task generation `gen` (not yet freed); mu_ held if `timeout` is wanted.
+    std::optional<TaskStats> stats_of(uint32_t i, uint32_t gen, int64_t now) const;
+    void snapshot_locked(uint32_t i, uint32_t gen, int64_t now, std::vector<TaskSnapshot>& out) const;
     // Publishes a call in the worker's record (read by the timer, remove(), stop(), activity()).
     static uint64_t publish(Worker& w, uint64_t call, int64_t deadline) {
         const uint64_t seq = ++w.seq;
@@ -392,7 +428,7 @@ struct Tickers::Impl : std::enable_shared_from_this<Tickers::Impl> {
     int64_t scan_workers(int64_t now);
     // A run failed: count the streak, decide how many ticks to sit out, log changes of state (not every
     // failure: one broken task must not flood the log).
-    void failed(Slot& s, const std::string& error);
+    void failed(Slot& s, const std::string& name, const std::string& error);
     static void bump(std::atomic<uint32_t>& c) {  // only the RUNNING owner writes: load + store, saturating
         const uint32_t v = c.load(std::memory_order_relaxed);
         if (v != UINT32_MAX) c.store(v + 1, std::memory_order_relaxed);
@@ -400,7 +436,8 @@ struct Tickers::Impl : std::enable_shared_from_this<Tickers::Impl> {
     // The start time of a call, for its deadline. A precise clock read costs 30-70 ns on virtual machines
     // (more than the rest of a call); for timeouts of a second or more the coarse clock (a few ms of
     // resolution, never ahead of the precise one) is exact enough: the deadline is early by at most 0.4 %.
-    TimePoint call_start(Duration timeout) const;
+    // *coarse says which clock it was.
+    TimePoint call_start(Duration timeout, bool* coarse) const;
     // Called when calls may start while the timer sleeps longer than min_timeout_: it must look sooner.
     void kick_timer();
     void done_items(size_t n);
@@ -431,6 +468,7 @@ struct Tickers::Impl : std::enable_shared_from_this<Tickers::Impl> {
     Options opt_;
     std::shared_ptr<Clock> clock_;
     bool steady_clock_ = false;  // clock_ is the real steady clock (CLOCK_MONOTONIC), not an injected one
+    Duration coarse_resolution_{0};  // CLOCK_MONOTONIC_COARSE's
     std::shared_ptr<spdlog::logger> log_;
     size_t nworkers_;
 
@@ -452,6 +490,10 @@ struct Tickers::Impl : std::enable_shared_from_this<Tickers::Impl> {
     size_t active_ = 0;               // slots holding a task (freed ones excluded)
     std::atomic<size_t> removed_unfreed_{0};    // removed, not yet freed
     std::atomic<size_t> abandoned_unfreed_{0};  // of those, abandoned (no stop call will come)
+    // The last run's error text of failing tasks, by slot (with the generation it belongs to). Written only
+    // when a run fails or a failing task recovers; never held while task code runs. Lock order: mu_, err_mu_.
+    mutable std::mutex err_mu_;
+    std::unordered_map<uint32_t, std::pair<uint32_t, std::string>> errors_;
     bool timer_stop_ = false;
     bool timer_kick_ = false;         // work appeared that the timer did not dispatch itself
     int64_t processed_until_ = INT64_MIN;
@@ -504,7 +546,7 @@ struct Tickers::Impl : std::enable_shared_from_this<Tickers::Impl> {
 // Slot segments are mapped pre-faulted: touching fresh pages one fault at a time costs more than the
 // rest of add() on a virtual machine.
 Slot* Tickers::Impl::new_segment() {
-    const size_t bytes = sizeof(Slot) * kSegSize;
+    const size_t bytes = (sizeof(Slot) + sizeof(std::string)) * kSegSize;  // the slots, then their names
     void* mem = nullptr;
 #if defined(__linux__)
     mem = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
@@ -514,6 +556,8 @@ Slot* Tickers::Impl::new_segment() {
 #endif
     Slot* seg = static_cast<Slot*>(mem);
     for (uint32_t k = 0; k < kSegSize; ++k) new (seg + k) Slot();
+    std::string* names = names_of(seg);
+    for (uint32_t k = 0; k < kSegSize; ++k) new (names + k) std::string();
     return seg;
 }
 
@@ -522,8 +566,10 @@ Tickers::Impl::~Impl() {
         Slot* seg = segs_atomic_[i].load(std::memory_order_relaxed);
         if (!seg) break;
         for (uint32_t k = 0; k < kSegSize; ++k) seg[k].~Slot();
+        std::string* names = names_of(seg);
+        for (uint32_t k = 0; k < kSegSize; ++k) names[k].~basic_string();
 #if defined(__linux__)
-        ::munmap(seg, sizeof(Slot) * kSegSize);
+        ::munmap(seg, (sizeof(Slot) + sizeof(std::string)) * kSegSize);
 #else
         ::operator delete(seg);
 #endif
@@ -533,6 +579,10 @@ Tickers::Impl::~Impl() {
 Tickers::Impl::Impl(Options o) : opt_(std::move(o)) {
     clock_ = opt_.clock ? opt_.clock : std::make_shared<SteadyClock>();
     steady_clock_ = dynamic_cast<SteadyClock*>(clock_.get()) != nullptr;
+#if defined(CLOCK_MONOTONIC_COARSE)
+    if (timespec res{}; clock_getres(CLOCK_MONOTONIC_COARSE, &res) == 0)
+        coarse_resolution_ = std::chrono::seconds(res.tv_sec) + Duration(res.tv_nsec);
+#endif
     log_ = opt_.logger ? opt_.logger : get_logger("scheduler");
     nworkers_ = opt_.workers ? opt_.workers : std::max(1u, std::thread::hardware_concurrency());
     if (opt_.default_timeout <= Duration::zero()) opt_.default_timeout = std::chrono::seconds(10);
@@ -566,7 +616,7 @@ TaskId Tickers::Impl::add(Duration interval, TickTask task, int64_t first_due, b
     Slot& s = slot(i);
     const uint32_t gen = gen_of(s.word.load(std::memory_order_relaxed));
     s.fn = std::move(task.fn);
-    s.name = std::move(task.name);
+    name_of(i) = std::move(task.name);
     s.interval_ns.store(interval.count(), std::memory_order_relaxed);
     s.timeout = task.timeout > Duration::zero() ? task.timeout : opt_.default_timeout;
     for (int64_t cur = min_timeout_.load(std::memory_order_relaxed); s.timeout.count() < cur;)
@@ -576,7 +626,17 @@ TaskId Tickers::Impl::add(Duration interval, TickTask task, int64_t first_due, b
     s.skipped.store(0, std::memory_order_relaxed);
     s.timeouts.store(0, std::memory_order_relaxed);
     s.fail_streak.store(0, std::memory_order_relaxed);
-    s.sit_out = 0;
+    s.sit_out.store(0, std::memory_order_relaxed);
+    // No run yet. The sequence goes on from the slot's previous task: a worker's late close of that task's
+    // last run finds it moved and leaves this one alone.
+    const uint32_t q = s.last_seq.load(std::memory_order_relaxed);
+    s.last_seq.store(q + 1, std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_release);
+    s.last_result.store(uint8_t(RunResult::none), std::memory_order_relaxed);
+    s.last_start.store(0, std::memory_order_relaxed);
+    s.last_end.store(0, std::memory_order_relaxed);
+    s.next_due.store(std::max<int64_t>(to_ns(first_due), 0), std::memory_order_relaxed);
+    s.last_seq.store(q + 2, std::memory_order_release);
     s.word.store(pack(gen, kActive), std::memory_order_release);
     ++active_;
     // Drops (free_slots) are queued without waking the timer; an add must wake it unless an add since its
@@ -605,7 +665,7 @@ bool Tickers::Impl::remove(TaskId id) {
     if (f & kAbandoned) {
         // No stop call. If its stuck call is still going (RUNNING), the worker frees the slot when it
         // returns; if it already returned, nobody else will: free it here.
-        log_->warn("task '{}' removed while abandoned: no stop call will be made", s.name);
+        log_->warn("task '{}' removed while abandoned: no stop call will be made", name_of(i));
         if (!(f & kRunning)) free_slots({i});
         std::lock_guard<std::mutex> lk(mu_);
         stopped_cv_.notify_all();
@@ -640,6 +700,10 @@ void Tickers::Impl::free_slots(const std::vector<uint32_t>& slots) {
         Slot& s = slot(i);
         const uint64_t w = s.word.load(std::memory_order_relaxed);
         const uint32_t gen = gen_of(w);
+        if (s.last_result.load(std::memory_order_relaxed) & kHasError) {
+            std::lock_guard<std::mutex> el(err_mu_);
+            errors_.erase(i);
+        }
         --active_;
         removed_unfreed_.fetch_sub(1, std::memory_order_relaxed);
         if (flags_of(w) & kAbandoned) abandoned_unfreed_.fetch_sub(1, std::memory_order_relaxed);
@@ -744,42 +808,211 @@ std::string Tickers::Impl::activity_text(const TaskActivity& a) const {
     return "its stop call had not started";
 }
 
+// ---- status ---------------------------------------------------------------------------------------------
+
+std::optional<TaskStats> Tickers::Impl::stats_of(uint32_t i, uint32_t gen, int64_t now) const {
+    const Slot& s = slot(i);
+    const uint64_t w = s.word.load(std::memory_order_acquire);
+    if (gen_of(w) != gen || !(flags_of(w) & kActive)) return std::nullopt;
+    TaskStats st;
+    st.runs = s.runs.load(std::memory_order_relaxed);
+    st.failures = s.failures.load(std::memory_order_relaxed);
+    st.consecutive_failures = s.fail_streak.load(std::memory_order_relaxed);
+    st.skipped = s.skipped.load(std::memory_order_relaxed);
+    st.timeouts = s.timeouts.load(std::memory_order_relaxed);
+    // The last run: a consistent set under the slot's sequence lock (a writer holds it for a few stores).
+    uint8_t result = 0;
+    int64_t start = 0, end = 0, next = 0;
+    for (int tries = 0;; ++tries) {
+        const uint32_t q1 = s.last_seq.load(std::memory_order_acquire);
+        result = s.last_result.load(std::memory_order_relaxed);
+        start = s.last_start.load(std::memory_order_relaxed);
+        end = s.last_end.load(std::memory_order_relaxed);
+        next = s.next_due.load(std::memory_order_relaxed);
+        std::atomic_thread_fence(std::memory_order_acquire);
+        const uint32_t q2 = s.last_seq.load(std::memory_order_relaxed);
+        if (q1 == q2 && !(q1 & 1)) break;
+        if (tries > 100) std::this_thread::yield();  // the writer was preempted mid-write
+    }
+    if (gen_of(s.word.load(std::memory_order_acquire)) != gen) return std::nullopt;  // reused meanwhile
+    st.last_result = RunResult(result & kResultBits);
+    if (st.last_result != RunResult::none) {
+        st.last_start = from_ns(start);
+        if (end != 0 && end >= start) st.last_duration = Duration(end - start);
+        if (result & kCoarse) st.last_duration_resolution = coarse_resolution_;
+    }
+    if (result & kHasError) {
+        std::lock_guard<std::mutex> el(err_mu_);
+        auto it = errors_.find(i);
+        if (it != errors_.end() && it->second.first == gen) st.last_error = it->second.second;
+    }
+    const int64_t interval = s.interval_ns.load(std::memory_order_relaxed);
+    if (next < now && interval > 0) {
+        // Ticks went by since (skipped, or being dispatched): the next one on the same grid.
+        const int64_t behind = (now - next + interval - 1) / interval;
+        next = add_sat(next, mul_sat(behind, interval));
+    }
+    st.next_due = from_ns(next);
+    if (st.consecutive_failures > 0 && opt_.backoff_max.count() > 0) {
+        const uint32_t streak = uint32_t(std::min<uint64_t>(st.consecutive_failures, UINT32_MAX));
+        const int64_t ticks = backoff_ticks(streak, interval);
+        if (ticks > 1) st.backoff = Duration(mul_sat(interval, ticks));
+    }
+    return st;
+}
+
+void Tickers::Impl::snapshot_locked(uint32_t i, uint32_t gen, int64_t now, std::vector<TaskSnapshot>& out) const {
+    const Slot& s = slot(i);
+    const uint64_t w = s.word.load(std::memory_order_acquire);
+    if (gen_of(w) != gen || !(flags_of(w) & kActive) || (flags_of(w) & kRemoved)) return;
+    auto st = stats_of(i, gen, now);
+    auto a = activity_locked(i, gen);
+    if (!st || !a) return;
+    TaskSnapshot t;
+    t.id = make_id(i, gen);
+    t.name = name_of(i);  // mu_ held: add() cannot be writing it
+    t.interval = Duration(s.interval_ns.load(std::memory_order_relaxed));
+    t.timeout = s.timeout;
+    t.stats = std::move(*st);
+    t.activity = *a;
+    out.push_back(std::move(t));
+}
+
+RunNow Tickers::Impl::run_now(TaskId id, uint64_t* runs_before) {
+    const uint32_t i = slot_of(id), gen = gen_of_id(id);
+    if (gen == 0 || i >= slot_count_.load(std::memory_order_acquire)) return RunNow::unknown;
+    Slot& s = slot(i);
+    uint64_t w = s.word.load(std::memory_order_acquire);
+    if (gen_of(w) != gen || !(flags_of(w) & kActive) || (flags_of(w) & kRemoved)) return RunNow::unknown;
+    if (!timer_running_.load()) return RunNow::not_running;
+    // Claim the slot as a worker would: RUNNING set here means no scheduled tick can start a run before ours
+    // (they are skipped and counted, as for any run in flight), and a second run_now() finds it taken.
+    for (;;) {
+        const uint32_t f = flags_of(w);
+        if (gen_of(w) != gen || !(f & kActive) || (f & kRemoved)) return RunNow::unknown;
+        if (f & kAbandoned) return RunNow::abandoned;
+        if (f & kRunning) return RunNow::already_running;
+        if (s.word.compare_exchange_weak(w, w | kRunning, std::memory_order_acq_rel)) break;
+    }
+    // No run is in flight (RUNNING was clear) and none can start before ours: the count is exact.
+    if (runs_before) *runs_before = s.runs.load(std::memory_order_relaxed);
+    auto b = std::make_shared<Batch>();
+    b->items.push_back({i, gen});
+    b->due = to_ns(clock_->now());
+    b->manual = true;
+    push_batch(std::move(b));
+    kick_timer();  // it may be asleep for longer than this run's timeout
+    return RunNow::started;
+}
+
 // ---- workers --------------------------------------------------------------------------------------------
 
-void Tickers::Impl::failed(Slot& s, const std::string& error) {
-    bump(s.fail_streak);  // saturating
-    const uint32_t streak = s.fail_streak.load(std::memory_order_relaxed);
-    const int64_t interval = s.interval_ns.load(std::memory_order_relaxed);
+int64_t Tickers::Impl::backoff_ticks(uint32_t streak, int64_t interval) const {
     // Exponential: after k failures in a row the next run comes interval * 2^k later, up to backoff_max.
     // interval and backoff_max are at most max_duration, and interval * ticks stays <= backoff_max; the
     // products saturate all the same.
+    if (streak == 0 || interval <= 0) return 1;
     const int64_t cap_ticks = opt_.backoff_max.count() > interval ? opt_.backoff_max.count() / interval : 1;
     const int64_t factor = streak >= 62 ? INT64_MAX : (int64_t(1) << streak);
-    const int64_t ticks = std::min(factor, cap_ticks);
-    const bool capped = ticks == cap_ticks;
-    const bool newly_capped = capped && (streak == 1 || std::min(factor / 2, cap_ticks) < cap_ticks);
-    s.sit_out = opt_.backoff_max.count() > 0 ? uint32_t(std::min<int64_t>(ticks - 1, UINT32_MAX)) : 0;
-    const std::string next = detail::format_elapsed(Duration(mul_sat(interval, int64_t(s.sit_out) + 1)));
-    if (streak == 1)
-        log_->error("task '{}': run failed: {}{}", s.name, error,
-                    s.sit_out ? "; backing off, next run in " + next : std::string());
-    else if (newly_capped && s.sit_out)
-        log_->warn("task '{}': {} failures in a row (last: {}); retrying every {} until it succeeds", s.name, streak,
-                   error, next);
-    else
-        log_->debug("task '{}': run failed again ({} in a row): {}; next run in {}", s.name, streak, error, next);
+    return std::min(factor, cap_ticks);
 }
 
-TimePoint Tickers::Impl::call_start(Duration timeout) const {
+void Tickers::Impl::failed(Slot& s, const std::string& name, const std::string& error) {
+    bump(s.fail_streak);  // saturating
+    const uint32_t streak = s.fail_streak.load(std::memory_order_relaxed);
+    const int64_t interval = s.interval_ns.load(std::memory_order_relaxed);
+    const int64_t cap_ticks = opt_.backoff_max.count() > interval ? opt_.backoff_max.count() / interval : 1;
+    const int64_t factor = streak >= 62 ? INT64_MAX : (int64_t(1) << streak);
+    const int64_t ticks = backoff_ticks(streak, interval);
+    const bool capped = ticks == cap_ticks;
+    const bool newly_capped = capped && (streak == 1 || std::min(factor / 2, cap_ticks) < cap_ticks);
+    const uint32_t sit_out = opt_.backoff_max.count() > 0 ? uint32_t(std::min<int64_t>(ticks - 1, UINT32_MAX)) : 0;
+    s.sit_out.store(sit_out, std::memory_order_relaxed);
+    const std::string next = detail::format_elapsed(Duration(mul_sat(interval, int64_t(sit_out) + 1)));
+    if (streak == 1)
+        log_->error("task '{}': run failed: {}{}", name, error,
+                    sit_out ? "; backing off, next run in " + next : std::string());
+    else if (newly_capped && sit_out)
+        log_->warn("task '{}': {} failures in a row (last: {}); retrying every {} until it succeeds", name, streak,
+                   error, next);
+    else
+        log_->debug("task '{}': run failed again ({} in a row): {}; next run in {}", name, streak, error, next);
+}
+
+TimePoint Tickers::Impl::call_start(Duration timeout, bool* coarse) const {
+    *coarse = steady_clock_ && timeout >= std::chrono::seconds(1);
+    return read_clock(*coarse);
+}
+
+TimePoint Tickers::Impl::read_clock(bool coarse) const {
 #if defined(CLOCK_MONOTONIC_COARSE)
-    if (steady_clock_ && timeout >= std::chrono::seconds(1)) {
+    if (coarse) {
         timespec ts;
         clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
         return TimePoint(std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec));
     }
 #endif
-    (void)timeout;
+    (void)coarse;
     return clock_->now();
+}
+
+void Tickers::Impl::close_last(Worker& w, TimePoint t, bool coarse) const {
+    Slot* s = w.open_slot;
+    if (!s) return;
+    w.open_slot = nullptr;
+    if (coarse != w.open_coarse) t = read_clock(w.open_coarse);  // the two ends must come from one clock
+    // Only if the slot still shows that run: another worker may have recorded a later run of the task, or
+    // the slot a new task, meanwhile. (A close delayed between this check and the store, while a whole new
+    // run is made and recorded, would give that run this end: a figure off until its next run, no more.)
+    if (s->last_seq.load(std::memory_order_acquire) == w.open_seq)
+        s->last_end.store(std::max(to_ns(t), int64_t(1)), std::memory_order_relaxed);
+}
+
+void Tickers::Impl::close_last(Worker& w) const {
+    if (w.open_slot) close_last(w, read_clock(w.open_coarse), w.open_coarse);
+}
+
+namespace {
+// At most Tickers::max_error_text bytes, cut at a UTF-8 boundary.
+std::string bounded_error(const std::string& e) {
+    constexpr size_t kMax = Tickers::max_error_text;
+    if (e.size() <= kMax) return e;
+    size_t cut = kMax - 3;
+    while (cut > 0 && (static_cast<unsigned char>(e[cut]) & 0xC0) == 0x80) --cut;
+    return e.substr(0, cut) + "...";
+}
+}  // namespace
+
+void Tickers::Impl::record(Worker& w, Slot& s, uint32_t slot_index, uint32_t gen, TimePoint start, bool coarse,
+                           int64_t end, RunResult result, const TaskResult& r, int64_t due, bool manual) {
+    const uint8_t before = s.last_result.load(std::memory_order_relaxed);
+    const bool has_error = !r.ok && (result == RunResult::failed || result == RunResult::timed_out);
+    if (has_error) {  // only a failing run pays for a copy and a lock
+        std::string text = bounded_error(r.error);
+        std::lock_guard<std::mutex> el(err_mu_);
+        errors_[slot_index] = {gen, std::move(text)};
+    } else if (before & kHasError) {
+        std::lock_guard<std::mutex> el(err_mu_);
+        errors_.erase(slot_index);
+    }
+    const uint32_t q = s.last_seq.load(std::memory_order_relaxed);
+    s.last_seq.store(q + 1, std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_release);
+    s.last_result.store(uint8_t(result) | (has_error ? kHasError : 0) | (coarse ? kCoarse : 0),
+                        std::memory_order_relaxed);
+    s.last_start.store(to_ns(start), std::memory_order_relaxed);
+    s.last_end.store(end, std::memory_order_relaxed);
+    if (!manual) {  // the schedule's next tick for this task, past the ticks it sits out
+        const int64_t interval = s.interval_ns.load(std::memory_order_relaxed);
+        const int64_t ticks = int64_t(s.sit_out.load(std::memory_order_relaxed)) + 1;
+        s.next_due.store(add_sat(due, mul_sat(interval, ticks)), std::memory_order_relaxed);
+    }
+    s.last_seq.store(q + 2, std::memory_order_release);
+    if (end == 0) {  // its end is this worker's next timestamp
+        w.open_slot = &s;
+        w.open_seq = q + 2;
+        w.open_coarse = coarse;
+    }
 }
 
 void Tickers::Impl::push_batch(std::shared_ptr<Batch> b) {
@@ -815,7 +1048,14 @@ void Tickers::Impl::worker_loop(std::shared_ptr<Worker> self) {
         std::shared_ptr<Batch> b;
         {
             std::unique_lock<std::mutex> lk(qmu_);
-            qcv_.wait(lk, [&] { return workers_stop_ || self->retired || !queue_.empty() || !stop_pending_.empty(); });
+            auto ready = [&] { return workers_stop_ || self->retired || !queue_.empty() || !stop_pending_.empty(); };
+            if (self->open_slot && !ready()) {
+                // Going idle: the one clock read that ends its last run (busy, the next call's start does).
+                lk.unlock();
+                close_last(*self);
+                lk.lock();
+            }
+            qcv_.wait(lk, ready);
             if (self->retired) break;  // detached by stop()
             if (!stop_pending_.empty()) {
                 // Stop calls queued by remove(): one batch for all of them, first in line, shared like any
@@ -853,6 +1093,7 @@ void Tickers::Impl::worker_loop(std::shared_ptr<Worker> self) {
             if (it != queue_.end()) queue_.erase(it);
         }
     }
+    close_last(*self);
     self->exited = true;
 }
 
@@ -875,6 +1116,21 @@ bool Tickers::Impl::execute(Worker& w, const std::shared_ptr<Batch>& b, size_t l
         }
         if (b->stop) {
             if (!call(w, s, m, true, 0, 0, start, freed)) return false;
+            continue;
+        }
+        if (b->manual) {
+            // run_now() claimed the slot (RUNNING) already. Publish the run, then an RMW on the slot word
+            // orders that before any later REMOVED, as the claim CAS below does: either we see REMOVED here,
+            // or whoever sets it sees our run and cancels it.
+            const uint64_t seq = publish(w, make_id(m.slot, m.gen), kUnstarted);
+            const uint64_t word = s.word.fetch_or(kRunning, std::memory_order_acq_rel);
+            if (flags_of(word) & kRemoved) {
+                // Removed meanwhile: remove() left the stop call to the holder of RUNNING, us.
+                w.run_word.store(seq << 2 | kIdle, std::memory_order_release);
+                if (!call(w, s, m, true, 0, 0, start, freed)) return false;
+                continue;
+            }
+            if (!call(w, s, m, false, b->due, seq, start, freed, true)) return false;
             continue;
         }
         uint64_t word = s.word.load(std::memory_order_acquire);
@@ -915,12 +1171,13 @@ bool Tickers::Impl::execute(Worker& w, const std::shared_ptr<Batch>& b, size_t l
 }
 
 bool Tickers::Impl::call(Worker& w, Slot& s, Member m, bool is_stop, int64_t due, uint64_t seq, TimePoint& start,
-                         std::vector<uint32_t>& freed) {
+                         std::vector<uint32_t>& freed, bool manual) {
     const TaskId id = make_id(m.slot, m.gen);
+    const std::string& name = name_of(m.slot);
     for (;;) {
-        if (!is_stop && s.sit_out > 0) {
-            // Backing off after failures: this tick is sat out (and counted as skipped).
-            --s.sit_out;
+        if (!is_stop && !manual && s.sit_out.load(std::memory_order_relaxed) > 0) {
+            // Backing off after failures: this tick is sat out (and counted as skipped). A run_now() run is not.
+            s.sit_out.store(s.sit_out.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
             s.skipped.fetch_add(1, std::memory_order_relaxed);
             w.run_word.store(seq << 2 | kIdle, std::memory_order_release);  // withdraw the unstarted run
             const uint64_t prev = s.word.fetch_and(~uint64_t(kRunning), std::memory_order_acq_rel);
@@ -928,14 +1185,16 @@ bool Tickers::Impl::call(Worker& w, Slot& s, Member m, bool is_stop, int64_t due
             s.word.fetch_or(kRunning, std::memory_order_acq_rel);
             is_stop = true;
         }
-        start = call_start(s.timeout);
+        bool coarse;
+        start = call_start(s.timeout, &coarse);
+        close_last(w, start, coarse);  // this worker's previous run ended before this start
         const TimePoint deadline = start + s.timeout;
         if (is_stop)
             seq = publish(w, id | kStopCall, to_ns(deadline));  // a new sequence: no cancellation of the run hits it
         else
             w.deadline.store(to_ns(deadline), std::memory_order_relaxed);  // the run is claimed: now it has one
 
-        RunContext ctx(id, s.name, is_stop ? start : from_ns(due), deadline, *clock_, w.cancel, seq, &w.relay);
+        RunContext ctx(id, name, is_stop ? start : from_ns(due), deadline, *clock_, w.cancel, seq, &w.relay);
         TaskResult r;
         try {
             r = s.fn(ctx, is_stop);
@@ -957,7 +1216,7 @@ bool Tickers::Impl::call(Worker& w, Slot& s, Member m, bool is_stop, int64_t due
         uint64_t expected = seq << 2 | kBusy;
         if (!w.run_word.compare_exchange_strong(expected, seq << 2 | kIdle, std::memory_order_acq_rel)) {
             // The timer abandoned this call and gave the rest of our slice to others.
-            log_->warn("task '{}': abandoned {} returned after {}", s.name, is_stop ? "stop call" : "run",
+            log_->warn("task '{}': abandoned {} returned after {}", name, is_stop ? "stop call" : "run",
                        detail::format_elapsed(clock_->now() - start));
             // The code is no longer executing. Clear RUNNING: a later remove() then frees the slot itself;
             // if it was removed already, free it now. No stop call: an abandoned task gets none.
@@ -967,31 +1226,37 @@ bool Tickers::Impl::call(Worker& w, Slot& s, Member m, bool is_stop, int64_t due
         }
         if (timed_out) {
             bump(s.timeouts);
-            log_->error("task '{}': {} took {}, past its timeout of {}", s.name, is_stop ? "stop call" : "run",
+            log_->error("task '{}': {} took {}, past its timeout of {}", name, is_stop ? "stop call" : "run",
                         detail::format_elapsed(end - start), detail::format_elapsed(s.timeout));
         } else if (cancelled) {
             // The task was removed (or the registry stopped) during the run: what it returns is moot.
-            log_->debug("task '{}': run cancelled by the task's removal returned after {}{}", s.name,
+            log_->debug("task '{}': run cancelled by the task's removal returned after {}{}", name,
                         detail::format_elapsed(end - start), r.ok ? std::string() : " (" + r.error + ")");
         }
         if (is_stop) {
-            if (!r.ok) log_->error("task '{}': stop call failed: {}", s.name, r.error);
+            if (!r.ok) log_->error("task '{}': stop call failed: {}", name, r.error);
         } else if (!r.ok) {
             if (!cancelled || timed_out) {
                 bump(s.failures);
-                failed(s, r.error);
+                failed(s, name, r.error);
             }
         } else if (s.fail_streak.load(std::memory_order_relaxed) > 0) {
-            log_->info("task '{}': recovered after {} failed run(s); back to every {}", s.name,
+            log_->info("task '{}': recovered after {} failed run(s); back to every {}", name,
                        s.fail_streak.load(std::memory_order_relaxed),
                        detail::format_elapsed(Duration(s.interval_ns.load(std::memory_order_relaxed))));
             s.fail_streak.store(0, std::memory_order_relaxed);
-            s.sit_out = 0;
+            s.sit_out.store(0, std::memory_order_relaxed);
         }
         if (is_stop) {
             freed.push_back(m.slot);
             return true;
         }
+        const RunResult result = timed_out   ? RunResult::timed_out
+                                 : cancelled ? RunResult::cancelled
+                                 : r.ok      ? RunResult::ok
+                                             : RunResult::failed;
+        record(w, s, m.slot, m.gen, start, coarse, cancelled ? std::max(to_ns(end), int64_t(1)) : 0, result, r, due,
+               manual);
         s.runs.store(s.runs.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
         const uint64_t prev = s.word.fetch_and(~uint64_t(kRunning), std::memory_order_acq_rel);
         if (!(flags_of(prev) & kRemoved)) return true;
@@ -1037,7 +1302,7 @@ int64_t Tickers::Impl::scan_workers(int64_t now) {
             }
             w.cancel_sent.store(seq, std::memory_order_relaxed);  // before the cancel: the worker reads it after
             cancel_call(w, seq);
-            log_->warn("task '{}': timeout of {} reached; cancellation requested", s.name,
+            log_->warn("task '{}': timeout of {} reached; cancellation requested", name_of(si),
                        detail::format_elapsed(s.timeout));
         }
         const int64_t abandon_at = add_sat(deadline, opt_.abandon_after.count());
@@ -1057,6 +1322,7 @@ int64_t Tickers::Impl::scan_workers(int64_t now) {
             rest->due = b->due;
             rest->missed = b->missed;
             rest->stop = b->stop;
+            rest->manual = b->manual;
             push_batch(std::move(rest));
         }
         // The abandoned slice is settled (what ran before the stuck call, the stuck call, and the rest now
@@ -1065,10 +1331,11 @@ int64_t Tickers::Impl::scan_workers(int64_t now) {
         if (b) done_items(end - begin);
         ++replacements;
         if (flags_of(prev) & kRemoved) abandoned_unfreed_.fetch_add(1, std::memory_order_relaxed);
-        log_->error("task '{}': ignored its cancellation for {} past its deadline; abandoned (it will not run "
-                    "again{}, its code stays loaded, a new worker replaces this one)",
-                    s.name, detail::format_elapsed(opt_.abandon_after),
-                    (flags_of(prev) & kRemoved) ? "" : " and gets no stop call");
+        log_->error(
+            "task '{}': ignored its cancellation for {} past its deadline; abandoned (it will not run "
+            "again{}, its code stays loaded, a new worker replaces this one)",
+            name_of(si), detail::format_elapsed(opt_.abandon_after),
+            (flags_of(prev) & kRemoved) ? "" : " and gets no stop call");
         std::lock_guard<std::mutex> lk(mu_);
         stopped_cv_.notify_all();
         idle_cv_.notify_all();
@@ -1532,7 +1799,7 @@ bool Tickers::Impl::stop(Duration bound) {
                 if (!(f & kActive) || !(f & kRemoved) || (f & kAbandoned)) continue;
                 const auto a = activity_locked(i, gen_of(w));
                 if (!a) continue;
-                log_->error("task '{}': {} when the stop bound of {} ran out; left behind", slot(i).name,
+                log_->error("task '{}': {} when the stop bound of {} ran out; left behind", name_of(i),
                             activity_text(*a), detail::format_elapsed(bound));
             }
         }
@@ -1590,13 +1857,17 @@ bool Tickers::Impl::stop(Duration bound) {
                 Slot& s = slot(m.slot);
                 const uint64_t w = s.word.load(std::memory_order_acquire);
                 if (gen_of(w) != m.gen || !(flags_of(w) & kActive)) continue;
+                // A stop batch's and a run_now() batch's items hold RUNNING: nobody else will clear it or make
+                // their stop call.
+                const bool holds_running = b->stop || b->manual;
                 if (!(flags_of(w) & kRemoved)) {
-                    if (b->stop) s.word.fetch_and(~uint64_t(kRunning), std::memory_order_acq_rel);  // added during stop()
+                    if (holds_running)
+                        s.word.fetch_and(~uint64_t(kRunning), std::memory_order_acq_rel);  // added during stop()
                     continue;
                 }
-                if (!b->stop) continue;
+                if (!holds_running) continue;
                 log_->error("task '{}': stop bound ran out before its stop call started; no stop call made",
-                            s.name);
+                            name_of(m.slot));
                 direct.push_back(m.slot);
             }
             inflight_.fetch_sub(int64_t(b->items.size() - std::min(b->next.load(), b->items.size())),
@@ -1676,16 +1947,39 @@ bool Tickers::running() const { return impl_->timer_running_; }
 std::optional<TaskStats> Tickers::stats(TaskId id) const {
     const uint32_t i = slot_of(id), gen = gen_of_id(id);
     if (gen == 0 || i >= impl_->slot_count_.load(std::memory_order_acquire)) return std::nullopt;
-    Slot& s = impl_->slot(i);
-    const uint64_t w = s.word.load(std::memory_order_acquire);
-    if (gen_of(w) != gen || !(flags_of(w) & kActive)) return std::nullopt;
-    TaskStats st;
-    st.runs = s.runs.load(std::memory_order_relaxed);
-    st.failures = s.failures.load(std::memory_order_relaxed);
-    st.consecutive_failures = s.fail_streak.load(std::memory_order_relaxed);
-    st.skipped = s.skipped.load(std::memory_order_relaxed);
-    st.timeouts = s.timeouts.load(std::memory_order_relaxed);
-    return st;
+    return impl_->stats_of(i, gen, to_ns(impl_->clock_->now()));
+}
+
+RunNow Tickers::run_now(TaskId id, uint64_t* runs_before) { return impl_->run_now(id, runs_before); }
+
+std::vector<TaskSnapshot> Tickers::snapshot() const {
+    std::vector<TaskSnapshot> out;
+    const int64_t now = to_ns(impl_->clock_->now());
+    const uint32_t n = impl_->slot_count_.load(std::memory_order_acquire);
+    // In chunks: the registry lock (which the timer and add() take) is never held for long.
+    constexpr uint32_t kChunk = 1024;
+    for (uint32_t lo = 0; lo < n; lo += kChunk) {
+        std::lock_guard<std::mutex> lk(impl_->mu_);
+        for (uint32_t i = lo; i < std::min(n, lo + kChunk); ++i)
+            impl_->snapshot_locked(i, gen_of(impl_->slot(i).word.load(std::memory_order_acquire)), now, out);
+    }
+    return out;
+}
+
+std::vector<TaskSnapshot> Tickers::snapshot(const std::vector<TaskId>& ids) const {
+    std::vector<TaskSnapshot> out;
+    out.reserve(ids.size());
+    const int64_t now = to_ns(impl_->clock_->now());
+    const uint32_t n = impl_->slot_count_.load(std::memory_order_acquire);
+    constexpr size_t kChunk = 1024;
+    for (size_t lo = 0; lo < ids.size(); lo += kChunk) {
+        std::lock_guard<std::mutex> lk(impl_->mu_);
+        for (size_t k = lo; k < std::min(ids.size(), lo + kChunk); ++k) {
+            const uint32_t i = slot_of(ids[k]), gen = gen_of_id(ids[k]);
+            if (gen != 0 && i < n) impl_->snapshot_locked(i, gen, now, out);
+        }
+    }
+    return out;
 }
 
 std::optional<TaskActivity> Tickers::activity(TaskId id) const {

@@ -167,6 +167,10 @@ struct HostConfig {
     // The host's name in jitter seeds (README.md, "Schedules"). Not a host.toml key: empty = the machine's
     // (gethostname); set it in code to give an instance a name of its own.
     std::string host_name;
+    // The Unix socket `tickhost status`, `reload` and `run-now` talk to (docs/operating.md); empty: none.
+    // load_config() sets default_control_socket() unless host.toml says "off" or a path. A HostConfig built in
+    // code has none: an embedding application opts in. Takes effect at start.
+    std::filesystem::path control_socket;
     std::map<std::string, PluginSettings> plugins;
 
     // Settings for a plugin (defaults when host.toml has no [plugins.<name>]).
@@ -174,6 +178,12 @@ struct HostConfig {
     // The plugin's own isolation, else [host] isolation.
     Isolation isolation_of(const std::string& plugin) const;
 };
+
+// Where [host] control_socket is when host.toml does not say: $RUNTIME_DIRECTORY/control (a systemd service
+// with RuntimeDirectory=), else $XDG_RUNTIME_DIR/tickhost/control, else /tmp/tickhost-<euid>/control.
+std::filesystem::path default_control_socket();
+// The longest control socket path (a Unix socket address holds 107 bytes and a terminating NUL).
+inline constexpr size_t max_control_socket_path = 107;
 
 // The keys host.toml accepts in [host], in [plugins.<name>] and in [plugins.<name>.tasks.<task>] (the
 // tests keep the README's table and the bundled host.toml in step with these).

@@ -87,6 +87,37 @@ struct PluginInfo {
     int pid = 0;                            // isolated: its process (a new one after each restart); else 0
 };
 
+// A plugin (or a plugin file) as the manager holds it, for status displays (PluginManager::status()).
+struct PluginStatus {
+    enum class State {
+        running,      // loaded, initialised, its tasks scheduled
+        refused,      // its file was not loaded (`error` says why); tried again when the file or host.toml changes
+        disabled,     // [plugins.<name>] enabled = false: loaded, checked and left unloaded
+        backing_off,  // isolated: its process ended on its own (`detail`); started again at `restart_at`
+        down,         // isolated: it ended crash_limit times within crash_window; down until its file changes
+                      // or host.toml is applied again
+        pinned,       // a stopped version whose code may still be running: kept loaded, idle, until the host exits
+    };
+    State state = State::running;
+    std::string name;  // the name it declares; a file refused before that was known: the file's stem
+    std::filesystem::path file;
+    std::string version;      // as declared (empty when none, or unknown)
+    std::string description;  // as declared
+    std::string sha256;       // of the content this is about (empty when the file was refused unread)
+    Isolation isolation = Isolation::none;
+    int pid = 0;  // isolated and running: its process
+    // running: when this version started (its tasks were scheduled); refused: when it was refused;
+    // disabled: when it was found disabled; backing_off/down: when its process ended; pinned: when it stopped.
+    std::chrono::system_clock::time_point since{};
+    std::chrono::system_clock::time_point restart_at{};  // backing_off: when it is started again
+    uint32_t crashes = 0;                                // backing_off/down: ends counted within crash_window
+    // refused: why. running: a newer content of its file was refused (this version keeps running).
+    std::optional<LoadError> error;
+    std::string detail;                 // backing_off/down: how its process ended; pinned: why it is kept
+    std::vector<PluginTaskInfo> tasks;  // running: its tasks, in the order it declared them
+};
+const char* state_name(PluginStatus::State s);  // "running", "refused", "disabled", "backing_off", "down", "pinned"
+
 // What a plugin file declares, read by PluginManager::inspect() without initialising the plugin.
 struct PluginFileInfo {
     struct Task {
@@ -188,6 +219,10 @@ public:
     void set_stopping(bool on) { stopping_ = on; }
 
     std::vector<PluginInfo> plugins() const;
+    // Every plugin and plugin file the manager knows of: running, refused, disabled, backing off or down after
+    // crashes, pinned. A copy of what the manager published when it last changed (at the end of each load,
+    // sync, reload, crash, unload): it never waits for a load or a stop in progress. Safe from any thread.
+    std::vector<PluginStatus> status() const;
     std::optional<PluginInfo> plugin(const std::string& name) const;
     const HostConfig& config() const { return config_; }
     const std::filesystem::path& shadow_dir() const;
@@ -200,6 +235,8 @@ private:
         bool retried = false;
         bool duplicate = false;  // refused for a name in use: retried when that plugin goes
         std::string message;     // what was logged, not to log it twice
+        std::optional<LoadError> error;                // for status
+        std::chrono::system_clock::time_point when{};  // for status
     };
     std::optional<LoadError> sync_locked(const std::filesystem::path& file);
     std::optional<LoadError> sync_guarded(const std::filesystem::path& file);  // sync_locked, catching everything
@@ -228,6 +265,7 @@ private:
         std::vector<std::chrono::steady_clock::time_point> crashes;  // within crash_window
         std::chrono::steady_clock::time_point until{};       // restart not before
         bool for_good = false;                               // until the file changes or host.toml is applied
+        PluginStatus status;                                 // for status(): the version that ended, how, when
     };
     void start_supervisor();  // its thread, at the first isolated plugin's start or crash
     void supervise();         // the supervisor's thread
@@ -253,6 +291,15 @@ private:
     std::map<std::filesystem::path, Failure> failed_;  // last failed content per file, not to repeat errors
     std::map<std::filesystem::path, Down> down_;       // isolated plugins backing off or down after crashes
     std::shared_ptr<Supervisor> supervisor_;           // shared with the exit handlers (which may outlive us)
+    // For status(): files found disabled, stopped versions kept pinned (the latest kMaxPinned), and what was
+    // published last (status_mu_ guards `published_` only, never held with plugin code running).
+    std::map<std::filesystem::path, PluginStatus> disabled_;
+    std::vector<PluginStatus> pinned_;
+    static constexpr size_t kMaxPinned = 64;
+    mutable std::mutex status_mu_;
+    std::shared_ptr<const std::vector<PluginStatus>> published_;
+    void publish_locked() noexcept;  // mu_ held: makes status() show the manager's state now
+    PluginStatus status_of(const detail::LoadedPlugin& p) const;
 };
 
 }  // namespace tickhost

@@ -55,6 +55,13 @@
 //        one makes the next run late by at most the step.
 //      * A monotonic jump of both clocks together (the process stalled, a paused virtual machine) is no step:
 //        the task is simply late, as any other (one run at once, the missed ticks counted as skipped).
+//  - stats(id) and snapshot() read what each task's worker keeps anyway, plus its last run (start, duration,
+//    result, error text) and next due time: kept from the timestamps each call takes already (no clock
+//    read is added to a run; an error text is copied only when a run fails). Reading never blocks a run
+//    and never waits for task code; snapshot() holds the registry lock for at most 1,024 tasks at a time.
+//  - run_now(id) queues one extra run at once (on a worker, with its deadline and cancellation, outside the
+//    schedule, which it does not move; back-off does not hold it back). Runs still never overlap: if a run
+//    or the stop call is queued or executing, nothing is queued and it says so.
 #pragma once
 
 #include <atomic>
@@ -267,12 +274,42 @@ inline constexpr Duration jitter_step = std::chrono::milliseconds(10);
 // The host's key is "host\0plugin\0task" (see README.md, "Schedules"); an embedding application may use any.
 Duration jitter_offset(std::string_view key, Duration jitter);
 
+// How a task's last run ended (TaskStats::last_result).
+enum class RunResult : uint8_t {
+    none,       // no run has returned yet
+    ok,         // returned success (a run past its deadline that returned success is timed_out)
+    failed,     // returned an error or threw
+    timed_out,  // its deadline passed (its cancellation flag was set), whatever it returned
+    cancelled,  // cancelled by remove() or stop() while it ran
+};
+
 struct TaskStats {
-    uint64_t runs = 0;      // runs that returned (stop call not included)
+    uint64_t runs = 0;      // runs that returned (stop call not included; run_now() runs included)
     uint64_t failures = 0;  // runs that returned an error or threw
     uint64_t skipped = 0;   // ticks skipped because the previous run was still going (or the timer was late)
     uint64_t timeouts = 0;  // runs whose deadline passed (not runs cancelled by remove() or stop())
     uint64_t consecutive_failures = 0;  // failed runs in a row (0 after a success); drives the back-off
+
+    // The last run that returned. Written by the worker that made it, from the timestamps it takes anyway.
+    RunResult last_result = RunResult::none;
+    TimePoint last_start{};  // when it started, on the registry's clock (the epoch while last_result is none)
+    // How long it took: from its start to its worker's next timestamp (the start of the worker's next call,
+    // or the moment the worker went idle), so it includes the worker's bookkeeping between two calls (well
+    // under a microsecond). With a timeout of 1 s or more, both ends come from the coarse monotonic clock (a
+    // few milliseconds of resolution). Nullopt until that next timestamp is taken, and for none.
+    std::optional<Duration> last_duration;
+    // The resolution of the clock last_duration was measured with: the coarse clock's (e.g. 4 ms), or zero
+    // when it came from the registry's clock itself. A duration below it means "less than this".
+    Duration last_duration_resolution{0};
+    // failed or timed_out: the error the run returned (a run that threw: "exception: <what()>"), at most
+    // Tickers::max_error_text bytes (longer ones are cut at a UTF-8 boundary and end with "..."); else empty.
+    std::string last_error;
+    // When its next run is due on the registry's clock, back-off included: the tick after its last run's (or
+    // its first tick), moved on past ticks skipped since. A snapshot: the timer may be about to dispatch it.
+    TimePoint next_due{};
+    // While it fails: how far apart its runs are now (interval * 2^k, at most Options::backoff_max; never less
+    // than its interval). Zero when it is not failing or back-off is off.
+    Duration backoff{0};
 };
 
 // What a task is doing at the moment (Tickers::activity).
@@ -287,6 +324,25 @@ struct TaskActivity {
     // When the current call started (for abandoned: the stuck call), on the registry's clock. Unset (the
     // epoch) for idle, and for an abandoned task whose stuck call already returned.
     TimePoint since{};
+};
+
+// One task, as snapshot() sees it.
+struct TaskSnapshot {
+    TaskId id = 0;
+    std::string name;
+    Duration interval{0};
+    Duration timeout{0};  // in effect: the task's own, or Options::default_timeout
+    TaskStats stats;
+    TaskActivity activity;
+};
+
+// What run_now() did.
+enum class RunNow {
+    started,          // one run was queued at once: it starts as soon as a worker is free
+    already_running,  // a run or the stop call is queued or executing: nothing was queued (no overlap)
+    abandoned,        // a call of the task ignored its cancellation: it never runs again
+    not_running,      // the registry is not started: nothing was queued
+    unknown,          // not a task of this registry (a stale ID, or removed)
 };
 
 // How wait_stopped() ended.
@@ -350,7 +406,18 @@ public:
     bool stop(Duration bound = std::chrono::seconds(30));
     bool running() const;
 
+    // One extra run of the task at once (see the contract above). Never blocks and never runs task code on
+    // the caller's thread. Safe from any thread, including from inside a running task. When it started one,
+    // *runs_before (if given) is TaskStats::runs before that run: the run is over once runs exceeds it.
+    RunNow run_now(TaskId id, uint64_t* runs_before = nullptr);
+
     std::optional<TaskStats> stats(TaskId id) const;
+    // Every task registered and not removed, in slot order; or the tasks `ids` names, in that order (IDs
+    // that are stale, unknown or removed are left out). For status displays and metrics: a copy, made
+    // without waiting for task code.
+    std::vector<TaskSnapshot> snapshot() const;
+    std::vector<TaskSnapshot> snapshot(const std::vector<TaskId>& ids) const;
+    static constexpr size_t max_error_text = 1024;  // TaskStats::last_error's bound, in bytes
     // What the task is doing now. Nullopt for a stale or unknown ID, and once a removed task has stopped.
     // Cheap (a look at the few workers), never blocks on task code; a snapshot that may be stale at once.
     std::optional<TaskActivity> activity(TaskId id) const;
