@@ -635,7 +635,7 @@ TaskId Tickers::Impl::add(Duration interval, TickTask task, int64_t first_due, b
     s.last_result.store(uint8_t(RunResult::none), std::memory_order_relaxed);
     s.last_start.store(0, std::memory_order_relaxed);
     s.last_end.store(0, std::memory_order_relaxed);
-    s.next_due.store(std::max<int64_t>(to_ns(first_due), 0), std::memory_order_relaxed);
+    s.next_due.store(std::max<int64_t>(first_due, 0), std::memory_order_relaxed);
     s.last_seq.store(q + 2, std::memory_order_release);
     s.word.store(pack(gen, kActive), std::memory_order_release);
     ++active_;

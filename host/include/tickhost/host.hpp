@@ -53,6 +53,8 @@ struct HostHooks {
     std::function<void(bool applied)> reload_end;
     // The set of plugins may have changed: a plugin_dir event or rescan was handled.
     std::function<void()> plugins_changed;
+};
+
 // What the last reload of host.toml did (Host::status()).
 struct ReloadResult {
     std::chrono::system_clock::time_point when{};  // when it finished
