@@ -1107,9 +1107,9 @@ bool Tickers::Impl::execute(Worker& w, const std::shared_ptr<Batch>& b, size_t l
         const Member m = b->items[k];
         w.cursor.store(k, std::memory_order_relaxed);
         Slot& s = slot(m.slot);
-        // The hardware prefetches the slots of a batch that walks them in order; those of a jittered cohort are
-        // scattered over the registry (a cache miss each): fetch both lines of a slot a few items ahead.
-        if (k + 8 < hi) {
+        // The hardware prefetches the slots of a batch that walks them in order; those of a jittered cohort may
+        // be scattered over the registry (a cache miss each): fetch both lines of a slot a few items ahead.
+        if (k + 8 < hi && b->items[k + 8].slot - m.slot != 8) {
             const char* ahead = reinterpret_cast<const char*>(&slot(b->items[k + 8].slot));
             __builtin_prefetch(ahead);
             __builtin_prefetch(ahead + 64);
