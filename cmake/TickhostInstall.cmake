@@ -56,6 +56,7 @@ install(FILES ${PROJECT_BINARY_DIR}/package/tickhost-sdk.pc DESTINATION ${CMAKE_
 
 install(FILES ${PROJECT_SOURCE_DIR}/README.md ${PROJECT_SOURCE_DIR}/docs/writing-plugins.md
               ${PROJECT_SOURCE_DIR}/docs/embedding.md ${PROJECT_SOURCE_DIR}/docs/security.md
+              ${PROJECT_SOURCE_DIR}/docs/operating.md
               ${PROJECT_SOURCE_DIR}/CHANGELOG.md
         DESTINATION ${CMAKE_INSTALL_DOCDIR})
 # Every key with its default (its plugin_dir points at the source tree's example build: adapt it).
