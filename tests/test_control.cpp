@@ -120,6 +120,7 @@ struct HostDir {
     fs::path socket = run / "control";
     std::shared_ptr<spdlog::sinks::ringbuffer_sink_mt> sink = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(4000);
     std::unique_ptr<Host> host;
+    std::string shutdown_timeout = "10s";
 
     HostDir() {
         fs::create_directories(plugins);
@@ -132,8 +133,8 @@ struct HostDir {
     // [host] settings shared by every case, then `rest`.
     std::string toml_text(const std::string& rest = "", const std::string& host_extra = "") const {
         return "[host]\nplugin_dir = \"plugins.d\"\nshadow_dir = \"shadow\"\nworkers = 2\nwatch = \"off\"\n"
-               "shutdown_timeout = \"10s\"\ncontrol_socket = \"run/control\"\n" +
-               host_extra + rest;
+               "shutdown_timeout = \"" +
+               shutdown_timeout + "\"\ncontrol_socket = \"run/control\"\n" + host_extra + rest;
     }
     void start(const std::string& rest = "", const std::string& host_extra = "") {
         write_file(toml, toml_text(rest, host_extra));
@@ -340,6 +341,27 @@ TEST(Control, StatusShowsDisabledAndBackingOffPlugins) {
     EXPECT_GE(crash["crashes"].get<int>(), 1);
     EXPECT_TRUE(crash["restart_unix_ms"].is_number());
     EXPECT_NE(crash["detail"].get<std::string>().find("SIGSEGV"), std::string::npos) << crash.dump();
+}
+
+// An in-process version whose stop call does not return in time stays loaded, idle: "pinned", with why.
+TEST(Control, StatusShowsAPinnedVersion) {
+    HostDir d;
+    d.shutdown_timeout = "1s";
+    d.add(fixture("fx_hostile"));
+    const fs::path out = d.tmp / "out", release = d.tmp / "release";
+    d.start("[plugins.hostile]\ninterval = \"1h\"\n[plugins.hostile.config]\nbehaviours = \"stop_hangs\"\nout = \"" +
+                out.string() + "\"\nrelease = \"" + release.string() + "\"\n",
+            "isolation = \"none\"\n");
+    ASSERT_EQ(find_plugin(d.status(), "hostile")["state"], "running") << d.log_text();
+    fs::remove(d.plugins / "fx_hostile.so");
+    // Removing it waits for its stop call up to shutdown_timeout (1 s here), then gives up on it.
+    d.host->plugins().sync(d.plugins / "fx_hostile.so");
+    const Json p = find_plugin(d.status(), "hostile");
+    EXPECT_EQ(p["state"], "pinned") << d.status().dump(2);
+    EXPECT_NE(p["detail"].get<std::string>().find("its library stays loaded until the host exits"), std::string::npos)
+        << p.dump();
+    EXPECT_TRUE(p["tasks"].empty());
+    write_file(release, "go");  // its stop call returns; the host can stop
 }
 
 // ---- reload ----------------------------------------------------------------------------------------------
