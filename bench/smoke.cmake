@@ -23,12 +23,11 @@ if(MODE STREQUAL "scheduler" OR MODE STREQUAL "plugin")
             stop_ms stops early threads)
     field(${f} ${f})
   endforeach()
-  # With --jitter, due times fall anywhere: a task may run once more while the stop begins.
+  # A tick that comes due while the stop begins may still run (the stop starts a little after the duration,
+  # later on a loaded machine; with --jitter due times fall anywhere): at most one more run per task. The
+  # exact count is the benchmark's business, not the smoke test's (no timing assertion here).
   field(jitter jitter)
-  set(most ${expected_runs})
-  if(NOT jitter STREQUAL "none")
-    math(EXPR most "${expected_runs} + ${tasks}")
-  endif()
+  math(EXPR most "${expected_runs} + ${tasks}")
   if(NOT (runs GREATER 0 AND runs LESS_EQUAL most))
     message(FATAL_ERROR "runs ${runs} not in (0, ${most}]: ${last}")
   endif()
