@@ -526,6 +526,34 @@ TEST(Schedule, RealClockAlignedRunsAreDueOnWholeSecondsAndTheWallWatchComesAndGo
     }
 }
 
+TEST(Schedule, RealClockTheWallWatchSleeps) {
+    // The thread that waits for wall-clock steps wakes for nothing else: its context switches stay put.
+    Tickers t;
+    t.add(Schedule{1h, 0s, true}, {"hourly", 0s, [](RunContext&, bool) { return TaskResult::success(); }});
+    t.start();
+    auto switches = [] {
+        for (auto& e : std::filesystem::directory_iterator("/proc/self/task")) {
+            std::ifstream comm(e.path() / "comm");
+            std::string n;
+            std::getline(comm, n);
+            if (n != "tickhost-wall") continue;
+            std::ifstream st(e.path() / "status");
+            std::string line;
+            long total = 0;
+            while (std::getline(st, line))
+                if (line.rfind("voluntary_ctxt_switches:", 0) == 0 || line.rfind("nonvoluntary_ctxt_switches:", 0) == 0)
+                    total += std::atol(line.c_str() + line.find(':') + 1);
+            return total;
+        }
+        return -1L;
+    };
+    ASSERT_TRUE(eventually([&] { return switches() >= 0; }));
+    std::this_thread::sleep_for(50ms);  // past its start
+    const long before = switches();
+    std::this_thread::sleep_for(500ms);
+    EXPECT_EQ(switches(), before);
+}
+
 // Opt-in (it sets the machine's clock, which every other process sees): TICKHOST_TEST_SET_CLOCK=1, as root.
 // A real step of CLOCK_REALTIME wakes the timer through its timerfd at once, long before the next tick.
 TEST(Schedule, RealClockStepIsSeenAtOnce) {

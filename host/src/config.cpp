@@ -728,7 +728,9 @@ public:
     // host.toml sets that interval too (the plugin's own default interval is known only when it starts: a
     // longer jitter is then capped at it, with a warning). The error points at the jitter that applies.
     void check_jitters(const toml::table& root, const HostConfig& cfg) const {
-        for (const auto& [name, ps] : cfg.plugins) {
+        for (const auto& plugin : cfg.plugins) {  // no structured binding: the lambda below captures these
+            const std::string& name = plugin.first;
+            const PluginSettings& ps = plugin.second;
             const std::string plugin_key = child_key(child_key("", "plugins"), name);
             auto check = [&](const std::optional<Jitter>& own_task, const std::optional<Duration>& interval,
                              const std::string& where, const toml::node* task_node, const toml::node* interval_node) {
