@@ -374,8 +374,14 @@ TEST(TickersStatus, RunNowIgnoresBackOff) {
     auto st = f.tickers.stats(id);
     EXPECT_EQ(st->consecutive_failures, 0u) << "the success resets the back-off";
     EXPECT_EQ(st->backoff, 0s);
+    EXPECT_EQ(st->next_due, f.t0 + 4s) << "the grid's next tick, no longer sat out";
     f.advance(1s);
     EXPECT_EQ(runs, 4) << "back to every interval";
+    failing = true;
+    ASSERT_EQ(f.tickers.run_now(id), RunNow::started);  // fails at 4 s: sits out the tick at 5 s
+    ASSERT_TRUE(f.tickers.wait_idle());
+    EXPECT_EQ(f.tickers.stats(id)->next_due, f.t0 + 6s);
+    EXPECT_EQ(f.tickers.stats(id)->backoff, 2s);
 }
 
 TEST(TickersStatus, RunNowOfUnknownRemovedAndAbandonedTasks) {

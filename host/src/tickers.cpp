@@ -1002,11 +1002,17 @@ void Tickers::Impl::record(Worker& w, Slot& s, uint32_t slot_index, uint32_t gen
                         std::memory_order_relaxed);
     s.last_start.store(to_ns(start), std::memory_order_relaxed);
     s.last_end.store(end, std::memory_order_relaxed);
-    if (!manual) {  // the schedule's next tick for this task, past the ticks it sits out
-        const int64_t interval = s.interval_ns.load(std::memory_order_relaxed);
-        const int64_t ticks = int64_t(s.sit_out.load(std::memory_order_relaxed)) + 1;
-        s.next_due.store(add_sat(due, mul_sat(interval, ticks)), std::memory_order_relaxed);
+    // The schedule's next tick for this task, past the ticks it sits out. A run_now() run is off the grid
+    // (`due` is when it was asked for): the grid's next tick after it, from the next due known so far.
+    const int64_t interval = s.interval_ns.load(std::memory_order_relaxed);
+    const int64_t sit_out = int64_t(s.sit_out.load(std::memory_order_relaxed));
+    int64_t tick = add_sat(due, interval);
+    if (manual && interval > 0) {
+        const int64_t g = s.next_due.load(std::memory_order_relaxed);
+        tick = g > due ? g - ((g - due - 1) / interval) * interval
+                       : add_sat(g, mul_sat((due - g) / interval + 1, interval));
     }
+    s.next_due.store(add_sat(tick, mul_sat(interval, sit_out)), std::memory_order_relaxed);
     s.last_seq.store(q + 2, std::memory_order_release);
     if (end == 0) {  // its end is this worker's next timestamp
         w.open_slot = &s;
